@@ -1,0 +1,1 @@
+"""Synthetic delivery orders: the ETA world, daily batches and production-like scenarios."""

@@ -1,0 +1,1 @@
+"""Feature tables from validated orders, and the Feast store that serves them."""

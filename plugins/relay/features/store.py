@@ -1,0 +1,231 @@
+"""Feast operations: apply the repo, write feature tables, materialize, build training sets,
+read online features.
+
+The store's config is built from Relay's settings (SQLite online store in ``local``, Redis in
+``prod``; DuckDB offline store over the lake's Parquet), so ``feature_store.yaml`` is only for
+people who use the ``feast`` CLI.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from relay.errors import FeatureStoreError, PartitionNotFound
+from relay.features.tables import compute_feature_tables
+from relay.lake import FEATURE_TABLES, TRAINING_SETS, VALIDATED_ORDERS, Dataset, Lake
+from relay.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from feast import FeatureStore, RepoConfig
+
+log = logging.getLogger(__name__)
+
+ENTITY_KEYS = ("courier_id", "merchant_id", "zone_id")
+REQUEST_FIELDS = ("distance_km", "hour", "weekday")
+
+
+def repo_config(settings: Settings | None = None) -> RepoConfig:
+    """Feast's RepoConfig for the configured profile."""
+    from feast import RepoConfig
+    from feast.infra.offline_stores.duckdb import DuckDBOfflineStoreConfig
+    from feast.infra.online_stores.redis import RedisOnlineStoreConfig
+    from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
+
+    s = settings or get_settings()
+    f = s.feast
+    assert f.registry_path and f.sqlite_path and f.repo_path  # filled by the settings validator
+    f.registry_path.parent.mkdir(parents=True, exist_ok=True)
+    online: Any
+    if f.online_store == "redis":
+        online = RedisOnlineStoreConfig(connection_string=f.redis_connection)
+    else:
+        f.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        online = SqliteOnlineStoreConfig(path=str(f.sqlite_path))
+    return RepoConfig(
+        project=f.project,
+        provider="local",
+        registry=str(f.registry_path),
+        online_store=online,
+        offline_store=DuckDBOfflineStoreConfig(),
+        entity_key_serialization_version=3,
+        repo_path=f.repo_path,
+    )
+
+
+def get_store(settings: Settings | None = None) -> FeatureStore:
+    """A FeatureStore on the configured registry and stores."""
+    from feast import FeatureStore
+
+    cfg = repo_config(settings)
+    return FeatureStore(config=cfg, repo_path=str(cfg.repo_path))
+
+
+DEFINITION_MODULES = ("entities", "data_sources", "features", "feature_services")
+
+
+def load_definitions(settings: Settings | None = None) -> list[Any]:
+    """The Feast objects defined in ``feature_repo/`` (entities, sources, views, services)."""
+    import importlib
+
+    from feast import Entity, FeatureService, FeatureView, OnDemandFeatureView
+    from feast.data_source import DataSource
+
+    s = settings or get_settings()
+    repo = s.feast.repo_path
+    assert repo is not None
+    # The definition files import each other by module name, as `feast apply` runs them.
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    kinds = (Entity, DataSource, FeatureView, OnDemandFeatureView, FeatureService)
+    found: dict[tuple[str, str], Any] = {}
+    for name in DEFINITION_MODULES:
+        module = importlib.import_module(name)
+        for obj in vars(module).values():
+            if isinstance(obj, kinds):
+                found[(type(obj).__name__, obj.name)] = obj
+    return list(found.values())
+
+
+def apply(settings: Settings | None = None) -> list[str]:
+    """Register entities, sources, views and services (what ``feast apply`` does).
+
+    Returns the names applied.
+    """
+    objects = load_definitions(settings)
+    get_store(settings).apply(objects)
+    return sorted(o.name for o in objects)
+
+
+def write_feature_tables(date: dt.date, settings: Settings | None = None) -> dict[str, str]:
+    """Compute one day's feature snapshots from validated orders and land them in the lake.
+
+    Reads the validated partition of ``date`` and, when present, of the day before (so that
+    24-hour windows at midnight are complete). Idempotent: re-running replaces the partitions.
+
+    Returns:
+        Feature table name -> partition URI.
+    """
+    lake = Lake(settings)
+    if not lake.exists(VALIDATED_ORDERS, date):
+        raise PartitionNotFound(
+            f"no validated orders for {date}: run `relay validate --date {date}` first"
+        )
+    orders = lake.read_range(VALIDATED_ORDERS, date - dt.timedelta(days=1), date)
+    start = pd.Timestamp(date, tz="UTC")
+    tables = compute_feature_tables(orders, start, start + pd.Timedelta(days=1))
+    written = {}
+    for ds in FEATURE_TABLES:
+        written[ds.name] = lake.write(tables[ds.name], ds, date)
+    return written
+
+
+def materialize(
+    end: dt.datetime, start: dt.datetime | None = None, settings: Settings | None = None
+) -> dict[str, tuple[dt.datetime | None, dt.datetime]]:
+    """Load the latest feature values into the online store.
+
+    With ``start``, materializes ``[start, end]`` (a backfill). Without it, each view continues
+    from where its last materialization ended; a view never materialized is backfilled from its
+    earliest lake partition, because Feast's own first incremental run would silently skip rows
+    older than now − TTL.
+
+    Returns:
+        View name -> (start, end) materialized.
+    """
+    store = get_store(settings)
+    lake = Lake(settings)
+    done: dict[str, tuple[dt.datetime | None, dt.datetime]] = {}
+    for ds in FEATURE_TABLES:
+        view = _feature_view(store, ds.name)
+        begin = start or view.most_recent_end_time
+        if begin is None:
+            days = lake.partitions(ds)
+            if not days:
+                raise PartitionNotFound(f"{ds} has no partitions to materialize")
+            begin = dt.datetime.combine(days[0], dt.time(), tzinfo=dt.UTC)
+        if begin >= end:
+            done[ds.name] = (begin, end)
+            continue
+        store.materialize(start_date=begin, end_date=end, feature_views=[ds.name])
+        done[ds.name] = (begin, end)
+    return done
+
+
+def _feature_view(store: FeatureStore, name: str) -> Any:
+    try:
+        return store.get_feature_view(name)
+    except Exception as exc:  # feast raises its own not-found types per registry
+        raise FeatureStoreError(
+            f"feature view {name!r} is not registered: run `relay features apply`"
+        ) from exc
+
+
+def entity_frame(orders: pd.DataFrame) -> pd.DataFrame:
+    """The entity rows Feast needs for a set of orders: keys, request fields, timestamp.
+
+    Keeps ``order_id`` and, when present, the label ``delivery_minutes``.
+    """
+    created = orders["created_at"]
+    out = pd.DataFrame(
+        {
+            "order_id": orders["order_id"].to_numpy(),
+            "courier_id": orders["courier_id"].to_numpy(),
+            "merchant_id": orders["merchant_id"].to_numpy(),
+            "zone_id": orders["zone_id"].to_numpy(),
+            "event_timestamp": created.to_numpy(),
+            "distance_km": orders["distance_km"].to_numpy(dtype=float),
+            "hour": created.dt.hour.to_numpy(dtype="int64"),
+            "weekday": created.dt.weekday.to_numpy(dtype="int64"),
+        }
+    )
+    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True)
+    if "delivery_minutes" in orders:
+        out["delivery_minutes"] = orders["delivery_minutes"].to_numpy(dtype=float)
+    return out
+
+
+def training_frame(orders: pd.DataFrame, settings: Settings | None = None) -> pd.DataFrame:
+    """Point-in-time-correct features for ``orders``: each row sees only values stamped at or
+    before the order's creation. Rows come back in the orders' order."""
+    store = get_store(settings)
+    service = store.get_feature_service((settings or get_settings()).feast.feature_service)
+    entities = entity_frame(orders)
+    entities["_row"] = range(len(entities))
+    job = store.get_historical_features(entity_df=entities, features=service)
+    df = job.to_df()
+    return df.sort_values("_row").drop(columns="_row").reset_index(drop=True)
+
+
+def build_training_set(
+    start: dt.date, end: dt.date, settings: Settings | None = None
+) -> tuple[str, int]:
+    """Training set for every validated order created from ``start`` to ``end`` (inclusive),
+    written as Parquet in the lake. Returns (URI, rows)."""
+    lake = Lake(settings)
+    orders = lake.read_range(VALIDATED_ORDERS, start, end)
+    df = training_frame(orders, settings)
+    name = Dataset(TRAINING_SETS.layer, f"{TRAINING_SETS.name}_{start:%Y%m%d}_{end:%Y%m%d}")
+    return lake.write(df, name, end), len(df)
+
+
+def online_features(
+    orders: pd.DataFrame | list[dict[str, Any]], store: FeatureStore | None = None,
+    settings: Settings | None = None,
+) -> pd.DataFrame:
+    """Latest feature values for a batch of orders, in one online-store read.
+
+    Each order needs ``courier_id``, ``merchant_id``, ``zone_id``, ``distance_km`` and either
+    ``hour`` and ``weekday`` or ``created_at``. Unknown ids come back as nulls.
+    """
+    store = store or get_store(settings)
+    service = store.get_feature_service((settings or get_settings()).feast.feature_service)
+    if isinstance(orders, pd.DataFrame) and "hour" not in orders:
+        orders = entity_frame(orders)
+    rows = orders if isinstance(orders, list) else orders.to_dict("records")
+    entity_rows = [{k: r[k] for k in (*ENTITY_KEYS, *REQUEST_FIELDS)} for r in rows]
+    return store.get_online_features(features=service, entity_rows=entity_rows).to_df()

@@ -1,0 +1,149 @@
+"""The data lake: date-partitioned Parquet on local disk or S3.
+
+Every dataset has a layer and a name (``raw/orders``, ``validated/orders``,
+``features/courier_stats``, ``serving/predictions`` …) and one partition per day:
+``{lake}/{layer}/{name}/date=YYYY-MM-DD/part-0.parquet``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from dataclasses import dataclass
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from relay.errors import PartitionNotFound
+from relay.settings import Settings, get_settings
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A named dataset in the lake."""
+
+    layer: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.layer}/{self.name}"
+
+
+RAW_ORDERS = Dataset("raw", "orders")
+VALIDATED_ORDERS = Dataset("validated", "orders")
+COURIER_STATS = Dataset("features", "courier_stats")
+MERCHANT_STATS = Dataset("features", "merchant_stats")
+ZONE_STATS = Dataset("features", "zone_stats")
+FEATURE_TABLES = (COURIER_STATS, MERCHANT_STATS, ZONE_STATS)
+TRAINING_SETS = Dataset("training", "eta")
+
+PART_FILE = "part-0.parquet"
+
+
+def filesystem(uri: str, settings: Settings | None = None) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it for a local path or an ``s3://`` URI."""
+    if uri.startswith("s3://"):
+        s = (settings or get_settings()).s3
+        endpoint = s.endpoint_url
+        kwargs: dict[str, object] = {"region": s.region}
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
+            kwargs.update(endpoint_override=host, scheme=scheme)
+        # Keys come from the standard AWS variables (never from Relay's settings).
+        if os.environ.get("AWS_ACCESS_KEY_ID"):
+            kwargs.update(
+                access_key=os.environ["AWS_ACCESS_KEY_ID"],
+                secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+            )
+        return pafs.S3FileSystem(**kwargs), uri.removeprefix("s3://").rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+class Lake:
+    """Reads and writes dataset partitions under the configured lake root."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        root = self.settings.lake.uri
+        if root is None:  # pragma: no cover, the settings validator fills it
+            raise ValueError("lake URI not set")
+        self.root = root.rstrip("/")
+        self.fs, self._root_path = filesystem(self.root, self.settings)
+
+    def uri(self, dataset: Dataset, date: dt.date | None = None) -> str:
+        """The URI of a dataset's folder, or of one day's partition folder."""
+        base = f"{self.root}/{dataset.layer}/{dataset.name}"
+        return base if date is None else f"{base}/date={date.isoformat()}"
+
+    def glob(self, dataset: Dataset) -> str:
+        """A glob over every partition file of a dataset (DuckDB and Feast read it)."""
+        return f"{self.uri(dataset)}/*/*.parquet"
+
+    def _path(self, dataset: Dataset, date: dt.date) -> str:
+        return f"{self._root_path}/{dataset.layer}/{dataset.name}/date={date.isoformat()}"
+
+    def write(self, df: pd.DataFrame, dataset: Dataset, date: dt.date) -> str:
+        """Replace one day's partition with ``df``; readers never see a half-written file.
+
+        Returns the partition's file URI.
+        """
+        folder = self._path(dataset, date)
+        self.fs.create_dir(folder, recursive=True)
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        final = f"{folder}/{PART_FILE}"
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            tmp = f"{folder}/.{uuid.uuid4().hex}.tmp"
+            # DuckDB (Feast's offline store) rejects nanosecond tz-aware timestamps.
+            pq.write_table(table, tmp, filesystem=self.fs, coerce_timestamps="us",
+                           allow_truncated_timestamps=True)
+            os.replace(tmp, final)
+        else:  # an S3 PUT is atomic
+            pq.write_table(table, final, filesystem=self.fs, coerce_timestamps="us",
+                           allow_truncated_timestamps=True)
+        return f"{self.uri(dataset, date)}/{PART_FILE}"
+
+    def exists(self, dataset: Dataset, date: dt.date) -> bool:
+        info = self.fs.get_file_info(f"{self._path(dataset, date)}/{PART_FILE}")
+        return bool(info.type == pafs.FileType.File)
+
+    def read(self, dataset: Dataset, date: dt.date, columns: list[str] | None = None) -> pd.DataFrame:
+        """One day's partition as a DataFrame."""
+        if not self.exists(dataset, date):
+            raise PartitionNotFound(
+                f"{dataset} has no partition for {date} under {self.root}; "
+                f"run the step that writes it first (e.g. `relay generate --date {date}`)."
+            )
+        path = f"{self._path(dataset, date)}/{PART_FILE}"
+        return pq.read_table(path, filesystem=self.fs, columns=columns).to_pandas()
+
+    def read_range(
+        self, dataset: Dataset, start: dt.date, end: dt.date, columns: list[str] | None = None
+    ) -> pd.DataFrame:
+        """Every existing partition with ``start <= date <= end``, concatenated."""
+        frames = [
+            self.read(dataset, day, columns)
+            for day in date_range(start, end)
+            if self.exists(dataset, day)
+        ]
+        if not frames:
+            raise PartitionNotFound(f"{dataset} has no partition between {start} and {end}")
+        return pd.concat(frames, ignore_index=True)
+
+    def partitions(self, dataset: Dataset) -> list[dt.date]:
+        """The days for which a dataset has a partition, in order."""
+        base = f"{self._root_path}/{dataset.layer}/{dataset.name}"
+        selector = pafs.FileSelector(base, allow_not_found=True)
+        days = []
+        for info in self.fs.get_file_info(selector):
+            name = info.base_name
+            if info.type == pafs.FileType.Directory and name.startswith("date="):
+                days.append(dt.date.fromisoformat(name.removeprefix("date=")))
+        return sorted(days)
+
+
+def date_range(start: dt.date, end: dt.date) -> list[dt.date]:
+    """Days from ``start`` to ``end`` inclusive."""
+    return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]

@@ -1,0 +1,146 @@
+"""Typed settings for Relay, read from ``RELAY_*`` environment variables.
+
+One object, grouped by concern. Nested fields use ``__``: ``RELAY_FEAST__ONLINE_STORE=redis``.
+Two profiles fill in the defaults a user expects:
+
+* ``local`` (default): embedded parts — SQLite Feast online store, DuckDB offline store over
+  Parquet, a local Ray, lake and artifacts under ``RELAY_HOME`` on local disk.
+* ``prod``: Redis online store, PostgreSQL for Airflow, S3 (or MinIO) lake and artifacts,
+  a remote Ray address.
+
+Nothing is read or created at import time: call :func:`get_settings`.
+"""
+
+from __future__ import annotations
+
+import functools
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from relay.errors import ConfigError
+
+
+class Profile(StrEnum):
+    LOCAL = "local"
+    PROD = "prod"
+
+
+class S3Settings(BaseModel):
+    """Where S3 lives. Keys come from the usual ``AWS_*`` variables, never from here."""
+
+    endpoint_url: str | None = Field(None, description="e.g. http://minio:9000; None for AWS")
+    region: str = "us-east-1"
+
+
+class LakeSettings(BaseModel):
+    uri: str | None = Field(None, description="Root of the data lake: a path or s3://bucket/prefix")
+
+
+class ArtifactSettings(BaseModel):
+    uri: str | None = Field(None, description="Root of reports and model artifacts")
+
+
+class FeastSettings(BaseModel):
+    project: str = "relay_eta"
+    repo_path: Path | None = Field(None, description="Folder holding the Feast definitions")
+    registry_path: Path | None = None
+    online_store: Literal["sqlite", "redis"] | None = None
+    sqlite_path: Path | None = None
+    redis_connection: str = "127.0.0.1:6379"
+    feature_service: str = "eta_v1"
+
+
+class RaySettings(BaseModel):
+    address: str | None = Field(None, description="Ray cluster address; None starts a local one")
+    num_cpus: int = 2
+    dashboard_url: str = "http://127.0.0.1:8265"
+
+
+class AirflowSettings(BaseModel):
+    database_url: str | None = None
+    api_url: str = "http://127.0.0.1:8080"
+
+
+class DataSettings(BaseModel):
+    """The synthetic ETA world: its size and seed."""
+
+    seed: int = 7
+    orders_per_day: int = 20_000
+    n_zones: int = 24
+    n_merchants: int = 1_200
+    n_couriers: int = 1_500
+
+
+class ValidationSettings(BaseModel):
+    max_examples: int = 5
+    mean_delivery_minutes_min: float = 15.0
+    mean_delivery_minutes_max: float = 75.0
+    max_distance_km: float = 40.0
+    max_delivery_minutes: float = 300.0
+
+
+class Settings(BaseSettings):
+    """All of Relay's configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RELAY_", env_nested_delimiter="__", extra="ignore", validate_default=True
+    )
+
+    profile: Profile = Profile.LOCAL
+    home: Path = Field(default_factory=lambda: Path.cwd() / "var")
+    s3: S3Settings = S3Settings()
+    lake: LakeSettings = LakeSettings()
+    artifacts: ArtifactSettings = ArtifactSettings()
+    feast: FeastSettings = FeastSettings()
+    ray: RaySettings = RaySettings()
+    airflow: AirflowSettings = AirflowSettings()
+    data: DataSettings = DataSettings()
+    validation: ValidationSettings = ValidationSettings()
+
+    @model_validator(mode="after")
+    def _profile_defaults(self) -> Settings:
+        self.home = self.home.expanduser().resolve()
+        prod = self.profile is Profile.PROD
+        if self.lake.uri is None:
+            if prod:
+                raise ConfigError("RELAY_LAKE__URI is required in the prod profile (s3://bucket/…)")
+            self.lake.uri = str(self.home / "lake")
+        if self.artifacts.uri is None:
+            if prod:
+                raise ConfigError("RELAY_ARTIFACTS__URI is required in the prod profile")
+            self.artifacts.uri = str(self.home / "artifacts")
+        f = self.feast
+        f.repo_path = f.repo_path or _project_root() / "feature_repo"
+        f.registry_path = f.registry_path or self.home / "feast" / "registry.db"
+        f.sqlite_path = f.sqlite_path or self.home / "feast" / "online.db"
+        f.online_store = f.online_store or ("redis" if prod else "sqlite")
+        if self.airflow.database_url is None:
+            if prod:
+                raise ConfigError("RELAY_AIRFLOW__DATABASE_URL is required in the prod profile")
+            self.airflow.database_url = f"sqlite:///{self.home / 'airflow' / 'airflow.db'}"
+        return self
+
+    @property
+    def reports_dir(self) -> Path:
+        """Local folder for HTML reports (copied to the artifact store when it is remote)."""
+        return self.home / "reports"
+
+
+def _project_root() -> Path:
+    # plugins/relay/settings.py -> project root; right for a checkout and an editable install.
+    return Path(__file__).resolve().parents[2]
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests and long-lived processes that change the environment)."""
+    get_settings.cache_clear()
