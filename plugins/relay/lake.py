@@ -91,10 +91,10 @@ class Lake:
         Returns the partition's file URI.
         """
         folder = self._path(dataset, date)
-        self.fs.create_dir(folder, recursive=True)
         table = pa.Table.from_pandas(df, preserve_index=False)
         final = f"{folder}/{PART_FILE}"
         if isinstance(self.fs, pafs.LocalFileSystem):
+            self.fs.create_dir(folder, recursive=True)
             tmp = f"{folder}/.{uuid.uuid4().hex}.tmp"
             # DuckDB (Feast's offline store) rejects nanosecond tz-aware timestamps.
             pq.write_table(table, tmp, filesystem=self.fs, coerce_timestamps="us",

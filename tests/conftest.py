@@ -1,0 +1,32 @@
+"""Test-wide set-up: every test run gets its own RELAY_HOME, so nothing touches ./var."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_HOME: Path | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _HOME
+    # Set before any relay import: the Feast definitions read the lake path at import.
+    _HOME = Path(tempfile.mkdtemp(prefix="relay-test-"))
+    os.environ["RELAY_HOME"] = str(_HOME)
+    for key in [k for k in os.environ if k.startswith("RELAY_") and k != "RELAY_HOME"]:
+        del os.environ[key]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _HOME is not None:
+        shutil.rmtree(_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def relay_home() -> Path:
+    assert _HOME is not None
+    return _HOME

@@ -1,0 +1,96 @@
+"""Feast round trips on SQLite and on Redis, and point-in-time correctness of training sets."""
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+
+from relay.features.store import entity_frame, get_store, online_features, training_frame
+from relay.features.tables import COURIER_FEATURES, MERCHANT_FEATURES, ZONE_FEATURES
+from relay.lake import COURIER_STATS, MERCHANT_STATS, VALIDATED_ORDERS, ZONE_STATS, Lake
+
+
+def _latest(lake: Lake, ds, key: str) -> pd.DataFrame:
+    df = pd.concat([lake.read(ds, d) for d in lake.partitions(ds)], ignore_index=True)
+    return df.sort_values("event_timestamp").groupby(key).tail(1).set_index(key)
+
+
+def test_online_features_equal_latest_offline_values(feast_settings, lake_days):
+    lake = Lake()
+    orders = lake.read(VALIDATED_ORDERS, lake_days[-1]).sample(40, random_state=1)
+    online = online_features(orders, settings=feast_settings)
+    assert len(online) == 40
+    for ds, key, names in (
+        (COURIER_STATS, "courier_id", COURIER_FEATURES),
+        (MERCHANT_STATS, "merchant_id", MERCHANT_FEATURES),
+        (ZONE_STATS, "zone_id", ZONE_FEATURES),
+    ):
+        latest = _latest(lake, ds, key)
+        expected = latest.loc[online[key], list(names)].reset_index(drop=True)
+        got = online[list(names)].reset_index(drop=True)
+        for name in names:
+            if expected[name].dtype == object:
+                assert (got[name] == expected[name]).all(), name
+            else:
+                np.testing.assert_allclose(got[name].astype(float), expected[name].astype(float),
+                                           err_msg=name)
+    # Request-time features come from the order itself.
+    np.testing.assert_allclose(online["order_distance_km"], orders["distance_km"])
+    assert (online["order_hour"].to_numpy() == orders["created_at"].dt.hour.to_numpy()).all()
+
+
+def test_unknown_entities_come_back_null(feast_settings, lake_days):
+    orders = Lake().read(VALIDATED_ORDERS, lake_days[-1]).head(2).copy()
+    orders["courier_id"] = ["C_UNKNOWN_1", "C_UNKNOWN_2"]
+    online = online_features(orders, settings=feast_settings)
+    assert online["courier_mean_delivery_24h"].isna().all()
+    assert online["zone_weather"].notna().all()
+
+
+def test_training_rows_never_see_values_from_after_the_order(feast_settings, lake_days):
+    lake = Lake()
+    orders = lake.read(VALIDATED_ORDERS, lake_days[-1]).sample(500, random_state=2)
+    got = training_frame(orders, feast_settings)
+    assert list(got["order_id"]) == list(orders["order_id"])
+    # Expected: for each order the latest snapshot stamped at or before its creation time.
+    courier = pd.concat([lake.read(COURIER_STATS, d) for d in lake.partitions(COURIER_STATS)])
+    courier["event_timestamp"] = courier["event_timestamp"].astype("datetime64[ns, UTC]")
+    ents = entity_frame(orders).reset_index(drop=True)
+    ents["_i"] = range(len(ents))
+    exp = pd.merge_asof(
+        ents.sort_values("event_timestamp"),
+        courier.sort_values("event_timestamp").rename(columns={"event_timestamp": "ts"}),
+        left_on="event_timestamp", right_on="ts", by="courier_id", direction="backward",
+        tolerance=pd.Timedelta(days=2),
+    ).sort_values("_i").reset_index(drop=True)
+    assert (exp["ts"].dropna() <= exp.loc[exp["ts"].notna(), "event_timestamp"]).all()
+    np.testing.assert_allclose(
+        got["courier_deliveries_24h"].astype(float), exp["courier_deliveries_24h"].astype(float))
+    np.testing.assert_allclose(
+        got["courier_mean_delivery_24h"].astype(float),
+        exp["courier_mean_delivery_24h"].astype(float))
+
+
+def test_a_planted_future_value_does_not_leak(feast_settings, lake_days):
+    """A snapshot one second after an order's creation must not reach its training row."""
+    lake = Lake()
+    orders = lake.read(VALIDATED_ORDERS, lake_days[-1])
+    order = orders.iloc[[len(orders) // 2]]
+    created = order["created_at"].iloc[0]
+    store = get_store(feast_settings)
+    planted = pd.DataFrame({
+        "courier_id": [order["courier_id"].iloc[0]] * 2,
+        "event_timestamp": [created - pd.Timedelta(seconds=1), created + pd.Timedelta(seconds=1)],
+        "courier_deliveries_24h": [111, 999],
+        "courier_mean_delivery_24h": [11.0, 99.0],
+        "courier_orders_1h": [1, 9],
+    })
+    day = dt.date(2026, 11, 25)  # a partition of its own, removed afterwards
+    uri = lake.write(planted, COURIER_STATS, day)
+    try:
+        row = training_frame(order, feast_settings).iloc[0]
+        assert row["courier_deliveries_24h"] == 111
+        assert row["courier_mean_delivery_24h"] == 11.0
+    finally:
+        lake.fs.delete_dir(uri.rsplit("/", 1)[0])
+    assert store is not None

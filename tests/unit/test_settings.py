@@ -1,0 +1,45 @@
+import pytest
+
+from relay.errors import ConfigError
+from relay.settings import Profile, Settings
+
+
+def test_local_profile_puts_everything_under_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("RELAY_HOME", str(tmp_path))
+    s = Settings()
+    assert s.profile is Profile.LOCAL
+    assert s.lake.uri == str(tmp_path / "lake")
+    assert s.artifacts.uri == str(tmp_path / "artifacts")
+    assert s.feast.online_store == "sqlite"
+    assert s.feast.sqlite_path == tmp_path / "feast" / "online.db"
+    assert s.airflow.database_url == f"sqlite:///{tmp_path / 'airflow' / 'airflow.db'}"
+    assert (s.feast.repo_path / "feature_store.yaml").exists()
+
+
+def test_nested_environment_variables_override(tmp_path, monkeypatch):
+    monkeypatch.setenv("RELAY_HOME", str(tmp_path))
+    monkeypatch.setenv("RELAY_FEAST__ONLINE_STORE", "redis")
+    monkeypatch.setenv("RELAY_FEAST__REDIS_CONNECTION", "redis.internal:6380")
+    monkeypatch.setenv("RELAY_DATA__ORDERS_PER_DAY", "123")
+    s = Settings()
+    assert s.feast.online_store == "redis"
+    assert s.feast.redis_connection == "redis.internal:6380"
+    assert s.data.orders_per_day == 123
+
+
+def test_prod_profile_defaults_to_redis_and_requires_remote_stores(monkeypatch):
+    monkeypatch.setenv("RELAY_PROFILE", "prod")
+    with pytest.raises(ConfigError, match="RELAY_LAKE__URI"):
+        Settings()
+    monkeypatch.setenv("RELAY_LAKE__URI", "s3://lake/eta")
+    monkeypatch.setenv("RELAY_ARTIFACTS__URI", "s3://artifacts/eta")
+    monkeypatch.setenv("RELAY_AIRFLOW__DATABASE_URL", "postgresql://airflow@db/airflow")
+    s = Settings()
+    assert s.feast.online_store == "redis"
+    assert s.lake.uri == "s3://lake/eta"
+
+
+def test_invalid_values_are_rejected(monkeypatch):
+    monkeypatch.setenv("RELAY_FEAST__ONLINE_STORE", "cassandra")
+    with pytest.raises(ValueError, match="online_store"):
+        Settings()
