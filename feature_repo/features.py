@@ -1,7 +1,6 @@
 """Feature views: courier, merchant and zone snapshots, and the order's own request features."""
 
 from datetime import timedelta
-
 from typing import Any
 
 from data_sources import (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,9 +33,13 @@ def _days(date: dt.datetime, days: int) -> list[dt.date]:
 @contextmanager
 def _progress() -> Iterator[Progress]:
     with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-        TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-        console=console, transient=False,
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
     ) as progress:
         yield progress
 
@@ -82,7 +87,7 @@ def validate(date: DateOpt, days: DaysOpt = 1) -> None:
     with _progress() as p:
         task = p.add_task("validating", total=days)
         for day in _days(date, days):
-            verdict = _run(lambda d=day: validate_partition(d))
+            verdict = _run(functools.partial(validate_partition, day))
             p.console.print(verdict.summary())
             p.advance(task)
 
@@ -105,7 +110,7 @@ def features_build(date: DateOpt, days: DaysOpt = 1) -> None:
     with _progress() as p:
         task = p.add_task("feature tables", total=days)
         for day in _days(date, days):
-            written = _run(lambda d=day: write_feature_tables(d))
+            written = _run(functools.partial(write_feature_tables, day))
             for name, uri in written.items():
                 p.console.print(f"{day}: {name} -> {uri}")
             p.advance(task)
@@ -142,9 +147,10 @@ def features_training_set(start: DateOpt, end: DateOpt) -> None:
 
 
 @app.command()
-def pipeline(date: DateOpt, days: DaysOpt = 2,
-             orders: Annotated[int | None, typer.Option(min=1)] = None) -> None:
-    """Run what exists end to end: generate -> validate -> features -> materialize -> training set."""
+def pipeline(
+    date: DateOpt, days: DaysOpt = 2, orders: Annotated[int | None, typer.Option(min=1)] = None
+) -> None:
+    """Run what exists end to end: generate, validate, features, materialize, training set."""
     from relay.features.store import apply, build_training_set, materialize, write_feature_tables
     from relay.ingest import land_generated_batch, validate_partition
     from relay.settings import get_settings
@@ -156,10 +162,10 @@ def pipeline(date: DateOpt, days: DaysOpt = 2,
             uri, rows = land_generated_batch(day, orders)
             p.console.print(f"[green]generated[/] {day}: {rows} orders -> {uri}")
             p.advance(task)
-            verdict = _run(lambda d=day: validate_partition(d))
+            verdict = _run(functools.partial(validate_partition, day))
             p.console.print(f"[green]validated[/] {verdict.summary()}")
             p.advance(task)
-            _run(lambda d=day: write_feature_tables(d))
+            _run(functools.partial(write_feature_tables, day))
             p.console.print(f"[green]features[/] {day}")
             p.advance(task)
         _run(apply)

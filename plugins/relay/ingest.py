@@ -11,7 +11,9 @@ from relay.validation import Verdict, require_valid, validate_orders
 
 
 def land_generated_batch(
-    date: dt.date, n_orders: int | None = None, scenario: str = "normal",
+    date: dt.date,
+    n_orders: int | None = None,
+    scenario: str = "normal",
     settings: Settings | None = None,
 ) -> tuple[str, int]:
     """Generate a day's orders under a scenario and land them in ``raw/orders``.

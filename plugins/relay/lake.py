@@ -97,19 +97,31 @@ class Lake:
             self.fs.create_dir(folder, recursive=True)
             tmp = f"{folder}/.{uuid.uuid4().hex}.tmp"
             # DuckDB (Feast's offline store) rejects nanosecond tz-aware timestamps.
-            pq.write_table(table, tmp, filesystem=self.fs, coerce_timestamps="us",
-                           allow_truncated_timestamps=True)
+            pq.write_table(
+                table,
+                tmp,
+                filesystem=self.fs,
+                coerce_timestamps="us",
+                allow_truncated_timestamps=True,
+            )
             os.replace(tmp, final)
         else:  # an S3 PUT is atomic
-            pq.write_table(table, final, filesystem=self.fs, coerce_timestamps="us",
-                           allow_truncated_timestamps=True)
+            pq.write_table(
+                table,
+                final,
+                filesystem=self.fs,
+                coerce_timestamps="us",
+                allow_truncated_timestamps=True,
+            )
         return f"{self.uri(dataset, date)}/{PART_FILE}"
 
     def exists(self, dataset: Dataset, date: dt.date) -> bool:
         info = self.fs.get_file_info(f"{self._path(dataset, date)}/{PART_FILE}")
         return bool(info.type == pafs.FileType.File)
 
-    def read(self, dataset: Dataset, date: dt.date, columns: list[str] | None = None) -> pd.DataFrame:
+    def read(
+        self, dataset: Dataset, date: dt.date, columns: list[str] | None = None
+    ) -> pd.DataFrame:
         """One day's partition as a DataFrame."""
         if not self.exists(dataset, date):
             raise PartitionNotFound(

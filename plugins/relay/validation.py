@@ -75,9 +75,7 @@ class Verdict:
         return json.dumps(asdict(self), default=str, indent=2)
 
 
-def build_expectations(
-    date: dt.date, settings: Settings | None = None
-) -> list[Any]:
+def build_expectations(date: dt.date, settings: Settings | None = None) -> list[Any]:
     """The raw-orders expectations for the partition of ``date``."""
     import great_expectations.expectations as gxe
 
@@ -99,7 +97,8 @@ def build_expectations(
         gxe.ExpectColumnValuesToBeUnique(column="order_id"),
         # Freshness: every order of the partition was created on the partition's day.
         gxe.ExpectColumnValuesToBeBetween(
-            column="created_at", min_value=day_start.to_pydatetime(),
+            column="created_at",
+            min_value=day_start.to_pydatetime(),
             max_value=(day_end - pd.Timedelta(microseconds=1)).to_pydatetime(),
         ),
         gxe.ExpectColumnPairValuesAToBeGreaterThanB(
@@ -108,10 +107,12 @@ def build_expectations(
         gxe.ExpectColumnPairValuesAToBeGreaterThanB(
             column_A="picked_up_at", column_B="created_at", or_equal=True
         ),
-        gxe.ExpectColumnValuesToBeBetween(column="distance_km", min_value=0.0,
-                                          max_value=v.max_distance_km, strict_min=True),
-        gxe.ExpectColumnValuesToBeBetween(column="delivery_minutes", min_value=1.0,
-                                          max_value=v.max_delivery_minutes),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="distance_km", min_value=0.0, max_value=v.max_distance_km, strict_min=True
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="delivery_minutes", min_value=1.0, max_value=v.max_delivery_minutes
+        ),
         gxe.ExpectColumnValuesToBeBetween(column="prep_minutes", min_value=0.0, max_value=180.0),
         gxe.ExpectColumnValuesToBeBetween(column="courier_load", min_value=0, max_value=20),
         gxe.ExpectColumnValuesToBeBetween(column="items", min_value=1, max_value=100),

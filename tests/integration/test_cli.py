@@ -7,8 +7,13 @@ import sys
 
 def _relay(*args: str, home) -> subprocess.CompletedProcess:
     env = {**os.environ, "RELAY_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "relay.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "relay.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_generate_then_validate_clean_and_corrupted(tmp_path):
@@ -19,8 +24,16 @@ def test_generate_then_validate_clean_and_corrupted(tmp_path):
     assert good.returncode == 0, good.stderr
     assert (tmp_path / "lake/validated/orders/date=2026-11-01/part-0.parquet").exists()
 
-    _relay("generate", "--date", "2026-11-02", "--orders", "2000", "--scenario", "late_rows",
-           home=tmp_path)
+    _relay(
+        "generate",
+        "--date",
+        "2026-11-02",
+        "--orders",
+        "2000",
+        "--scenario",
+        "late_rows",
+        home=tmp_path,
+    )
     bad = _relay("validate", "--date", "2026-11-02", home=tmp_path)
     assert bad.returncode == 1
     assert "expect_column_values_to_be_between" in bad.stderr and "created_at" in bad.stderr

@@ -32,8 +32,9 @@ def test_online_features_equal_latest_offline_values(feast_settings, lake_days):
             if expected[name].dtype == object:
                 assert (got[name] == expected[name]).all(), name
             else:
-                np.testing.assert_allclose(got[name].astype(float), expected[name].astype(float),
-                                           err_msg=name)
+                np.testing.assert_allclose(
+                    got[name].astype(float), expected[name].astype(float), err_msg=name
+                )
     # Request-time features come from the order itself.
     np.testing.assert_allclose(online["order_distance_km"], orders["distance_km"])
     assert (online["order_hour"].to_numpy() == orders["created_at"].dt.hour.to_numpy()).all()
@@ -57,18 +58,27 @@ def test_training_rows_never_see_values_from_after_the_order(feast_settings, lak
     courier["event_timestamp"] = courier["event_timestamp"].astype("datetime64[ns, UTC]")
     ents = entity_frame(orders).reset_index(drop=True)
     ents["_i"] = range(len(ents))
-    exp = pd.merge_asof(
-        ents.sort_values("event_timestamp"),
-        courier.sort_values("event_timestamp").rename(columns={"event_timestamp": "ts"}),
-        left_on="event_timestamp", right_on="ts", by="courier_id", direction="backward",
-        tolerance=pd.Timedelta(days=2),
-    ).sort_values("_i").reset_index(drop=True)
+    exp = (
+        pd.merge_asof(
+            ents.sort_values("event_timestamp"),
+            courier.sort_values("event_timestamp").rename(columns={"event_timestamp": "ts"}),
+            left_on="event_timestamp",
+            right_on="ts",
+            by="courier_id",
+            direction="backward",
+            tolerance=pd.Timedelta(days=2),
+        )
+        .sort_values("_i")
+        .reset_index(drop=True)
+    )
     assert (exp["ts"].dropna() <= exp.loc[exp["ts"].notna(), "event_timestamp"]).all()
     np.testing.assert_allclose(
-        got["courier_deliveries_24h"].astype(float), exp["courier_deliveries_24h"].astype(float))
+        got["courier_deliveries_24h"].astype(float), exp["courier_deliveries_24h"].astype(float)
+    )
     np.testing.assert_allclose(
         got["courier_mean_delivery_24h"].astype(float),
-        exp["courier_mean_delivery_24h"].astype(float))
+        exp["courier_mean_delivery_24h"].astype(float),
+    )
 
 
 def test_a_planted_future_value_does_not_leak(feast_settings, lake_days):
@@ -78,13 +88,18 @@ def test_a_planted_future_value_does_not_leak(feast_settings, lake_days):
     order = orders.iloc[[len(orders) // 2]]
     created = order["created_at"].iloc[0]
     store = get_store(feast_settings)
-    planted = pd.DataFrame({
-        "courier_id": [order["courier_id"].iloc[0]] * 2,
-        "event_timestamp": [created - pd.Timedelta(seconds=1), created + pd.Timedelta(seconds=1)],
-        "courier_deliveries_24h": [111, 999],
-        "courier_mean_delivery_24h": [11.0, 99.0],
-        "courier_orders_1h": [1, 9],
-    })
+    planted = pd.DataFrame(
+        {
+            "courier_id": [order["courier_id"].iloc[0]] * 2,
+            "event_timestamp": [
+                created - pd.Timedelta(seconds=1),
+                created + pd.Timedelta(seconds=1),
+            ],
+            "courier_deliveries_24h": [111, 999],
+            "courier_mean_delivery_24h": [11.0, 99.0],
+            "courier_orders_1h": [1, 9],
+        }
+    )
     day = dt.date(2026, 11, 25)  # a partition of its own, removed afterwards
     uri = lake.write(planted, COURIER_STATS, day)
     try:

@@ -45,8 +45,11 @@ def test_each_corruption_is_caught_and_named(scenario, tmp_path):
     verdict = validate_orders(scenario_batch(scenario, DAY, N), DAY, docs_dir=tmp_path)
     assert not verdict.success
     expectation, column = CAUGHT_BY[scenario]
-    hits = [f for f in verdict.failures if f.expectation == expectation
-            and (column is None or f.column == column)]
+    hits = [
+        f
+        for f in verdict.failures
+        if f.expectation == expectation and (column is None or f.column == column)
+    ]
     assert hits, verdict.summary()
     with pytest.raises(DataValidationFailed) as err:
         require_valid(verdict)

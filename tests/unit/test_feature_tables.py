@@ -50,7 +50,9 @@ def test_a_future_delivery_never_changes_earlier_snapshots():
     cid = orders.at[i, "courier_id"]
     old_delivered = orders.at[i, "delivered_at"]
     orders.loc[i, ["delivered_at", "delivery_minutes"]] = [
-        old_delivered + pd.Timedelta(hours=3), orders.at[i, "delivery_minutes"] + 180]
+        old_delivered + pd.Timedelta(hours=3),
+        orders.at[i, "delivery_minutes"] + 180,
+    ]
     after = compute_feature_tables(orders, START, END)["courier_stats"]
     key = ["courier_id", "event_timestamp"]
     merged = before.merge(after, on=key, suffixes=("_b", "_a"))
@@ -66,5 +68,7 @@ def test_zone_weather_is_the_latest_report_before_the_snapshot():
     orders = _orders()
     zone = compute_feature_tables(orders, START, END)["zone_stats"]
     row = zone.iloc[len(zone) // 2]
-    prior = orders[(orders["zone_id"] == row["zone_id"]) & (orders["created_at"] < row["event_timestamp"])]
+    prior = orders[
+        (orders["zone_id"] == row["zone_id"]) & (orders["created_at"] < row["event_timestamp"])
+    ]
     assert row["zone_weather"] == prior.sort_values("created_at")["weather"].iloc[-1]

@@ -25,9 +25,11 @@ def test_same_seed_same_batch(normal):
 
 def test_other_seed_or_day_differs(normal):
     assert not generate_orders(DAY, N, seed=8)["delivery_minutes"].equals(
-        normal["delivery_minutes"])
+        normal["delivery_minutes"]
+    )
     assert not generate_orders(DAY + dt.timedelta(days=1), N, seed=7)["distance_km"].equals(
-        normal["distance_km"])
+        normal["distance_km"]
+    )
 
 
 def test_schema_and_types(normal):
@@ -45,10 +47,14 @@ def test_delivery_time_depends_on_its_causes(normal):
     near = df["distance_km"] < df["distance_km"].quantile(0.2)
     assert df.loc[far, "delivery_minutes"].mean() > df.loc[near, "delivery_minutes"].mean() + 5
     hour = df["created_at"].dt.hour
-    assert df.loc[hour == 18, "delivery_minutes"].mean() > df.loc[hour == 3, "delivery_minutes"].mean()
+    assert (
+        df.loc[hour == 18, "delivery_minutes"].mean() > df.loc[hour == 3, "delivery_minutes"].mean()
+    )
     loaded = df["courier_load"] >= 3
-    assert df.loc[loaded, "delivery_minutes"].mean() > df.loc[df["courier_load"] == 0,
-                                                               "delivery_minutes"].mean()
+    assert (
+        df.loc[loaded, "delivery_minutes"].mean()
+        > df.loc[df["courier_load"] == 0, "delivery_minutes"].mean()
+    )
     # Lunch and dinner peaks in order volume.
     counts = hour.value_counts()
     assert counts[19] > 3 * counts[4] and counts[12] > 3 * counts[4]
@@ -93,8 +99,14 @@ def test_menu_change_lengthens_preparation(normal):
 
 def test_every_scenario_is_named():
     assert set(DRIFTS) == {"storm", "new_zone", "courier_shortage", "menu_change"}
-    assert set(CORRUPTIONS) == {"nulls", "out_of_range", "renamed_column", "retyped_column",
-                                "duplicate_orders", "late_rows"}
+    assert set(CORRUPTIONS) == {
+        "nulls",
+        "out_of_range",
+        "renamed_column",
+        "retyped_column",
+        "duplicate_orders",
+        "late_rows",
+    }
 
 
 def test_corruptions_break_what_they_claim(normal):

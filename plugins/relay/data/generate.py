@@ -9,7 +9,7 @@ noise, so a model has something real to learn and a naive baseline has something
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -49,11 +49,14 @@ class World:
     courier_zone: np.ndarray
     courier_vehicle: np.ndarray
     courier_skill: np.ndarray
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 def make_world(
-    seed: int, n_zones: int = 24, n_merchants: int = 1200, n_couriers: int = 1500, new_zones: int = 0
+    seed: int,
+    n_zones: int = 24,
+    n_merchants: int = 1200,
+    n_couriers: int = 1500,
+    new_zones: int = 0,
 ) -> World:
     """The fixed world for a seed. ``new_zones`` appends zones (with merchants and couriers)
     that the reference world does not have, keeping the existing ones identical."""
@@ -69,7 +72,6 @@ def make_world(
         **{
             name: np.concatenate([getattr(world, name), getattr(more, name)])
             for name in World.__dataclass_fields__
-            if name != "extra"
         }
     )
 
@@ -124,9 +126,7 @@ def _rush_curve(hour_frac: np.ndarray) -> np.ndarray:
     )
 
 
-def _weather_grid(
-    rng: np.random.Generator, world: World, storm_share: float
-) -> np.ndarray:
+def _weather_grid(rng: np.random.Generator, world: World, storm_share: float) -> np.ndarray:
     """Weather state per (zone, hour): a persistent latent process cut into categories."""
     n_zones = len(world.zone_ids)
     day_level = rng.normal(-0.5, 0.6)
@@ -186,7 +186,7 @@ def generate_orders(
     zone = w.merchant_zone[merchant]
 
     # Who: a courier of that zone on shift (a shortage shrinks the pool).
-    on_shift = max(1, int(round(len(w.courier_ids) * cond.courier_share)))
+    on_shift = max(1, round(len(w.courier_ids) * cond.courier_share))
     shift = np.sort(rng.permutation(len(w.courier_ids))[:on_shift])
     shift_zone = w.courier_zone[shift]
     counts = np.bincount(shift_zone, minlength=len(w.zone_ids))

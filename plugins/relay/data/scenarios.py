@@ -26,14 +26,22 @@ class Drift:
 DRIFTS: dict[str, Drift] = {
     d.name: d
     for d in (
-        Drift("storm", "a storm over most zones: slower couriers, longer deliveries",
-              Conditions(storm_share=0.75)),
-        Drift("new_zone", "three new suburban zones take 20% of orders, with longer distances",
-              Conditions(new_zones=3, new_zone_order_share=0.2)),
-        Drift("courier_shortage", "a third of the couriers on shift: higher loads, longer waits",
-              Conditions(courier_share=0.33)),
-        Drift("menu_change", "menus that take 50% longer to prepare",
-              Conditions(prep_factor=1.5)),
+        Drift(
+            "storm",
+            "a storm over most zones: slower couriers, longer deliveries",
+            Conditions(storm_share=0.75),
+        ),
+        Drift(
+            "new_zone",
+            "three new suburban zones take 20% of orders, with longer distances",
+            Conditions(new_zones=3, new_zone_order_share=0.2),
+        ),
+        Drift(
+            "courier_shortage",
+            "a third of the couriers on shift: higher loads, longer waits",
+            Conditions(courier_share=0.33),
+        ),
+        Drift("menu_change", "menus that take 50% longer to prepare", Conditions(prep_factor=1.5)),
     )
 }
 
@@ -88,9 +96,7 @@ CORRUPTIONS: dict[str, tuple[str, Callable[[pd.DataFrame, np.random.Generator], 
 SCENARIOS: tuple[str, ...] = ("normal", *DRIFTS, *CORRUPTIONS)
 
 
-def scenario_batch(
-    scenario: str, date: dt.date, n_orders: int, seed: int = 7
-) -> pd.DataFrame:
+def scenario_batch(scenario: str, date: dt.date, n_orders: int, seed: int = 7) -> pd.DataFrame:
     """One day's orders under a named scenario (``normal`` is an ordinary day)."""
     if scenario == "normal":
         return generate_orders(date, n_orders, seed)

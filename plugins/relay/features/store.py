@@ -214,7 +214,8 @@ def build_training_set(
 
 
 def online_features(
-    orders: pd.DataFrame | list[dict[str, Any]], store: FeatureStore | None = None,
+    orders: pd.DataFrame | list[dict[str, Any]],
+    store: FeatureStore | None = None,
     settings: Settings | None = None,
 ) -> pd.DataFrame:
     """Latest feature values for a batch of orders, in one online-store read.

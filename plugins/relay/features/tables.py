@@ -39,8 +39,13 @@ class _Grid:
         return pd.date_range(self.origin, periods=self.n + 1, freq="h")
 
 
-def _counts(codes: np.ndarray, buckets: np.ndarray, n_ent: int, grid: _Grid,
-            weights: np.ndarray | None = None) -> np.ndarray:
+def _counts(
+    codes: np.ndarray,
+    buckets: np.ndarray,
+    n_ent: int,
+    grid: _Grid,
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
     """Dense (entity, boundary) cumulative sums: out[e, j] = sum over buckets k < j."""
     m = np.zeros((n_ent, grid.n + 1))
     ok = (buckets >= 0) & (buckets < grid.n)
@@ -55,8 +60,13 @@ def _window(cum: np.ndarray, hours: int) -> np.ndarray:
 
 
 def _frame(
-    key: str, ids: pd.Index, grid: _Grid, keep: np.ndarray, start: pd.Timestamp,
-    end: pd.Timestamp, columns: dict[str, np.ndarray],
+    key: str,
+    ids: pd.Index,
+    grid: _Grid,
+    keep: np.ndarray,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    columns: dict[str, np.ndarray],
 ) -> pd.DataFrame:
     stamps = grid.stamps()
     in_range = np.asarray((stamps > start) & (stamps <= end))
@@ -101,8 +111,12 @@ def compute_feature_tables(
         c_cum_created = _counts(c_codes, created, c_n, grid)
         c_1h = _window(c_cum_created, 1)
         courier = _frame(
-            "courier_id", pd.Index(c_ids), grid, _window(c_cum_created, WINDOW_HOURS) > 0,
-            start_ts, end_ts,
+            "courier_id",
+            pd.Index(c_ids),
+            grid,
+            _window(c_cum_created, WINDOW_HOURS) > 0,
+            start_ts,
+            end_ts,
             {
                 "courier_deliveries_24h": c_del.astype(np.int64),
                 "courier_mean_delivery_24h": np.where(c_del > 0, c_sum / c_del, np.nan),
@@ -119,7 +133,12 @@ def compute_feature_tables(
         m_cum_created = _counts(m_codes, created, m_n, grid)
         m_24 = _window(m_cum_created, WINDOW_HOURS)
         merchant = _frame(
-            "merchant_id", pd.Index(m_ids), grid, m_24 > 0, start_ts, end_ts,
+            "merchant_id",
+            pd.Index(m_ids),
+            grid,
+            m_24 > 0,
+            start_ts,
+            end_ts,
             {
                 "merchant_mean_prep_24h": np.where(m_pick > 0, m_prep / m_pick, np.nan),
                 "merchant_orders_1h": _window(m_cum_created, 1).astype(np.int64),
@@ -135,8 +154,12 @@ def compute_feature_tables(
         z_sum = _window(_counts(z_codes, delivered, z_n, grid, minutes), WINDOW_HOURS)
         weather = _latest_weather(orders, z_codes, created, z_n, grid)
         zone = _frame(
-            "zone_id", pd.Index(z_ids), grid, _window(z_cum_created, WINDOW_HOURS) > 0,
-            start_ts, end_ts,
+            "zone_id",
+            pd.Index(z_ids),
+            grid,
+            _window(z_cum_created, WINDOW_HOURS) > 0,
+            start_ts,
+            end_ts,
             {
                 "zone_orders_1h": _window(z_cum_created, 1).astype(np.int64),
                 "zone_mean_delivery_24h": np.where(z_del > 0, z_sum / z_del, np.nan),

@@ -1,0 +1,152 @@
+"""Foundation benchmarks: data generation, training-set build, online feature reads.
+
+Prints a Markdown table; numbers go in the README with the machine they came from.
+Run: ``make bench`` (or ``python -m bench.foundation --orders 1000000``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DAY = dt.date(2026, 11, 20)
+
+
+def _timed(fn: Callable[[], object]) -> tuple[float, object]:
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def _percentiles(fn: Callable[[], object], n: int = 300, warmup: int = 30) -> tuple[float, float]:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t) * 1000)
+    p50, p99 = np.percentile(samples, [50, 99])
+    return float(p50), float(p99)
+
+
+def _online_rows(store: Any, s: Any, sample: list[dict], backend: str) -> list[tuple[str, str]]:
+    """p50/p99 of an online read through the feature service, and of the three views alone."""
+    fs = store.get_store(s)
+    service = fs.get_feature_service(s.feast.feature_service)
+    views = [
+        f"{p.name}:{f.name}"
+        for p in service.feature_view_projections
+        if p.name != "order_features"
+        for f in p.features
+    ]
+    out = []
+    for n in (1, 32):
+        batch = sample[:n]
+        keys = [{k: r[k] for k in store.ENTITY_KEYS} for r in batch]
+        p50, p99 = _percentiles(lambda: store.online_features(batch, fs, s))  # noqa: B023
+        out.append(
+            (
+                f"online read, {n} order(s), {backend}, eta_v1 service",
+                f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
+            )
+        )
+        p50, p99 = _percentiles(
+            lambda: fs.get_online_features(features=views, entity_rows=keys).to_dict()  # noqa: B023
+        )
+        out.append(
+            (
+                f"online read, {n} order(s), {backend}, 3 views only (no on-demand view)",
+                f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
+            )
+        )
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--orders", type=int, default=1_000_000)
+    args = ap.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+    os.environ["RELAY_HOME"] = str(home)
+    rows: list[tuple[str, str]] = []
+    try:
+        from relay.data.generate import generate_orders
+        from relay.features import store
+        from relay.features.tables import compute_feature_tables
+        from relay.lake import FEATURE_TABLES, VALIDATED_ORDERS, Lake
+        from relay.settings import get_settings
+
+        generate_orders(DAY, 1000)  # warm imports
+        secs, orders = _timed(lambda: generate_orders(DAY, args.orders))
+        rows.append((f"generate {args.orders:,} orders", f"{secs:.2f} s"))
+
+        history = generate_orders(DAY - dt.timedelta(days=1), args.orders)
+        lake = Lake()
+        lake.write(history, VALIDATED_ORDERS, DAY - dt.timedelta(days=1))
+        lake.write(orders, VALIDATED_ORDERS, DAY)  # type: ignore[arg-type]
+        import pandas as pd
+
+        both = pd.concat([history, orders], ignore_index=True)
+        start = pd.Timestamp(DAY, tz="UTC")
+        secs, tables = _timed(
+            lambda: compute_feature_tables(both, start, start + pd.Timedelta(days=1))
+        )
+        rows.append(("feature tables for 1 day (24 h windows)", f"{secs:.2f} s"))
+        for ds in FEATURE_TABLES:
+            lake.write(tables[ds.name], ds, DAY)  # type: ignore[index]
+        store.apply()
+        end = dt.datetime.combine(DAY + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+        secs, _ = _timed(lambda: store.materialize(end, end - dt.timedelta(days=1)))
+        rows.append(("materialize 1 day to SQLite", f"{secs:.2f} s"))
+
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        secs, ts = _timed(lambda: store.training_frame(orders))  # type: ignore[arg-type]
+        rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rows.append(
+            (
+                f"training set for {len(ts):,} orders (DuckDB point-in-time join)",  # type: ignore[arg-type]
+                f"{secs:.1f} s (peak RSS {max(rss0, rss1) / 1e6:.1f} GB)",
+            )
+        )
+
+        sample = store.entity_frame(orders.sample(32, random_state=0)).to_dict("records")  # type: ignore[union-attr]
+        for backend in ("sqlite", "redis"):
+            s = get_settings().model_copy(deep=True)
+            s.feast.online_store = backend  # type: ignore[assignment]
+            if backend == "redis":
+                import redis
+
+                redis.Redis(host="127.0.0.1", port=6379, db=14).flushdb()
+                s.feast.redis_connection = "127.0.0.1:6379,db=14"
+                s.feast.registry_path = home / "feast" / "registry_redis.db"
+                store.apply(s)
+                store.materialize(end, end - dt.timedelta(days=1), settings=s)
+            rows += _online_rows(store, s, sample, backend)
+            if backend == "redis":
+                redis.Redis(host="127.0.0.1", port=6379, db=14).flushdb()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+    print(
+        f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}\n"
+    )
+    print("| benchmark | result |\n|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+
+
+if __name__ == "__main__":
+    main()
