@@ -43,8 +43,8 @@ def _percentiles(fn: Callable[[], object], n: int = 300, warmup: int = 30) -> tu
 
 def _online_rows(store: Any, s: Any, sample: list[dict], backend: str) -> list[tuple[str, str]]:
     """p50/p99 of an online read through the feature service, and of the three views alone."""
-    fs = store.get_store(s)
-    service = fs.get_feature_service(s.feast.feature_service)
+    reader = store.OnlineFeatures(s)
+    fs, service = reader.store, reader.service
     views = [
         f"{p.name}:{f.name}"
         for p in service.feature_view_projections
@@ -55,7 +55,7 @@ def _online_rows(store: Any, s: Any, sample: list[dict], backend: str) -> list[t
     for n in (1, 32):
         batch = sample[:n]
         keys = [{k: r[k] for k in store.ENTITY_KEYS} for r in batch]
-        p50, p99 = _percentiles(lambda: store.online_features(batch, fs, s))  # noqa: B023
+        p50, p99 = _percentiles(lambda: reader.read(batch))  # noqa: B023
         out.append(
             (
                 f"online read, {n} order(s), {backend}, eta_v1 service",

@@ -213,20 +213,41 @@ def build_training_set(
     return lake.write(df, name, end), len(df)
 
 
+class OnlineFeatures:
+    """Reads the feature service's latest values for batches of orders.
+
+    Holds the store and the resolved feature service: looking the service up in the registry
+    on every call costs more than the online read itself.
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        s = settings or get_settings()
+        self.store = get_store(s)
+        self.service = self.store.get_feature_service(s.feast.feature_service)
+
+    def read(self, orders: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        """Feature columns for orders given as request rows (keys and request fields)."""
+        rows = [{k: r[k] for k in (*ENTITY_KEYS, *REQUEST_FIELDS)} for r in orders]
+        resp = self.store.get_online_features(features=self.service, entity_rows=rows)
+        return dict(resp.to_dict())
+
+    def read_frame(self, orders: pd.DataFrame | list[dict[str, Any]]) -> pd.DataFrame:
+        """Like :meth:`read`, for a frame of orders (``created_at`` gives hour and weekday)."""
+        if isinstance(orders, pd.DataFrame):
+            frame = orders if "hour" in orders else entity_frame(orders)
+            rows: list[dict[str, Any]] = frame.to_dict("records")  # type: ignore[assignment]
+        else:
+            rows = orders
+        return pd.DataFrame(self.read(rows))
+
+
 def online_features(
-    orders: pd.DataFrame | list[dict[str, Any]],
-    store: FeatureStore | None = None,
-    settings: Settings | None = None,
+    orders: pd.DataFrame | list[dict[str, Any]], settings: Settings | None = None
 ) -> pd.DataFrame:
     """Latest feature values for a batch of orders, in one online-store read.
 
     Each order needs ``courier_id``, ``merchant_id``, ``zone_id``, ``distance_km`` and either
-    ``hour`` and ``weekday`` or ``created_at``. Unknown ids come back as nulls.
+    ``hour`` and ``weekday`` or ``created_at``. Unknown ids come back as nulls. For repeated
+    reads, keep an :class:`OnlineFeatures`.
     """
-    store = store or get_store(settings)
-    service = store.get_feature_service((settings or get_settings()).feast.feature_service)
-    if isinstance(orders, pd.DataFrame) and "hour" not in orders:
-        orders = entity_frame(orders)
-    rows = orders if isinstance(orders, list) else orders.to_dict("records")
-    entity_rows = [{k: r[k] for k in (*ENTITY_KEYS, *REQUEST_FIELDS)} for r in rows]
-    return store.get_online_features(features=service, entity_rows=entity_rows).to_df()
+    return OnlineFeatures(settings).read_frame(orders)
