@@ -8,7 +8,9 @@ people who use the ``feast`` CLI.
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
+import functools
 import logging
 import sys
 from typing import TYPE_CHECKING, Any
@@ -57,10 +59,27 @@ def repo_config(settings: Settings | None = None) -> RepoConfig:
     )
 
 
+@functools.cache
+def _release_duckdb_at_exit() -> None:
+    atexit.register(_release_duckdb)
+
+
+def _release_duckdb() -> None:
+    # Feast's DuckDB offline store keeps ibis's default connection open; closed during interpreter
+    # teardown it makes nanobind print pages of "leaked instance" reports.
+    import ibis
+
+    backend = ibis.options.default_backend
+    if backend is not None:
+        backend.disconnect()
+        ibis.options.default_backend = None
+
+
 def get_store(settings: Settings | None = None) -> FeatureStore:
     """A FeatureStore on the configured registry and stores."""
     from feast import FeatureStore
 
+    _release_duckdb_at_exit()
     cfg = repo_config(settings)
     return FeatureStore(config=cfg, repo_path=str(cfg.repo_path))
 
