@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, TypeVar
@@ -18,7 +19,7 @@ from relay.errors import RelayError
 app = typer.Typer(help="Relay: ETA data, validation and features.", no_args_is_help=True)
 features_app = typer.Typer(help="Feast feature store operations.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 T = TypeVar("T")
 
@@ -56,6 +57,11 @@ def _run(fn: Callable[[], T]) -> T:
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+    if not verbose:
+        # Third-party deprecation notices (ibis, Feast) say nothing a Relay user can act on.
+        # GX routes warnings into logging ("py.warnings"), so filter both ways.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        logging.getLogger("py.warnings").setLevel(logging.ERROR)
 
 
 @app.command()
