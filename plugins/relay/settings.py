@@ -83,6 +83,42 @@ class ValidationSettings(BaseModel):
     max_delivery_minutes: float = 300.0
 
 
+class TrainSettings(BaseModel):
+    """Ray Train / Tune defaults; every one can be overridden per run."""
+
+    num_workers: int = 2
+    use_gpu: bool | None = Field(None, description="None: use a GPU when Ray sees one")
+    cpus_per_worker: float = 1.0
+    max_epochs: int = 20
+    early_stopping_patience: int = 5
+    batch_size: int = 256
+    learning_rate: float = 3e-3
+    hidden_layers: int = 3
+    hidden_units: int = 128
+    dropout: float = 0.1
+    activation: Literal["relu", "tanh"] = "relu"
+    max_failures: int = 2
+    tune_trials: int = 8
+    holdout_share: float = 0.2
+    seed: int = 7
+
+
+class RegistrySettings(BaseModel):
+    uri: str | None = Field(None, description="Registry root; default {artifacts}/registry")
+    model_name: str = "eta_mlp"
+
+
+class GateSettings(BaseModel):
+    """Evaluation gate: absolute bars, and how a challenger must compare with the champion."""
+
+    max_mae_minutes: float = 8.0
+    max_p90_abs_error_minutes: float = 15.0
+    min_within_5_min: float = 0.4
+    min_improvement: float = 0.0  # challenger MAE must be below champion MAE minus this
+    slice_margin: float = 0.05  # any slice may be at most 5% worse than the champion's
+    min_slice_rows: int = 50
+
+
 class Settings(BaseSettings):
     """All of Relay's configuration."""
 
@@ -100,6 +136,9 @@ class Settings(BaseSettings):
     airflow: AirflowSettings = AirflowSettings()
     data: DataSettings = DataSettings()
     validation: ValidationSettings = ValidationSettings()
+    train: TrainSettings = TrainSettings()
+    registry: RegistrySettings = RegistrySettings()
+    gate: GateSettings = GateSettings()
 
     @model_validator(mode="after")
     def _profile_defaults(self) -> Settings:
@@ -113,6 +152,8 @@ class Settings(BaseSettings):
             if prod:
                 raise ConfigError("RELAY_ARTIFACTS__URI is required in the prod profile")
             self.artifacts.uri = str(self.home / "artifacts")
+        if self.registry.uri is None:
+            self.registry.uri = f"{self.artifacts.uri.rstrip('/')}/registry"
         f = self.feast
         f.repo_path = f.repo_path or _project_root() / "feature_repo"
         f.registry_path = f.registry_path or self.home / "feast" / "registry.db"
