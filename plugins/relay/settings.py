@@ -88,7 +88,8 @@ class TrainSettings(BaseModel):
 
     num_workers: int = 2
     use_gpu: bool | None = Field(None, description="None: use a GPU when Ray sees one")
-    cpus_per_worker: float = 1.0
+    # Half a core each leaves room on a laptop for the Ray Data tasks that feed the workers.
+    cpus_per_worker: float = 0.5
     max_epochs: int = 20
     early_stopping_patience: int = 5
     batch_size: int = 256

@@ -1,0 +1,165 @@
+"""The evaluation gate: may a challenger replace the champion?
+
+:func:`decide` is pure: two evaluations and the gate settings in, a :class:`GateVerdict` out,
+nothing read or written. Every check is listed in the verdict, passing or failing, so the
+reasons for a promotion are as visible as the reasons for a rejection.
+
+Rules:
+
+* absolute bars, always: MAE, P90 absolute error and the share within ±5 minutes;
+* with a champion: the challenger's overall MAE must beat the champion's by more than
+  ``min_improvement``, and on every slice value that both evaluated on at least
+  ``min_slice_rows`` orders, the challenger's MAE may be at most ``slice_margin`` worse.
+  A model that wins on average by getting one zone badly wrong is rejected.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from relay.evaluation import Evaluation
+from relay.settings import GateSettings
+
+_STATUS = {True: "PASS", False: "FAIL"}
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """The gate's decision on one challenger.
+
+    Attributes:
+        passed: True when every check passed.
+        reasons: every check, one line each, prefixed ``PASS:`` or ``FAIL:``.
+        failures: the failing checks' lines, without the prefix.
+        slices_at_fault: ``name=value`` of each slice where the challenger lost by more than
+            the margin, e.g. ``zone_id=Z007``.
+        challenger: the challenger's label (``model@version``).
+        champion: the champion's label, or None when there was none.
+    """
+
+    passed: bool
+    reasons: list[str]
+    failures: list[str] = field(default_factory=list)
+    slices_at_fault: list[str] = field(default_factory=list)
+    challenger: str = ""
+    champion: str | None = None
+
+    def summary(self) -> str:
+        """A few lines for logs and the CLI."""
+        against = f" against {self.champion}" if self.champion else " (no champion)"
+        head = f"{self.challenger}{against}: {'PASSED' if self.passed else 'REJECTED'}"
+        return "\n".join([head, *(f"  {r}" for r in self.reasons)])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict, ready for ``json.dumps``."""
+        return asdict(self)
+
+
+def decide(
+    challenger: Evaluation, champion: Evaluation | None, settings: GateSettings
+) -> GateVerdict:
+    """Judge a challenger against the absolute bars and, if there is one, the champion.
+
+    Args:
+        challenger: the new model's evaluation.
+        champion: the serving model's evaluation on the same data, or None for a first model.
+        settings: the gate's thresholds (``Settings.gate``).
+
+    Returns:
+        The verdict; it passes only if every check passes.
+    """
+    checks = _absolute_checks(challenger, settings)
+    at_fault: list[str] = []
+    if champion is None:
+        checks.append((True, "no champion: first model, judged by the absolute bars only"))
+    else:
+        checks.append(_improvement_check(challenger, champion, settings))
+        slice_checks, at_fault = _slice_checks(challenger, champion, settings)
+        checks += slice_checks
+    return GateVerdict(
+        passed=all(ok for ok, _ in checks),
+        reasons=[f"{_STATUS[ok]}: {msg}" for ok, msg in checks],
+        failures=[msg for ok, msg in checks if not ok],
+        slices_at_fault=at_fault,
+        challenger=challenger.label,
+        champion=None if champion is None else champion.label,
+    )
+
+
+def _absolute_checks(ev: Evaluation, s: GateSettings) -> list[tuple[bool, str]]:
+    m = ev.overall
+    mae_ok = m.mae <= s.max_mae_minutes
+    p90_ok = m.p90_abs_error <= s.max_p90_abs_error_minutes
+    within_ok = m.within_5_min >= s.min_within_5_min
+    return [
+        (mae_ok, f"MAE {m.mae:.2f} {'≤' if mae_ok else '>'} max {s.max_mae_minutes:.2f} min"),
+        (
+            p90_ok,
+            f"P90 abs error {m.p90_abs_error:.2f} {'≤' if p90_ok else '>'} "
+            f"max {s.max_p90_abs_error_minutes:.2f} min",
+        ),
+        (
+            within_ok,
+            f"within ±5 min {m.within_5_min:.1%} {'≥' if within_ok else '<'} "
+            f"min {s.min_within_5_min:.1%}",
+        ),
+    ]
+
+
+def _improvement_check(
+    challenger: Evaluation, champion: Evaluation, s: GateSettings
+) -> tuple[bool, str]:
+    mine, theirs = challenger.overall.mae, champion.overall.mae
+    bar = theirs - s.min_improvement
+    ok = mine < bar
+    return (
+        ok,
+        f"overall MAE {mine:.2f} {'<' if ok else '≥'} champion {theirs:.2f} − "
+        f"{s.min_improvement:.2f} (change {mine - theirs:+.2f})",
+    )
+
+
+def _slice_checks(
+    challenger: Evaluation, champion: Evaluation, s: GateSettings
+) -> tuple[list[tuple[bool, str]], list[str]]:
+    checks: list[tuple[bool, str]] = []
+    at_fault: list[str] = []
+    skipped = 0
+    for name, values in challenger.slices.items():
+        theirs = champion.slices.get(name, {})
+        for value, mine in values.items():
+            other = theirs.get(value)
+            # A slice seen by one model only, or too thin in either, is noise, not evidence.
+            if other is None or min(mine.n, other.n) < s.min_slice_rows:
+                skipped += 1
+                continue
+            change = _relative_change(mine.mae, other.mae)
+            ok = mine.mae <= other.mae * (1 + s.slice_margin)
+            where = f"{name}={value}"
+            checks.append(
+                (
+                    ok,
+                    f"{where}: MAE {mine.mae:.2f} vs champion {other.mae:.2f} "
+                    f"({change:+.1%} {'≤' if ok else '>'} {s.slice_margin:.1%})",
+                )
+            )
+            if not ok:
+                at_fault.append(where)
+    if skipped:
+        checks.append(
+            (
+                True,
+                f"{skipped} slice value(s) not compared: in one evaluation only or "
+                f"under {s.min_slice_rows} orders",
+            )
+        )
+    return checks, at_fault
+
+
+def _relative_change(mine: float, theirs: float) -> float:
+    if theirs > 0:
+        return (mine - theirs) / theirs
+    # A perfect champion slice: any error at all is an unbounded regression.
+    return 0.0 if mine <= 0 else math.inf

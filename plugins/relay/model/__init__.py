@@ -1,0 +1,1 @@
+"""The ETA model: preprocessing saved with the weights, and the network."""

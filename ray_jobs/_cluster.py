@@ -1,0 +1,25 @@
+"""Connect to the configured Ray cluster, or start a small local one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relay.settings import Settings, get_settings
+
+
+def connect(settings: Settings | None = None) -> Any:
+    """``ray.init`` on ``RELAY_RAY__ADDRESS``; without one, a local Ray sized by settings.
+
+    Inside a Ray job the address is already set by Ray and ``auto`` joins that cluster.
+    """
+    import ray
+
+    s = settings or get_settings()
+    if ray.is_initialized():
+        return ray
+    if s.ray.address:
+        ray.init(address=s.ray.address)
+    else:
+        # The dashboard stays on: without it Train/Tune never release finished placement groups.
+        ray.init(num_cpus=s.ray.num_cpus, include_dashboard=True)
+    return ray
