@@ -130,12 +130,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "y": torch.float32,
     }
     label_std = prep.label_std
+    last_report = time.monotonic()
     for epoch in range(start_epoch, config["max_epochs"]):
         fail_at = config.get("fail_at_epoch")
         marker = config.get("fail_marker")
         if fail_at == epoch and rank == world - 1 and marker and not os.path.exists(marker):
-            Path(marker).touch()
-            os.kill(os.getpid(), signal.SIGKILL)
+            _crash_once(marker, last_report)
         t0 = time.perf_counter()
         batches = train_shard.iter_torch_batches(
             batch_size=hp["batch_size"],
@@ -195,8 +195,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
+        last_report = time.monotonic()
         if stop:
             break
+
+
+def _crash_once(marker: str, last_report: float) -> None:
+    """Fault injection for tests: kill this worker process the way a lost node would.
+
+    Real crashes come minutes after the last checkpoint; the controller collects reports on its
+    health-check tick (2 s by default), so the crash waits out one tick after the last report,
+    or it would model a crash that beat its own checkpoint.
+    """
+    interval = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0"))
+    time.sleep(max(0.0, 2.5 * interval - (time.monotonic() - last_report)))
+    Path(marker).touch()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _to_inputs(prep_json: str):  # type: ignore[no-untyped-def]

@@ -1,0 +1,120 @@
+"""The registry's metadata: what is stored about a model version and about each stage.
+
+Every model dumps to JSON (``model_dump(mode="json")``) and reads back unchanged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from relay.registry.errors import ArtifactNotFound
+from relay.registry.states import ModelState, Stage
+
+
+class _Frozen(BaseModel):
+    # Records are values: a change makes a new record, written with compare-and-set.
+    model_config = ConfigDict(frozen=True)
+
+
+class ArtifactRef(_Frozen):
+    """One stored file of a model version."""
+
+    name: str = Field(description="File name within the version, e.g. model.pt")
+    key: str = Field(description="Object key relative to the registry root")
+    sha256: str = Field(description="Hex sha256 of the bytes, checked at every load")
+    size: int = Field(ge=0, description="Size in bytes")
+
+
+class TrainingInfo(_Frozen):
+    """How the version was trained and how it scored."""
+
+    dataset_partitions: list[str] = Field(
+        default_factory=list, description="Training set partitions, e.g. 2026-11-19"
+    )
+    sample_count: int = Field(0, ge=0, description="Rows the model was trained on")
+    feature_count: int = Field(0, ge=0, description="Model inputs")
+    hyperparameters: dict[str, JsonValue] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict, description="e.g. mae_minutes")
+
+
+class ServingRequirements(_Frozen):
+    """What a replica needs and what it promises."""
+
+    memory_mb: int = Field(512, gt=0, description="Memory per replica")
+    cpus: float = Field(1.0, gt=0, description="CPUs per replica")
+    latency_sla_ms: float = Field(50.0, gt=0, description="p99 latency target")
+    qps_limit: int = Field(100, gt=0, description="Requests per second per replica")
+
+
+class Lineage(_Frozen):
+    """Where the version came from: features, data, code, config and parent model."""
+
+    feature_service: str = Field(description="Feast feature service name and version, e.g. eta_v1")
+    data_partitions: list[str] = Field(default_factory=list, description="Lake partitions read")
+    code_commit: str | None = Field(None, description="git commit of the training code")
+    config_hash: str | None = Field(None, description="Hash of the training configuration")
+    parent_version_id: str | None = Field(None, description="Version this one was trained from")
+
+
+class HistoryEntry(_Frozen):
+    """One change of a version's state or stage."""
+
+    at: dt.datetime
+    reason: str
+    from_state: ModelState | None = Field(description="None for the registration itself")
+    to_state: ModelState
+    from_stage: Stage | None = None
+    to_stage: Stage | None = None
+
+
+class ModelVersion(_Frozen):
+    """A registered model version: its identity, life, artifacts and provenance."""
+
+    id: str = Field(description="e.g. eta_mlp_1.3.0_20261121_1402")
+    name: str = Field(description="Model name, e.g. eta_mlp")
+    version: str = Field(description="Semantic version, e.g. 1.3.0")
+    owner: str
+    created_at: dt.datetime
+    state: ModelState
+    stage: Stage | None = Field(None, description="Last stage the version was put in")
+    training: TrainingInfo = Field(default_factory=TrainingInfo)
+    artifacts: list[ArtifactRef] = Field(default_factory=list)
+    serving: ServingRequirements = Field(default_factory=ServingRequirements)
+    lineage: Lineage
+    history: list[HistoryEntry] = Field(default_factory=list)
+
+    def artifact(self, name: str) -> ArtifactRef:
+        """The artifact called ``name``.
+
+        Raises:
+            ArtifactNotFound: The version has no such artifact; the message lists those it has.
+        """
+        for ref in self.artifacts:
+            if ref.name == name:
+                return ref
+        have = ", ".join(ref.name for ref in self.artifacts) or "none"
+        raise ArtifactNotFound(f"{self.id} has no artifact {name!r} (it has: {have})")
+
+
+class StagePointer(_Frozen):
+    """Which version of a model a stage points to, and which one it pointed to before."""
+
+    name: str
+    stage: Stage
+    version_id: str | None
+    previous_version_id: str | None = Field(None, description="What rollback restores")
+    generation: int = Field(0, ge=0, description="Bumped at every write")
+    updated_at: dt.datetime
+    reason: str = ""
+
+
+class LineageRecord(_Frozen):
+    """One link of a lineage chain: a version and where it came from."""
+
+    version_id: str
+    version: str
+    created_at: dt.datetime
+    state: ModelState
+    lineage: Lineage

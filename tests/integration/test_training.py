@@ -1,0 +1,133 @@
+"""Ray Train on a real local Ray cluster: learning, resuming after a lost worker, behaviour."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from relay.model.preprocess import Preprocessor
+from relay.model.ray_train import TrainRequest, run_training
+from relay.model.training import load_model, predict
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def training_set(lake_days, tmp_path_factory) -> str:
+    """A real training set from the Feast pipeline (point-in-time join on the test lake)."""
+    from relay.features.store import apply, training_frame
+    from relay.lake import VALIDATED_ORDERS, Lake
+
+    apply()
+    orders = Lake().read_range(VALIDATED_ORDERS, lake_days[0], lake_days[-1])
+    path = tmp_path_factory.mktemp("ts") / "training.parquet"
+    training_frame(orders).to_parquet(path, index=False)
+    return str(path)
+
+
+def _load(out: Path):
+    prep = Preprocessor.from_json((out / "preprocessor.json").read_text())
+    cfg = json.loads((out / "net_config.json").read_text())
+    state = torch.load(out / "model.pt", weights_only=True)
+    return prep, load_model(state, cfg)
+
+
+def _naive_baseline(train: pd.DataFrame, holdout: pd.DataFrame) -> np.ndarray:
+    """Mean delivery time per (zone, hour) from the training rows; global mean when unseen."""
+    means = train.groupby(["zone_id", "hour"])["delivery_minutes"].mean().to_dict()
+    keys = zip(holdout["zone_id"], holdout["hour"], strict=True)
+    fallback = train["delivery_minutes"].mean()
+    return np.array([means.get(k, fallback) for k in keys])
+
+
+@pytest.fixture(scope="module")
+def trained(ray_cluster, training_set, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model")
+    res = run_training(
+        TrainRequest(
+            training_set=training_set,
+            output_dir=out,
+            name="t_learn",
+            storage_path=str(out / "ray"),
+            num_workers=2,
+            max_epochs=6,
+            patience=3,
+            hyperparameters={"batch_size": 128},
+        )
+    )
+    return res
+
+
+def test_two_workers_beat_the_naive_baseline_on_holdout(trained):
+    out = trained.output_dir
+    prep, model = _load(out)
+    holdout = pd.read_parquet(trained.holdout_path)
+    train = pd.read_parquet(out / "data" / "train.parquet")
+    y = holdout["delivery_minutes"].to_numpy()
+    mae_model = np.abs(predict(model, prep, holdout) - y).mean()
+    mae_naive = np.abs(_naive_baseline(train, holdout) - y).mean()
+    assert mae_model < 0.8 * mae_naive, (mae_model, mae_naive)
+    assert trained.metrics["epoch"] >= 1 and trained.metrics["restarts"] == 0
+
+
+def test_a_longer_distance_or_rain_never_lowers_the_prediction(trained):
+    prep, model = _load(trained.output_dir)
+    holdout = pd.read_parquet(trained.holdout_path).head(300)
+    base = predict(model, prep, holdout)
+    farther = holdout.assign(order_distance_km=holdout["order_distance_km"] * 1.5 + 0.5)
+    assert (predict(model, prep, farther) >= base - 1e-6).all()
+    for weather in ("clear", "cloudy"):
+        dry = predict(model, prep, holdout.assign(zone_weather=weather))
+        wet = predict(model, prep, holdout.assign(zone_weather="rain"))
+        assert (wet >= dry - 1e-6).all()
+
+
+def test_an_easy_order_is_predicted_within_a_few_minutes(trained):
+    prep, model = _load(trained.output_dir)
+    holdout = pd.read_parquet(trained.holdout_path)
+    # Short, dry, off-peak orders: the most predictable kind.
+    easy = holdout[
+        (holdout["order_distance_km"] < 2)
+        & (holdout["zone_weather"] == "clear")
+        & (holdout["order_is_rush_hour"] == 0)
+    ]
+    assert len(easy) >= 10
+    err = np.abs(predict(model, prep, easy) - easy["delivery_minutes"].to_numpy())
+    assert np.median(err) < 5.0
+
+
+def test_a_killed_worker_resumes_from_its_checkpoint(ray_cluster, training_set, tmp_path):
+    res = run_training(
+        TrainRequest(
+            training_set=training_set,
+            output_dir=tmp_path,
+            name="t_resume",
+            storage_path=str(tmp_path / "ray"),
+            num_workers=2,
+            max_epochs=3,
+            patience=10,
+            max_failures=2,
+            fail_at_epoch=1,
+        )
+    )
+    assert (tmp_path / ".fail-once").exists()  # the worker really died once
+    assert res.metrics["restarts"] == 1  # the group came back from a checkpoint…
+    assert res.metrics["epoch"] == 2  # …and finished the remaining epochs
+    assert (tmp_path / "model.pt").exists()
