@@ -1,6 +1,7 @@
 """Run every benchmark in turn (``make bench``)."""
 
-from bench import foundation
+from bench import foundation, training
 
 if __name__ == "__main__":
     foundation.main()
+    training.main()

@@ -4,27 +4,61 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import logging
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, TypeVar
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from relay.errors import RelayError
 
-app = typer.Typer(help="Relay: ETA data, validation and features.", no_args_is_help=True)
+if TYPE_CHECKING:  # pragma: no cover, typing only
+    from relay.registry import ModelVersion, Registry
+
+app = typer.Typer(help="Relay: ETA data, features and models.", no_args_is_help=True)
 features_app = typer.Typer(help="Feast feature store operations.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
+models_app = typer.Typer(
+    help="The model registry: versions, stages, lineage.", no_args_is_help=True
+)
+app.add_typer(models_app, name="models")
 console = Console(stderr=True, soft_wrap=True)
+# Tables and JSON go to stdout, so they can be piped; progress and errors go to stderr.
+out = Console(soft_wrap=True)
+
+REJECTED_EXIT_CODE = 3
+"""Exit code of ``relay evaluate`` when the gate rejects the version (errors exit 1)."""
 
 T = TypeVar("T")
 
 DateOpt = Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="Day (UTC), YYYY-MM-DD")]
 DaysOpt = Annotated[int, typer.Option(min=1, help="Number of consecutive days from --date")]
+
+
+class PointerStage(StrEnum):
+    """Stages with a pointer (the registry's ``POINTER_STAGES``)."""
+
+    STAGING = "staging"
+    CANARY = "canary"
+    PRODUCTION = "production"
+
+
+class Bump(StrEnum):
+    MAJOR = "major"
+    MINOR = "minor"
+    PATCH = "patch"
+
+
+VersionArg = Annotated[str, typer.Argument(help="Version id, e.g. eta_mlp_1.3.0_20261121_1402")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
 
 
 def _days(date: dt.datetime, days: int) -> list[dt.date]:
@@ -185,6 +219,160 @@ def pipeline(
         p.advance(task)
     s = get_settings()
     console.print(f"\nlake: {s.lake.uri}\nreports: {s.reports_dir}/validation/*/index.html")
+
+
+@app.command()
+def register(
+    output: Annotated[Path, typer.Option(help="Training run's output folder (model.pt, …)")],
+    training_set: Annotated[str, typer.Option(help="Training-set Parquet the run read")],
+    partitions: Annotated[
+        list[str] | None,
+        typer.Option(help="Lake partitions behind the training set; repeat or comma-separate"),
+    ] = None,
+    bump: Annotated[Bump, typer.Option(help="Part of the version to increase")] = Bump.MINOR,
+    report: Annotated[Path | None, typer.Option(help="Evaluation report to store with it")] = None,
+    owner: Annotated[str, typer.Option(help="Who registers it")] = "relay",
+    parent: Annotated[
+        str | None, typer.Option(help="Parent version; default: the production version")
+    ] = None,
+) -> None:
+    """Register a finished training run as the model's next version (state trained)."""
+    from relay.packaging import register_trained
+
+    parts = [p.strip() for item in partitions or [] for p in item.split(",") if p.strip()]
+    version = _run(
+        lambda: register_trained(
+            output,
+            training_set_uri=training_set,
+            data_partitions=parts,
+            parent=parent,
+            bump=bump.value,
+            evaluation_report=report,
+            owner=owner,
+        )
+    )
+    console.print(f"registered {version.id} ({version.state.value})")
+    typer.echo(version.id)
+
+
+@app.command()
+def evaluate(
+    version: Annotated[str, typer.Option(help="Version id to evaluate (state trained)")],
+    holdout: Annotated[str, typer.Option(help="Holdout Parquet: a path or s3:// URI")],
+    report: Annotated[
+        Path | None, typer.Option(help="HTML report; default {reports}/evaluation/{version}.html")
+    ] = None,
+) -> None:
+    """Gate a version against the production champion; exit 3 when the gate rejects it."""
+    from relay.challenger import evaluate_version
+
+    with console.status(f"evaluating {version}"):
+        outcome = _run(lambda: evaluate_version(version, holdout, report_path=report))
+    verdict = outcome.verdict
+    style = "green" if verdict.passed else "bold red"
+    out.print(f"[{style}]{escape(verdict.summary())}[/]", highlight=False)
+    out.print(f"state: {outcome.version.state.value}\nreport: {outcome.result.report}")
+    if not verdict.passed:
+        raise typer.Exit(REJECTED_EXIT_CODE)
+
+
+def _registry() -> Registry:
+    from relay.registry import Registry
+
+    return _run(Registry)
+
+
+def _mae(version: ModelVersion) -> str:
+    metrics = version.training.metrics
+    value = metrics.get("mae_minutes", metrics.get("val_mae"))
+    return "" if value is None else f"{value:.2f}"
+
+
+@models_app.command("list")
+def models_list(
+    name: Annotated[str | None, typer.Option(help="Only this model")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Registered versions: id, version, state, stage and validation MAE."""
+    from rich.table import Table
+
+    registry = _registry()
+    versions = _run(lambda: registry.list_versions(name))
+    if as_json:
+        typer.echo(json.dumps([v.model_dump(mode="json") for v in versions], indent=2))
+        return
+    if not versions:
+        console.print(f"no model versions in {registry.store.uri}")
+        return
+    table = Table("id", "version", "state", "stage", "MAE (val)", title=registry.store.uri)
+    for v in versions:
+        stage = v.stage.value if v.stage else ""
+        table.add_row(v.id, v.version, v.state.value, stage, _mae(v))
+    table.columns[0].no_wrap = True
+    out.print(table)
+
+
+@models_app.command("show")
+def models_show(version: VersionArg) -> None:
+    """A version's metadata as JSON (artifacts, training, lineage, history)."""
+    registry = _registry()
+    record = _run(lambda: registry.get(version))
+    typer.echo(record.model_dump_json(indent=2))
+
+
+@models_app.command("promote")
+def models_promote(
+    version: VersionArg,
+    stage: Annotated[PointerStage, typer.Option(help="Stage to point at the version")],
+    expect: Annotated[
+        str | None,
+        typer.Option(help="Version the stage must point to now (refused otherwise)"),
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Recorded in the history")] = "",
+) -> None:
+    """Point a stage at a version (compare-and-set: refused if the stage moved meanwhile)."""
+    registry = _registry()
+    pointer = _run(lambda: registry.promote(version, stage.value, expect, reason))
+    previous = pointer.previous_version_id or "no version"
+    console.print(f"{pointer.stage.value}: {previous} -> {pointer.version_id}")
+
+
+@models_app.command("rollback")
+def models_rollback(
+    stage: Annotated[
+        PointerStage, typer.Option(help="Stage to roll back")
+    ] = PointerStage.PRODUCTION,
+    name: Annotated[str | None, typer.Option(help="Model name; default the configured one")] = None,
+    reason: Annotated[str, typer.Option(help="Recorded in the history")] = "",
+) -> None:
+    """Point a stage back at the version it pointed to before the last promotion."""
+    registry = _registry()
+    pointer = _run(lambda: registry.rollback(stage.value, name, reason))
+    console.print(f"{pointer.stage.value}: rolled back to {pointer.version_id}")
+
+
+@models_app.command("lineage")
+def models_lineage(version: VersionArg, as_json: JsonOpt = False) -> None:
+    """The version's lineage, then its parent's, and so on."""
+    registry = _registry()
+    chain = _run(lambda: registry.lineage(version))
+    if as_json:
+        typer.echo(json.dumps([r.model_dump(mode="json") for r in chain], indent=2))
+        return
+    for i, r in enumerate(chain):
+        lin = r.lineage
+        if i:
+            out.print("  ↓ parent")
+        created = f"{r.created_at:%Y-%m-%d %H:%M}"
+        out.print(f"[bold]{escape(r.version_id)}[/]  {r.state.value}  created {created}")
+        for key, value in (
+            ("features", lin.feature_service),
+            ("partitions", ", ".join(lin.data_partitions) or "-"),
+            ("code", lin.code_commit or "-"),
+            ("config", lin.config_hash or "-"),
+            ("parent", lin.parent_version_id or "-"),
+        ):
+            out.print(f"    {key:<11}{value}", markup=False, highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover, entry point

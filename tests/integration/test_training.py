@@ -131,3 +131,17 @@ def test_a_killed_worker_resumes_from_its_checkpoint(ray_cluster, training_set, 
     assert res.metrics["restarts"] == 1  # the group came back from a checkpoint…
     assert res.metrics["epoch"] == 2  # …and finished the remaining epochs
     assert (tmp_path / "model.pt").exists()
+
+
+def test_tune_runs_four_trials_and_asha_stops_at_least_one(ray_cluster, training_set, tmp_path):
+    from relay.model.ray_tune import run_tune
+
+    res = run_tune(training_set, tmp_path, num_samples=4, max_epochs=4)
+    assert len(res.trials) == 4
+    assert all(t.val_loss is not None for t in res.trials)
+    stopped = [t for t in res.trials if t.epochs < 4]
+    assert stopped, [(t.epochs, t.val_loss) for t in res.trials]
+    best = json.loads(Path(res.best_config_path).read_text())
+    assert best["batch_size"] in (32, 64, 128, 256)
+    assert 1e-5 <= best["learning_rate"] <= 1e-1 and 2 <= best["hidden_layers"] <= 5
+    assert res.best_val_loss == min(t.val_loss for t in res.trials if t.val_loss is not None)

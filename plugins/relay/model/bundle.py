@@ -1,0 +1,156 @@
+"""A trained ETA model as one object: its preprocessor, network config and weights.
+
+A training run leaves three files side by side (``model.pt``, ``net_config.json``,
+``preprocessor.json``); the registry stores the same three per version. :class:`ModelBundle`
+loads them from either place and predicts delivery minutes for a frame of features, so
+evaluation and serving never reassemble the pieces by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from relay.errors import RelayError
+from relay.model.preprocess import HASHED, Preprocessor
+
+if TYPE_CHECKING:  # pragma: no cover, typing only
+    from relay.model.network import ETANet
+    from relay.registry import Registry
+
+MODEL_FILE = "model.pt"
+NET_CONFIG_FILE = "net_config.json"
+PREPROCESSOR_FILE = "preprocessor.json"
+METRICS_FILE = "metrics.json"
+BUNDLE_FILES = (MODEL_FILE, NET_CONFIG_FILE, PREPROCESSOR_FILE)
+"""The files a model needs to predict; a training run writes them, the registry stores them."""
+
+
+class ModelBundleError(RelayError):
+    """A model's files are missing or do not fit together."""
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """Preprocessor, network config and network of one trained model.
+
+    Attributes:
+        preprocessor: the fitted preprocessing saved with the weights.
+        net_config: the network's config as saved (``NetConfig.to_dict()``).
+        model: the network in eval mode.
+        source: where it was loaded from: a folder, or the registry's version id.
+    """
+
+    preprocessor: Preprocessor
+    net_config: dict[str, Any]
+    model: ETANet
+    source: str = ""
+
+    @classmethod
+    def from_parts(
+        cls,
+        state: Mapping[str, Any],
+        net_config: Mapping[str, Any],
+        preprocessor: Preprocessor,
+        source: str = "",
+    ) -> ModelBundle:
+        """Rebuild the network from its weights and config.
+
+        Raises:
+            ModelBundleError: The weights do not fit the config.
+        """
+        from relay.model.training import load_model
+
+        try:
+            model = load_model(state, net_config)
+        except (RuntimeError, TypeError, KeyError) as err:
+            raise ModelBundleError(
+                f"the weights of {source or 'the model'} do not fit its net_config.json: {err}"
+            ) from err
+        return cls(preprocessor, dict(net_config), model, source)
+
+    @classmethod
+    def from_dir(cls, path: Path | str) -> ModelBundle:
+        """Load a training run's output folder (what ``run_training`` writes).
+
+        Raises:
+            ModelBundleError: One of the three files is missing or unreadable.
+        """
+        folder = Path(path)
+        missing = [name for name in BUNDLE_FILES if not (folder / name).is_file()]
+        if missing:
+            raise ModelBundleError(
+                f"{folder} lacks {', '.join(missing)}; point to the output folder of a "
+                f"finished training run (it holds {', '.join(BUNDLE_FILES)})"
+            )
+        import torch  # heavy: imported once there is something to load
+
+        try:
+            state = torch.load(folder / MODEL_FILE, weights_only=True)
+        except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+            raise ModelBundleError(
+                f"{folder / MODEL_FILE} is not a loadable state dict: {err}"
+            ) from err
+        return cls.from_parts(
+            state,
+            _json_object((folder / NET_CONFIG_FILE).read_text(), f"{folder / NET_CONFIG_FILE}"),
+            _preprocessor(
+                (folder / PREPROCESSOR_FILE).read_text(), str(folder / PREPROCESSOR_FILE)
+            ),
+            source=str(folder),
+        )
+
+    @classmethod
+    def from_registry(cls, registry: Registry, version_id: str) -> ModelBundle:
+        """Load a registered version; every artifact is checked against its recorded sha256.
+
+        Raises:
+            ArtifactIntegrityError: Stored bytes differ from the registered ones.
+            ArtifactNotFound: The version lacks one of the three files.
+            VersionNotFound: No such version.
+        """
+        state = registry.load_torch_state(version_id, MODEL_FILE)
+        config = registry.load_artifact(version_id, NET_CONFIG_FILE).decode()
+        prep = registry.load_artifact(version_id, PREPROCESSOR_FILE).decode()
+        return cls.from_parts(
+            state,
+            _json_object(config, f"{NET_CONFIG_FILE} of {version_id}"),
+            _preprocessor(prep, f"{PREPROCESSOR_FILE} of {version_id}"),
+            source=version_id,
+        )
+
+    def predict(self, frame: pd.DataFrame | Mapping[str, list[Any]]) -> np.ndarray:
+        """Predicted delivery minutes, one per row of ``frame`` (float64)."""
+        from relay.model.training import predict
+
+        return predict(self.model, self.preprocessor, frame)
+
+
+def feature_count(prep: Preprocessor) -> int:
+    """How many input features the model reads: numeric, vocabulary and hashed columns,
+    distance and weather (a numeric feature's missing flag is not counted separately)."""
+    return len(prep.means) + len(prep.vocabs) + len(HASHED) + 2
+
+
+def _preprocessor(text: str, what: str) -> Preprocessor:
+    try:
+        return Preprocessor.from_json(text)
+    except (json.JSONDecodeError, TypeError) as err:
+        raise ModelBundleError(f"{what} is not a saved Preprocessor: {err}") from err
+
+
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ModelBundleError(f"{what} is not valid JSON: {err}") from err
+    if not isinstance(doc, dict):
+        raise ModelBundleError(f"{what} must hold a JSON object, not {type(doc).__name__}")
+    return doc

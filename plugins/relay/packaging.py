@@ -1,0 +1,173 @@
+"""From a training run's output folder to a registered model version.
+
+``run_training`` leaves ``model.pt``, ``net_config.json``, ``preprocessor.json`` and
+``metrics.json`` in its output folder. :func:`register_trained` checks that the three model
+files load together, then registers all four (and an evaluation report, if given) as the next
+version in state Trained, with what the registry needs to answer "where did this come from?":
+the feature service, the data partitions, the code commit, a hash of the configuration and the
+production version it is meant to replace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from relay.model.bundle import (
+    METRICS_FILE,
+    MODEL_FILE,
+    NET_CONFIG_FILE,
+    PREPROCESSOR_FILE,
+    ModelBundle,
+    ModelBundleError,
+    feature_count,
+)
+from relay.registry import (
+    BumpKind,
+    Lineage,
+    ModelState,
+    ModelVersion,
+    Registry,
+    Stage,
+    TrainingInfo,
+)
+from relay.settings import Settings, get_settings
+
+REPORT_ARTIFACT = "evaluation.html"
+UNKNOWN_COMMIT = "unknown"
+DEFAULT_OWNER = "relay"
+
+
+def register_trained(
+    output_dir: Path | str,
+    *,
+    training_set_uri: str,
+    data_partitions: Sequence[str] = (),
+    settings: Settings | None = None,
+    parent: str | None = None,
+    bump: BumpKind = "minor",
+    evaluation_report: Path | None = None,
+    owner: str = DEFAULT_OWNER,
+    code_commit: str | None = None,
+    registry: Registry | None = None,
+) -> ModelVersion:
+    """Register a finished training run as the model's next version, in state Trained.
+
+    Args:
+        output_dir: The run's output folder (``model.pt``, ``net_config.json``,
+            ``preprocessor.json``, ``metrics.json``).
+        training_set_uri: The training-set Parquet the run read; recorded in the history.
+        data_partitions: Lake partitions behind the training set, e.g. ``["2026-11-19"]``.
+        settings: Relay's settings; :func:`get_settings` when None.
+        parent: The version this one descends from; None: the current production version of
+            the model, if there is one.
+        bump: Which part of the latest registered version to increase.
+        evaluation_report: An HTML evaluation report to store with the version.
+        owner: Who registers it (a person or a pipeline).
+        code_commit: The training code's git commit; None: ``git rev-parse HEAD`` of this
+            checkout, or ``"unknown"`` outside a git checkout (e.g. a Ray job's working dir).
+        registry: The registry to use; one opened from ``settings`` when None.
+
+    Returns:
+        The registered version.
+
+    Raises:
+        ModelBundleError: A file is missing, or the weights do not fit the config.
+        VersionNotFound: ``parent`` is not registered.
+        VersionConflict: A concurrent registration took the same version; register again.
+    """
+    s = settings or get_settings()
+    reg = registry or Registry(s)
+    folder = Path(output_dir)
+    bundle = ModelBundle.from_dir(folder)  # refuses files that do not load together
+    run = _read_metrics(folder / METRICS_FILE)
+    hyperparameters = dict(run.get("hyperparameters") or {})
+    partitions = list(data_partitions)
+    if parent is None:
+        production = reg.stage_version(Stage.PRODUCTION)
+        parent = None if production is None else production.id
+    artifacts: dict[str, Path | bytes] = {
+        name: folder / name for name in (MODEL_FILE, PREPROCESSOR_FILE, NET_CONFIG_FILE)
+    }
+    artifacts[METRICS_FILE] = folder / METRICS_FILE
+    if evaluation_report is not None:
+        artifacts[REPORT_ARTIFACT] = Path(evaluation_report)
+    return reg.register(
+        artifacts,
+        lineage=Lineage(
+            feature_service=s.feast.feature_service,
+            data_partitions=partitions,
+            code_commit=code_commit or git_commit(),
+            config_hash=config_hash(hyperparameters, bundle.net_config),
+            parent_version_id=parent,
+        ),
+        owner=owner,
+        training=TrainingInfo(
+            dataset_partitions=partitions,
+            sample_count=int(run.get("train_rows") or 0),
+            feature_count=feature_count(bundle.preprocessor),
+            hyperparameters=hyperparameters,
+            metrics=numeric_metrics(run.get("metrics") or {}),
+        ),
+        bump=bump,
+        state=ModelState.TRAINED,
+        reason=f"trained on {training_set_uri}",
+    )
+
+
+def config_hash(hyperparameters: Mapping[str, Any], net_config: Mapping[str, Any]) -> str:
+    """sha256 of the hyperparameters and the network config as JSON with sorted keys.
+
+    Two runs with the same hash were configured identically (their data may differ).
+    """
+    doc = {"hyperparameters": hyperparameters, "net_config": net_config}
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def git_commit(root: Path | None = None) -> str:
+    """The checked-out commit of the project (``git rev-parse HEAD``), or ``"unknown"``."""
+    folder = root or Path(__file__).resolve().parents[2]
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return UNKNOWN_COMMIT
+    return done.stdout.strip() or UNKNOWN_COMMIT
+
+
+def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numbers of a run's metrics (flags become 0.0/1.0; text and NaN are dropped).
+
+    The registry stores metrics as floats, and JSON has no infinity.
+    """
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool | int | float) and math.isfinite(float(value)):
+            out[str(key)] = float(value)
+    return out
+
+
+def _read_metrics(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelBundleError(
+            f"{path} is missing; register the output folder of a finished training run"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise ModelBundleError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(doc, dict):
+        raise ModelBundleError(f"{path} must hold a JSON object")
+    return doc
