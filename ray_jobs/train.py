@@ -31,8 +31,8 @@ def main(
     storage_path: Annotated[str | None, typer.Option(help="Checkpoints: a path or s3://")] = None,
 ) -> None:
     """Train the ETA model data-parallel with Ray Train."""
-    from ray_jobs._cluster import connect
     from relay.model.ray_train import TrainRequest, result_summary, run_training
+    from relay.raycluster import connect
 
     connect()
     hp = json.loads(config.read_text()) if config else {}

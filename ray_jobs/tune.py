@@ -23,8 +23,8 @@ def main(
     use_gpu: Annotated[bool, typer.Option("--gpu/--cpu")] = False,
 ) -> None:
     """Search the ETA model's hyperparameters (Optuna TPE + ASHA)."""
-    from ray_jobs._cluster import connect
     from relay.model.ray_tune import run_tune
+    from relay.raycluster import connect
 
     connect()
     res = run_tune(training_set, output, trials, epochs, num_workers, use_gpu)

@@ -222,6 +222,65 @@ def pipeline(
 
 
 @app.command()
+def tune(
+    training_set: Annotated[str, typer.Option(help="Training-set Parquet")],
+    output: Annotated[Path, typer.Option(help="Folder for best_config.json")],
+    trials: Annotated[
+        int | None, typer.Option(min=1, help="Default: RELAY_TRAIN__TUNE_TRIALS")
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs per trial (ASHA's max_t)")] = 6,
+) -> None:
+    """Search hyperparameters with Ray Tune (Optuna TPE + ASHA); Ray shows trial progress."""
+    from relay.model.ray_tune import run_tune
+    from relay.raycluster import connect
+
+    connect()
+    res = run_tune(training_set, output, trials, epochs)
+    for t in res.trials:
+        note = "stopped early by ASHA" if t.stopped_early else "ran to the end"
+        console.print(f"trial: {t.epochs} epochs, val_loss {t.val_loss}, {note}: {t.config}")
+    console.print(f"best config -> {res.best_config_path}")
+    typer.echo(res.best_config_path)
+
+
+@app.command()
+def train(
+    training_set: Annotated[str, typer.Option(help="Training-set Parquet")],
+    output: Annotated[Path, typer.Option(help="Folder for model.pt, preprocessor.json, metrics")],
+    config: Annotated[Path | None, typer.Option(help="Hyperparameters JSON (from tune)")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Ray Train workers")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1)] = None,
+    gpu: Annotated[bool | None, typer.Option("--gpu/--cpu", help="Default: GPU if present")] = None,
+    name: Annotated[str, typer.Option(help="Run name; the same name resumes")] = "eta_train",
+) -> None:
+    """Train the ETA model with Ray Train (data-parallel, checkpoint per epoch)."""
+    from relay.model.ray_train import TrainRequest, run_training
+    from relay.raycluster import connect
+
+    connect()
+    hp = json.loads(config.read_text()) if config else {}
+    res = run_training(
+        TrainRequest(
+            training_set=training_set,
+            output_dir=output,
+            name=name,
+            num_workers=workers,
+            use_gpu=gpu,
+            max_epochs=epochs,
+            hyperparameters=hp,
+        )
+    )
+    m = res.metrics
+    console.print(
+        f"trained: epoch {m.get('epoch')}, val MAE {m.get('val_mae', float('nan')):.2f} min, "
+        f"{res.samples_per_second:,.0f} samples/s -> {output}\n"
+        f"holdout: {res.holdout_path}\nnext: relay register --output {output} "
+        f"--training-set {training_set}"
+    )
+    typer.echo(str(output))
+
+
+@app.command()
 def register(
     output: Annotated[Path, typer.Option(help="Training run's output folder (model.pt, …)")],
     training_set: Annotated[str, typer.Option(help="Training-set Parquet the run read")],

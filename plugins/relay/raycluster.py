@@ -1,4 +1,4 @@
-"""Connect to the configured Ray cluster, or start a small local one."""
+"""Connect to the configured Ray cluster, or start a small local one (CLI and Ray jobs)."""
 
 from __future__ import annotations
 
