@@ -39,16 +39,28 @@ MERCHANT_STATS = Dataset("features", "merchant_stats")
 ZONE_STATS = Dataset("features", "zone_stats")
 FEATURE_TABLES = (COURIER_STATS, MERCHANT_STATS, ZONE_STATS)
 TRAINING_SETS = Dataset("training", "eta")
+SERVING_LOG = Dataset("serving", "predictions")
+ACTUALS = Dataset("serving", "actuals")
 
 PART_FILE = "part-0.parquet"
 
 
-def filesystem(uri: str, settings: Settings | None = None) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the path inside it for a local path or an ``s3://`` URI."""
+def filesystem(
+    uri: str, settings: Settings | None = None, *, single_put: bool = False
+) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it for a local path or an ``s3://`` URI.
+
+    With ``single_put``, an S3 file smaller than pyarrow's first upload part (about 10 MB) is
+    written with one PutObject instead of a three-request multipart upload (pyarrow's
+    ``allow_delayed_open``); a missing bucket is then reported when the file is closed rather
+    than when it is opened. Larger files still go multipart, which is atomic too.
+    """
     if uri.startswith("s3://"):
         s = (settings or get_settings()).s3
         endpoint = s.endpoint_url
         kwargs: dict[str, object] = {"region": s.region}
+        if single_put:
+            kwargs["allow_delayed_open"] = True
         if endpoint:
             scheme, _, host = endpoint.partition("://")
             kwargs.update(endpoint_override=host, scheme=scheme)
@@ -72,6 +84,7 @@ class Lake:
             raise ValueError("lake URI not set")
         self.root = root.rstrip("/")
         self.fs, self._root_path = filesystem(self.root, self.settings)
+        self._put_fs: pafs.FileSystem | None = None  # for append(); made on first use
 
     def uri(self, dataset: Dataset, date: dt.date | None = None) -> str:
         """The URI of a dataset's folder, or of one day's partition folder."""
@@ -114,6 +127,87 @@ class Lake:
                 allow_truncated_timestamps=True,
             )
         return f"{self.uri(dataset, date)}/{PART_FILE}"
+
+    def append(self, df: pd.DataFrame, dataset: Dataset, date: dt.date) -> str:
+        """Add ``df`` to one day's partition as a new file; existing files are left alone.
+
+        The file is ``part-<UTC timestamp, microseconds>-<uuid>.parquet``, so names sort by
+        write time and concurrent writers never collide. Readers never see a half-written
+        file (a local temp file and ``os.replace``; one PUT on S3). Read every file of a
+        partition with :meth:`read_all` (:meth:`read` reads only ``part-0.parquet``).
+
+        Returns the new file's URI.
+        """
+        folder = self._path(dataset, date)
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        name = f"part-{stamp}-{uuid.uuid4().hex}.parquet"
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            self.fs.create_dir(folder, recursive=True)
+            tmp = f"{folder}/.{uuid.uuid4().hex}.tmp"
+            pq.write_table(
+                table,
+                tmp,
+                filesystem=self.fs,
+                coerce_timestamps="us",
+                allow_truncated_timestamps=True,
+            )
+            os.replace(tmp, f"{folder}/{name}")
+        else:  # one PutObject (a file under ~10 MB): atomic, no multipart upload left over
+            if self._put_fs is None:
+                self._put_fs, _ = filesystem(self.root, self.settings, single_put=True)
+            pq.write_table(
+                table,
+                f"{folder}/{name}",
+                filesystem=self._put_fs,
+                coerce_timestamps="us",
+                allow_truncated_timestamps=True,
+            )
+        return f"{self.uri(dataset, date)}/{name}"
+
+    def files(self, dataset: Dataset, date: dt.date) -> list[str]:
+        """The Parquet files of one day's partition (filesystem paths), in name order.
+
+        Temp files of writes in progress (``.*.tmp``) are never listed.
+        """
+        selector = pafs.FileSelector(self._path(dataset, date), allow_not_found=True)
+        return sorted(
+            info.path
+            for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File
+            and info.base_name.endswith(".parquet")
+            and not info.base_name.startswith(".")
+        )
+
+    def read_all(
+        self, dataset: Dataset, start: dt.date, end: dt.date, columns: list[str] | None = None
+    ) -> pd.DataFrame:
+        """Every Parquet file of every partition with ``start <= date <= end``, concatenated.
+
+        Files may differ in schema (a column added later is missing from older files); the
+        frame has the union of their columns, missing values as nulls. With ``columns``, only
+        those columns are returned (a column no file has raises ``KeyError``).
+        """
+        frames = []
+        for day in date_range(start, end):
+            for path in self.files(dataset, day):
+                with self.fs.open_input_file(path) as f:
+                    pf = pq.ParquetFile(f)
+                    names = pf.schema_arrow.names
+                    wanted = None if columns is None else [c for c in columns if c in names]
+                    frames.append(pf.read(columns=wanted).to_pandas())
+        if not frames:
+            raise PartitionNotFound(
+                f"{dataset} has no files between {start} and {end} under {self.root}"
+            )
+        frames = [f for f in frames if len(f)] or frames[:1]
+        out = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        if columns is not None:
+            absent = [c for c in columns if c not in out.columns]
+            if absent:
+                raise KeyError(f"{dataset} has no column(s) {absent} between {start} and {end}")
+            out = out[columns]
+        return out.reset_index(drop=True)
 
     def exists(self, dataset: Dataset, date: dt.date) -> bool:
         info = self.fs.get_file_info(f"{self._path(dataset, date)}/{PART_FILE}")

@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relay.errors import ConfigError
@@ -120,6 +120,66 @@ class GateSettings(BaseModel):
     min_slice_rows: int = 50
 
 
+class RolloutSettings(BaseModel):
+    """Canary rollout: the traffic steps and the rules that advance, hold or roll back a step.
+
+    The thresholds follow the field's automatic-rollback rules (error rate > 1%, P99 > 100 ms,
+    accuracy down > 5%, QPS down > 30%); :func:`relay.rollout.decide` applies them.
+    """
+
+    steps: tuple[float, ...] = Field(
+        (0.01, 0.10, 0.50, 1.0), description="Candidate traffic shares, increasing, ending at 1.0"
+    )
+    step_duration_s: float = Field(
+        300.0, gt=0, description="How long a step must stay healthy before it advances"
+    )
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="Candidate errors / requests")
+    max_p99_ms: float = Field(100.0, gt=0, description="Candidate P99 request latency")
+    max_mae_regression: float = Field(
+        0.05, ge=0, description="Candidate MAE may be at most this much worse than stable's"
+    )
+    max_qps_drop: float = Field(
+        0.30, ge=0, le=1, description="Largest drop in share-normalised QPS against stable"
+    )
+    min_requests: int = Field(
+        50, ge=1, description="Candidate requests a window needs before a step may advance"
+    )
+    min_labelled: int = Field(
+        50, ge=1, description="Labelled predictions needed before quality is judged"
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_increase_to_one(cls, steps: tuple[float, ...]) -> tuple[float, ...]:
+        if not steps:
+            raise ValueError("rollout steps must not be empty")
+        if any(not 0 < s <= 1 for s in steps):
+            raise ValueError(f"rollout steps must lie in (0, 1]: {steps}")
+        if list(steps) != sorted(set(steps)):
+            raise ValueError(f"rollout steps must increase strictly: {steps}")
+        if steps[-1] != 1.0:
+            raise ValueError(f"the last rollout step must be 1.0 (all traffic): {steps}")
+        return steps
+
+
+class ServingSettings(BaseModel):
+    """The Ray Serve endpoint."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    app_name: str = "eta"
+    max_batch_size: int = 32
+    batch_wait_timeout_s: float = 0.010
+    # Must exceed batch size x concurrent batches, or batches never fill (Serve's default is 5).
+    max_ongoing_requests: int = 256
+    model_replicas: int = 1
+    router_replicas: int = 1
+    model_cpus: float = 0.5
+    router_cpus: float = 0.25
+    log_max_batch: int = 1000
+    log_max_delay_s: float = 1.0
+
+
 class Settings(BaseSettings):
     """All of Relay's configuration."""
 
@@ -140,6 +200,8 @@ class Settings(BaseSettings):
     train: TrainSettings = TrainSettings()
     registry: RegistrySettings = RegistrySettings()
     gate: GateSettings = GateSettings()
+    rollout: RolloutSettings = RolloutSettings()
+    serving: ServingSettings = ServingSettings()
 
     @model_validator(mode="after")
     def _profile_defaults(self) -> Settings:

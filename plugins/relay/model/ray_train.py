@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from relay.model.preprocess import Preprocessor
-from relay.model.training import model_inputs, split_by_time
+from relay.model.training import model_inputs, save_run, split_by_time
 from relay.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -297,17 +297,8 @@ def run_training(req: TrainRequest, settings: Settings | None = None) -> TrainRe
         state = torch.load(Path(d) / STATE_FILE, weights_only=True)
     model = build_model(prep, hp)
     model.load_state_dict(state["best_model"] or state["model"])
-    torch.save(model.state_dict(), out / "model.pt")
-    (out / "net_config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2))
-    (out / "preprocessor.json").write_text(prep.to_json())
     metrics = dict(result.metrics or {})
-    (out / "metrics.json").write_text(
-        json.dumps(
-            {"metrics": metrics, "hyperparameters": hp, "train_rows": len(split.train)},
-            indent=2,
-            default=str,
-        )
-    )
+    save_run(out, model, prep, hp, metrics, len(split.train))
     return TrainResult(
         output_dir=out,
         metrics=metrics,

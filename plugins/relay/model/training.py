@@ -6,8 +6,11 @@ measure the same work.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -142,3 +145,26 @@ def load_model(state: Mapping[str, torch.Tensor], config: Mapping[str, object]) 
     model.load_state_dict(state)
     model.eval()
     return model
+
+
+def save_run(
+    out: Path,
+    model: ETANet,
+    prep: Preprocessor,
+    hyperparameters: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    train_rows: int,
+) -> Path:
+    """Write a training run's folder: model.pt, net_config.json, preprocessor.json, metrics.json
+    (the layout ``relay register`` reads)."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out / "model.pt")
+    (out / "net_config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2))
+    (out / "preprocessor.json").write_text(prep.to_json())
+    summary = {
+        "metrics": dict(metrics),
+        "hyperparameters": dict(hyperparameters),
+        "train_rows": train_rows,
+    }
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
+    return out

@@ -1,0 +1,299 @@
+"""Canary rollout: advance, hold, promote or roll back a candidate model version.
+
+:func:`decide` is pure: the candidate's and the stable version's live windows (see
+:mod:`relay.serving_metrics`; take both from the same pair of snapshots so they cover the same
+interval), optional quality against actuals, and the rollout settings in, a
+:class:`RolloutVerdict` out. Every check is listed in the verdict, passing or failing.
+
+Rules, every threshold in :class:`~relay.settings.RolloutSettings`:
+
+* **rollback** when any of these fails, whatever the amount of evidence, because a rollback is
+  cheap and a bad canary is not:
+
+  * error rate above ``max_error_rate`` (1%);
+  * P99 latency above ``max_p99_ms`` (100 ms);
+  * quality, once ``min_labelled`` actuals have been joined back: candidate MAE worse than
+    stable's by more than ``max_mae_regression`` (5%);
+  * throughput: candidate QPS divided by its traffic share, against stable's QPS divided by
+    its own, down by more than ``max_qps_drop`` (30%). Judged only while stable still serves
+    traffic and the candidate was expected to see ``min_requests`` in the window: a drop in
+    a handful of requests is chance, not evidence.
+
+* **hold** when no rule failed but the candidate served fewer than ``min_requests`` requests in
+  the window, or has been healthy for less than ``step_duration_s``;
+* otherwise **advance** to the next step in ``steps`` or, at the last one (100%), **promote**.
+
+The field's rules are "sustained for 3 minutes": the caller chooses the window it passes in,
+and tracks ``healthy_for_s`` (the time since the candidate's last unhealthy verdict or since
+the step began, whichever is later).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from relay.serving_metrics import VersionWindow
+from relay.settings import RolloutSettings
+
+_STATUS = {True: "PASS", False: "FAIL"}
+_EPS = 1e-9
+
+#: The default canary steps (shares of traffic), as in :class:`RolloutSettings`.
+DEFAULT_STEPS: tuple[float, ...] = RolloutSettings().steps
+
+
+class Action(StrEnum):
+    """What the rollout controller should do next."""
+
+    ROLLBACK = "rollback"
+    ADVANCE = "advance"
+    HOLD = "hold"
+    PROMOTE = "promote"
+
+
+class Check(StrEnum):
+    """The names of :func:`decide`'s checks, as listed in ``RolloutVerdict.failed_checks``."""
+
+    ERROR_RATE = "error_rate"
+    P99_LATENCY = "p99_latency"
+    QUALITY = "quality"
+    THROUGHPUT = "throughput"
+    EVIDENCE = "evidence"
+    DURATION = "duration"
+
+
+#: Checks whose failure means a rollback; the others only hold the step.
+ROLLBACK_CHECKS = frozenset({Check.ERROR_RATE, Check.P99_LATENCY, Check.QUALITY, Check.THROUGHPUT})
+
+
+@dataclass(frozen=True)
+class QualityWindow:
+    """Accuracy against actual delivery times, joined back to what each version served.
+
+    Attributes:
+        candidate_mae: the candidate's mean absolute error (minutes) on the labelled orders.
+        stable_mae: the stable version's MAE over the same period.
+        n_labelled: how many of the candidate's predictions have an actual yet.
+    """
+
+    candidate_mae: float
+    stable_mae: float
+    n_labelled: int
+
+
+@dataclass(frozen=True)
+class RolloutVerdict:
+    """The rollout decision for one candidate at one step.
+
+    Attributes:
+        action: rollback, advance, hold or promote.
+        reasons: every check, one line each, prefixed ``PASS:`` or ``FAIL:``.
+        failed_checks: the names of the failing checks (:class:`Check` values).
+        next_share: the candidate's traffic share once the action is taken: 0.0 for a
+            rollback, the current share for a hold, the next step for an advance, 1.0 for a
+            promotion.
+        step_share: the candidate's traffic share while the window was measured.
+        candidate: the candidate's version.
+        stable: the stable version.
+    """
+
+    action: Action
+    reasons: list[str]
+    next_share: float
+    step_share: float
+    failed_checks: list[str] = field(default_factory=list)
+    candidate: str = ""
+    stable: str = ""
+
+    def summary(self) -> str:
+        """A few lines for logs, alerts and the CLI."""
+        head = (
+            f"candidate {self.candidate} vs stable {self.stable} at {_pct(self.step_share)}: "
+            f"{self.action.upper()} → {_pct(self.next_share)}"
+        )
+        return "\n".join([head, *(f"  {r}" for r in self.reasons)])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict, ready for ``json.dumps``."""
+        return asdict(self)
+
+
+def next_step(current_share: float, steps: Sequence[float] = DEFAULT_STEPS) -> float | None:
+    """The first canary step above ``current_share``, or None when already at the last.
+
+    Args:
+        current_share: the candidate's traffic share now, in [0, 1] (0 before the first step).
+        steps: the increasing shares to walk through; pass ``settings.rollout.steps`` to use
+            configured ones.
+    """
+    if not 0 <= current_share <= 1:
+        raise ValueError(f"a traffic share lies in [0, 1], got {current_share}")
+    return next((s for s in steps if s > current_share + _EPS), None)
+
+
+def decide(
+    candidate: VersionWindow,
+    stable: VersionWindow,
+    settings: RolloutSettings,
+    *,
+    step_share: float,
+    healthy_for_s: float,
+    quality: QualityWindow | None = None,
+) -> RolloutVerdict:
+    """Judge the candidate's window at its current step.
+
+    Args:
+        candidate: the candidate version's live window.
+        stable: the stable version's window over the same interval.
+        settings: the rollout thresholds and steps (``Settings.rollout``).
+        step_share: the candidate's traffic share during the window, in (0, 1].
+        healthy_for_s: how long the candidate has been healthy at this step, in seconds.
+        quality: MAE against actuals for both versions, when labels have arrived.
+
+    Returns:
+        The verdict: rollback if any rollback rule fails, else hold, advance or promote.
+
+    Raises:
+        ValueError: a share outside (0, 1], a negative ``healthy_for_s``, or the same version
+            as candidate and stable.
+    """
+    if not 0 < step_share <= 1:
+        raise ValueError(f"step_share must lie in (0, 1], got {step_share}")
+    if healthy_for_s < 0:
+        raise ValueError(f"healthy_for_s must be ≥ 0, got {healthy_for_s}")
+    if candidate.version == stable.version:
+        raise ValueError(f"candidate and stable are the same version {candidate.version!r}")
+    s = settings
+    checks: list[tuple[Check, bool, str]] = [
+        _error_rate_check(candidate, s),
+        _p99_check(candidate, s),
+        _quality_check(quality, s),
+        _throughput_check(candidate, stable, step_share, s),
+        _evidence_check(candidate, s),
+        _duration_check(healthy_for_s, s),
+    ]
+    failed = [name for name, ok, _ in checks if not ok]
+    upcoming = next_step(step_share, s.steps)
+    if any(name in ROLLBACK_CHECKS for name in failed):
+        action, share = Action.ROLLBACK, 0.0
+    elif failed:
+        action, share = Action.HOLD, step_share
+    elif upcoming is None:
+        action, share = Action.PROMOTE, 1.0
+    else:
+        action, share = Action.ADVANCE, upcoming
+    return RolloutVerdict(
+        action=action,
+        reasons=[f"{_STATUS[ok]}: {msg}" for _, ok, msg in checks],
+        next_share=share,
+        step_share=step_share,
+        failed_checks=[str(name) for name in failed],
+        candidate=candidate.version,
+        stable=stable.version,
+    )
+
+
+def _error_rate_check(c: VersionWindow, s: RolloutSettings) -> tuple[Check, bool, str]:
+    rate = c.error_rate
+    ok = rate <= s.max_error_rate
+    return (
+        Check.ERROR_RATE,
+        ok,
+        f"error rate {rate:.2%} ({c.errors}/{c.requests}) {'≤' if ok else '>'} "
+        f"max {s.max_error_rate:.2%}",
+    )
+
+
+def _p99_check(c: VersionWindow, s: RolloutSettings) -> tuple[Check, bool, str]:
+    p99 = c.p99_ms
+    if p99 is None:
+        return Check.P99_LATENCY, True, "P99 latency: no requests in the window, not judged"
+    ok = p99 <= s.max_p99_ms
+    return (
+        Check.P99_LATENCY,
+        ok,
+        f"P99 latency {p99:.1f} ms {'≤' if ok else '>'} max {s.max_p99_ms:.1f} ms",
+    )
+
+
+def _quality_check(q: QualityWindow | None, s: RolloutSettings) -> tuple[Check, bool, str]:
+    if q is None:
+        return Check.QUALITY, True, "quality: no actuals joined back yet, not judged"
+    if q.n_labelled < s.min_labelled:
+        return (
+            Check.QUALITY,
+            True,
+            f"quality: {q.n_labelled} labelled < min {s.min_labelled}, not judged",
+        )
+    change = _relative_change(q.candidate_mae, q.stable_mae)
+    ok = change <= s.max_mae_regression
+    return (
+        Check.QUALITY,
+        ok,
+        f"quality: MAE {q.candidate_mae:.2f} vs stable {q.stable_mae:.2f} min "
+        f"({change:+.1%} {'≤' if ok else '>'} {s.max_mae_regression:.1%}, "
+        f"{q.n_labelled} labelled)",
+    )
+
+
+def _throughput_check(
+    c: VersionWindow, st: VersionWindow, share: float, s: RolloutSettings
+) -> tuple[Check, bool, str]:
+    stable_share = 1.0 - share
+    if stable_share <= _EPS:
+        return Check.THROUGHPUT, True, "throughput: candidate takes all traffic, not compared"
+    stable_norm = st.qps / stable_share
+    if stable_norm <= 0:
+        return Check.THROUGHPUT, True, "throughput: stable served nothing, not compared"
+    # The requests the candidate would have seen at stable's rate: too few, and a drop is chance.
+    expected = stable_norm * share * c.duration_s
+    if expected < s.min_requests:
+        return (
+            Check.THROUGHPUT,
+            True,
+            f"throughput: {expected:.0f} candidate requests expected < min {s.min_requests}, "
+            "not judged",
+        )
+    cand_norm = c.qps / share
+    drop = 1.0 - cand_norm / stable_norm
+    ok = drop <= s.max_qps_drop
+    return (
+        Check.THROUGHPUT,
+        ok,
+        f"throughput: candidate {cand_norm:.2f} vs stable {stable_norm:.2f} QPS per full share "
+        f"(drop {drop:.1%} {'≤' if ok else '>'} max {s.max_qps_drop:.1%})",
+    )
+
+
+def _evidence_check(c: VersionWindow, s: RolloutSettings) -> tuple[Check, bool, str]:
+    ok = c.requests >= s.min_requests
+    return (
+        Check.EVIDENCE,
+        ok,
+        f"evidence: {c.requests} candidate requests {'≥' if ok else '<'} min {s.min_requests}",
+    )
+
+
+def _duration_check(healthy_for_s: float, s: RolloutSettings) -> tuple[Check, bool, str]:
+    ok = healthy_for_s >= s.step_duration_s
+    return (
+        Check.DURATION,
+        ok,
+        f"healthy for {healthy_for_s:g} s {'≥' if ok else '<'} step duration "
+        f"{s.step_duration_s:g} s",
+    )
+
+
+def _relative_change(mine: float, theirs: float) -> float:
+    if theirs > 0:
+        return (mine - theirs) / theirs
+    # A perfect stable version: any error at all is an unbounded regression.
+    return 0.0 if mine <= 0 else math.inf
+
+
+def _pct(share: float) -> str:
+    return f"{share * 100:g}%"

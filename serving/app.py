@@ -1,0 +1,327 @@
+"""The Ray Serve ETA application: a FastAPI router in front of one deployment per model version.
+
+Nothing runs on import; ``serving.control`` deploys. Each model version is its own Serve
+application (no HTTP route); the router is the HTTP ingress. The traffic split lives in a small
+named Ray actor that every router replica watches, so moving traffic never redeploys anything:
+redeploying a deployment from Python replaces its replicas (Serve gives each ``serve.run`` a new
+code version), and that stalled requests for 4-6 s here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from typing import Any
+
+import ray
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import ValidationError
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from relay.api_models import (
+    ETAResponse,
+    ModelsResponse,
+    Order,
+    OrderBatch,
+    Prediction,
+    ServingVersion,
+)
+from relay.traffic import TrafficSplit
+
+log = logging.getLogger(__name__)
+
+MODEL_DEPLOYMENT = "ETAModel"
+ROUTER_DEPLOYMENT = "Router"
+TRAFFIC_ACTOR = "relay-eta-traffic"
+TRAFFIC_NAMESPACE = "relay"
+TRAFFIC_POLL_S = 0.1
+
+
+@ray.remote(num_cpus=0)
+class TrafficState:
+    """The current split and a generation number; routers poll it, control sets it."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self.config: dict[str, Any] | None = None
+
+    def set(self, config: dict[str, Any]) -> int:
+        self.generation += 1
+        self.config = config
+        return self.generation
+
+    def get(self) -> tuple[int, dict[str, Any] | None]:
+        return self.generation, self.config
+
+
+def traffic_state() -> Any:
+    """The cluster's traffic actor, created on first use (detached: it outlives the caller)."""
+    return TrafficState.options(  # type: ignore[attr-defined]
+        name=TRAFFIC_ACTOR,
+        namespace=TRAFFIC_NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+    ).remote()
+
+
+def model_app_name(version: str) -> str:
+    return f"eta-model-{version}"
+
+
+def relay_env() -> dict[str, str]:
+    """RELAY_* and AWS_* variables, handed to replicas so they read the same settings."""
+    keep = ("RELAY_", "AWS_")
+    return {k: v for k, v in os.environ.items() if k.startswith(keep)}
+
+
+def _feature_row(order: Order, now: dt.datetime) -> dict[str, Any]:
+    created = (order.created_at or now).astimezone(dt.UTC)
+    return {
+        "order_id": order.order_id,
+        "courier_id": order.courier_id,
+        "merchant_id": order.merchant_id,
+        "zone_id": order.zone_id,
+        "distance_km": float(order.distance_km),
+        "hour": created.hour,
+        "weekday": created.weekday(),
+        "created_at": created.isoformat(),
+    }
+
+
+@serve.deployment(name=MODEL_DEPLOYMENT)
+class ETAModel:
+    """One registry version: online features for the whole batch, then one forward pass."""
+
+    def __init__(self, version: str, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+        from relay.features.store import OnlineFeatures
+        from relay.lake import Lake
+        from relay.model.bundle import ModelBundle
+        from relay.registry import Registry
+        from relay.serving_log import ServingLogWriter
+        from relay.settings import get_settings
+
+        s = get_settings()
+        self.version = version
+        self.bundle = ModelBundle.from_registry(Registry(s), version)  # sha256 checked
+        self.features = OnlineFeatures(s)
+        self.log = ServingLogWriter(
+            Lake(s), max_batch=s.serving.log_max_batch, max_delay_s=s.serving.log_max_delay_s
+        )
+        self.predict_batch.set_max_batch_size(max_batch_size)
+        self.predict_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    async def predict(self, rows: list[dict[str, Any]], request_id: str) -> list[dict[str, Any]]:
+        return await self.predict_batch((rows, request_id))  # type: ignore[no-any-return]
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.010)
+    async def predict_batch(
+        self, calls: list[tuple[list[dict[str, Any]], str]]
+    ) -> list[list[dict[str, Any]]]:
+        from relay.model.preprocess import NUMERIC, WEATHER
+
+        t0 = time.perf_counter()
+        flat = [row for rows, _ in calls for row in rows]
+        feats = self.features.read(flat)  # one online-store read for the whole batch
+        preds = self.bundle.predict(feats)
+        elapsed_ms = (time.perf_counter() - t0) * 1000
+        served_at = dt.datetime.now(dt.UTC)
+        checked = (*NUMERIC, WEATHER)
+        out: list[list[dict[str, Any]]] = []
+        records = []
+        i = 0
+        for rows, request_id in calls:
+            answers = []
+            for row in rows:
+                missing = [f for f in checked if feats[f][i] is None]
+                value = round(float(preds[i]), 3)
+                answers.append(
+                    {
+                        "order_id": row["order_id"],
+                        "eta_minutes": value,
+                        "model_version": self.version,
+                        "missing_features": missing,
+                    }
+                )
+                records.append(
+                    {
+                        "request_id": request_id,
+                        "order_id": row["order_id"],
+                        "requested_at": served_at,
+                        "model_version": self.version,
+                        "features": {k: feats[k][i] for k in feats},
+                        "eta_minutes": value,
+                        "latency_ms": elapsed_ms,
+                        "missing_features": missing,
+                    }
+                )
+                i += 1
+            out.append(answers)
+        self.log.log(records)  # buffered; written off the request path
+        return out
+
+    def flush_log(self) -> int:
+        """Write every buffered serving-log record now; returns how many were written so far."""
+        self.log.flush()
+        return int(self.log.written)
+
+    def __del__(self) -> None:
+        log = getattr(self, "log", None)
+        if log is not None:
+            log.close()
+
+
+api = FastAPI(
+    title="Relay ETA",
+    description="Delivery-time predictions with online features, batching and canary traffic.",
+    version="1",
+)
+
+
+def _unprocessable(errors: list[dict[str, Any]]) -> JSONResponse:
+    detail = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in errors
+    ]
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
+@serve.deployment(name=ROUTER_DEPLOYMENT)
+@serve.ingress(api)
+class Router:
+    """HTTP ingress: validates, splits orders between versions by order id, merges answers."""
+
+    def __init__(self) -> None:
+        from relay.serving_metrics import LiveMetrics
+
+        self.metrics = LiveMetrics()
+        self.split: TrafficSplit | None = None
+        self.handles: dict[str, DeploymentHandle] = {}
+        self.generation = -1
+        self._state = traffic_state()
+        self._sync()
+        threading.Thread(target=self._watch, name="relay-traffic-watch", daemon=True).start()
+
+    def _sync(self) -> None:
+        generation, config = ray.get(self._state.get.remote())
+        if generation != self.generation and config is not None:
+            self._apply(config)
+        self.generation = generation
+
+    def _watch(self) -> None:
+        while True:
+            try:
+                self._sync()
+            except Exception:  # the actor restarting: keep the last split and retry
+                log.exception("traffic state unavailable; keeping the current split")
+            time.sleep(TRAFFIC_POLL_S)
+
+    def _apply(self, config: dict[str, Any]) -> None:
+        split = TrafficSplit(
+            stable=config["stable"],
+            candidate=config.get("candidate"),
+            candidate_share=float(config.get("candidate_share", 0.0)),
+        )
+        handles = {
+            v: self.handles.get(v)
+            or serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=model_app_name(v))
+            for v in split.versions()
+        }
+        # One assignment: a request sees either the old split or the new one, never a mix.
+        self.handles, self.split = handles, split
+
+    @api.post("/v1/eta", response_model=ETAResponse)
+    async def eta(self, request: Request) -> JSONResponse:
+        t0 = time.perf_counter()
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return _unprocessable(
+                [{"loc": ["body"], "msg": f"invalid JSON: {exc}", "type": "json_invalid"}]
+            )
+        try:
+            if isinstance(body, dict) and "orders" in body:
+                orders = OrderBatch.model_validate(body).orders
+            else:
+                orders = [Order.model_validate(body)]
+        except ValidationError as exc:
+            return _unprocessable([{**e, "loc": ["body", *e["loc"]]} for e in exc.errors()])
+        split, handles = self.split, self.handles
+        if split is None:
+            return JSONResponse(status_code=503, content={"detail": "no model deployed"})
+        now = dt.datetime.now(dt.UTC)
+        rows = [_feature_row(o, now) for o in orders]
+        groups = split.assign([r["order_id"] for r in rows])
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        calls = {
+            v: handles[v].predict.remote([rows[i] for i in idx], request_id)
+            for v, idx in groups.items()
+        }
+        results: dict[str, list[dict[str, Any]]] = {}
+        for v, call in calls.items():
+            try:
+                results[v] = await call
+            except Exception:  # a replica died or timed out: count it, answer 503
+                self.metrics.observe(v, (time.perf_counter() - t0) * 1000, 0, None, error=True)
+                return JSONResponse(status_code=503, content={"detail": f"model {v} failed"})
+        answers: list[dict[str, Any] | None] = [None] * len(rows)
+        latency_ms = (time.perf_counter() - t0) * 1000
+        for v, idx in groups.items():
+            preds = results[v]
+            for i, p in zip(idx, preds, strict=True):
+                answers[i] = p
+            self.metrics.observe(v, latency_ms, len(preds), [p["eta_minutes"] for p in preds])
+        response = ETAResponse(
+            predictions=[Prediction(**a) for a in answers if a is not None],
+            latency_ms=round(latency_ms, 3),
+        )
+        return JSONResponse(content=response.model_dump())
+
+    @api.get("/v1/models", response_model=ModelsResponse)
+    async def models(self) -> JSONResponse:
+        split = self.split
+        if split is None:
+            return JSONResponse(
+                ModelsResponse(versions=[], generation=self.generation).model_dump()
+            )
+        roles = {
+            split.stable: "stable",
+            **({split.candidate: "candidate"} if split.candidate else {}),
+        }
+        body = ModelsResponse(
+            versions=[
+                ServingVersion(version=v, role=roles[v], traffic_share=share)
+                for v, share in split.shares().items()
+            ],
+            generation=self.generation,
+        )
+        return JSONResponse(body.model_dump())
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        if self.split is None:
+            return JSONResponse(status_code=503, content={"status": "no model deployed"})
+        return JSONResponse(content={"status": "ready", "versions": self.split.versions()})
+
+    @api.get("/metrics")
+    async def metrics_text(self) -> PlainTextResponse:
+        return PlainTextResponse(
+            self.metrics.to_prometheus(), media_type="text/plain; version=0.0.4"
+        )
+
+    @api.get("/v1/metrics")
+    async def metrics_json(self) -> dict[str, Any]:
+        """The live window per version, for the rollout logic."""
+        from dataclasses import asdict
+
+        return {v: asdict(w) for v, w in self.metrics.snapshot().items()}

@@ -1,0 +1,264 @@
+"""The ETA endpoint on a real local Ray Serve: no skew, 4xx, canary split, rollback under load,
+serving log."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from relay.features.store import OnlineFeatures, apply, materialize, training_frame
+from relay.lake import VALIDATED_ORDERS, Lake
+from relay.model.bundle import ModelBundle
+from relay.model.preprocess import Preprocessor
+from relay.model.training import build_model, model_inputs, save_run, tensor_batches, train_epoch
+from relay.packaging import register_trained
+from relay.registry import Registry
+from relay.settings import get_settings
+from relay.traffic import TrafficSplit
+
+pytestmark = pytest.mark.slow
+
+
+def _train_and_register(frame: pd.DataFrame, out: Path, seed: int, epochs: int) -> str:
+    torch.manual_seed(seed)
+    prep = Preprocessor.fit(frame)
+    model = build_model(prep, {"hidden_layers": 2, "hidden_units": 32})
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    arrays = model_inputs(prep, frame)
+    for e in range(epochs):
+        train_epoch(model, tensor_batches(arrays, 256, True, e), opt, prep.label_std)
+    save_run(out, model, prep, {"hidden_layers": 2}, {"val_mae": 0.0}, len(frame))
+    return register_trained(out, training_set_uri="test", data_partitions=[]).id
+
+
+def _post(url: str, body: Any, timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(
+        url + "/v1/eta", data=data, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def _order(row: pd.Series, order_id: str | None = None) -> dict[str, Any]:
+    return {
+        "order_id": order_id or row["order_id"],
+        "courier_id": row["courier_id"],
+        "merchant_id": row["merchant_id"],
+        "zone_id": row["zone_id"],
+        "distance_km": float(row["distance_km"]),
+        "created_at": row["created_at"].isoformat(),
+    }
+
+
+@pytest.fixture(scope="module")
+def served(lake_days, tmp_path_factory):
+    import ray
+    from ray import serve
+
+    from serving import control
+
+    apply()
+    end = dt.datetime.combine(lake_days[-1] + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    materialize(end)
+    orders = Lake().read_range(VALIDATED_ORDERS, lake_days[0], lake_days[-1])
+    frame = training_frame(orders)
+    base = tmp_path_factory.mktemp("runs")
+    v1 = _train_and_register(frame, base / "v1", seed=1, epochs=3)
+    v2 = _train_and_register(frame, base / "v2", seed=2, epochs=2)
+
+    from tests.integration.conftest import _free_port
+
+    settings = get_settings().model_copy(deep=True)
+    settings.serving.port = _free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        control.start_serve(settings)
+        control.deploy_model(v1, settings)
+        control.deploy_model(v2, settings)
+        control.set_traffic(TrafficSplit(stable=v1), settings)
+        yield {
+            "v1": v1,
+            "v2": v2,
+            "url": control.endpoint(settings),
+            "settings": settings,
+            "orders": orders[orders["created_at"].dt.date == lake_days[-1]],
+        }
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def test_http_predictions_equal_offline_predictions(served):
+    sample = served["orders"].sample(40, random_state=5)
+    status, body = _post(served["url"], {"orders": [_order(r) for _, r in sample.iterrows()]})
+    assert status == 200, body
+    got = {p["order_id"]: p for p in body["predictions"]}
+    assert list(got) == list(sample["order_id"])
+    assert {p["model_version"] for p in got.values()} == {served["v1"]}
+    # Offline: the same features from the store, the same registered model, in this process.
+    feats = OnlineFeatures().read_frame(sample)
+    bundle = ModelBundle.from_registry(Registry(), served["v1"])
+    expected = bundle.predict(feats)
+    np.testing.assert_allclose(
+        [got[o]["eta_minutes"] for o in sample["order_id"]], expected, atol=1e-3
+    )
+
+
+def test_one_order_without_a_list_is_accepted(served):
+    row = served["orders"].iloc[0]
+    status, body = _post(served["url"], _order(row))
+    assert status == 200 and len(body["predictions"]) == 1
+    assert body["predictions"][0]["order_id"] == row["order_id"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda o: o.pop("distance_km"), "distance_km"),
+        (lambda o: o.update(distance_km="far"), "distance_km"),
+        (lambda o: o.update(distance_km=-3), "distance_km"),
+        (lambda o: o.update(courier_id=""), "courier_id"),
+        (lambda o: o.update(created_at="yesterday"), "created_at"),
+        (lambda o: o.update(surprise=1), "surprise"),
+    ],
+)
+def test_invalid_orders_get_422_naming_the_field(served, mutate, field):
+    order = _order(served["orders"].iloc[1])
+    mutate(order)
+    status, body = _post(served["url"], {"orders": [order]})
+    assert status == 422
+    assert any(field in [str(x) for x in d["loc"]] for d in body["detail"]), body
+
+
+def test_malformed_empty_and_oversized_requests_then_still_serving(served):
+    status, body = _post(served["url"], b"{not json")
+    assert status == 422 and body["detail"][0]["type"] == "json_invalid"
+    status, body = _post(served["url"], {"orders": []})
+    assert status == 422 and "orders" in body["detail"][0]["loc"]
+    row = served["orders"].iloc[2]
+    big = {"orders": [_order(row, f"big-{i}") for i in range(257)]}
+    status, body = _post(served["url"], big)
+    assert status == 422 and "orders" in body["detail"][0]["loc"]
+    status, body = _post(served["url"], _order(row))
+    assert status == 200
+
+
+def test_unknown_courier_gets_defaults_and_a_flag(served):
+    order = _order(served["orders"].iloc[3], "unknown-courier-1")
+    order["courier_id"] = "C_NEVER_SEEN"
+    status, body = _post(served["url"], order)
+    assert status == 200
+    pred = body["predictions"][0]
+    assert "courier_mean_delivery_24h" in pred["missing_features"]
+    assert 0 < pred["eta_minutes"] < 300
+
+
+def test_canary_at_ten_percent_is_deterministic_by_order_id(served):
+    from serving import control
+
+    control.set_traffic(TrafficSplit(served["v1"], served["v2"], 0.10), served["settings"])
+    row = served["orders"].iloc[4]
+    ids = [f"canary-{i}" for i in range(2000)]
+    seen: dict[str, str] = {}
+    for chunk in range(0, 2000, 100):
+        status, body = _post(
+            served["url"], {"orders": [_order(row, oid) for oid in ids[chunk : chunk + 100]]}
+        )
+        assert status == 200
+        seen.update({p["order_id"]: p["model_version"] for p in body["predictions"]})
+    share = Counter(seen.values())[served["v2"]] / len(ids)
+    assert 0.08 <= share <= 0.12, share
+    # The same id always reaches the same version.
+    status, body = _post(served["url"], {"orders": [_order(row, oid) for oid in ids[:100]]})
+    assert all(seen[p["order_id"]] == p["model_version"] for p in body["predictions"])
+    status, models = 200, json.loads(urllib.request.urlopen(served["url"] + "/v1/models").read())
+    shares = {m["version"]: m["traffic_share"] for m in models["versions"]}
+    assert shares == {served["v1"]: pytest.approx(0.9), served["v2"]: pytest.approx(0.1)}
+
+
+def test_rollback_under_load_loses_no_request_and_stalls_none(served):
+    from serving import control
+
+    control.set_traffic(TrafficSplit(served["v1"], served["v2"], 0.5), served["settings"])
+    row = served["orders"].iloc[5]
+    results: list[tuple[int, float, list[str]]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        i = 0
+        deadline = time.monotonic() + 60  # bounded even if the test fails early
+        while not stop.is_set() and time.monotonic() < deadline and i < 5000:
+            t = time.perf_counter()
+            status, body = _post(
+                served["url"], {"orders": [_order(row, f"load-{i}-{j}") for j in range(4)]}
+            )
+            versions = [p["model_version"] for p in body.get("predictions", [])]
+            results.append((status, time.perf_counter() - t, versions))
+            i += 1
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    while len(results) < 40:  # traffic on both versions before the switch
+        time.sleep(0.05)  # polling a counter from the load threads, bounded by their deadline
+    control.rollback(served["settings"])
+    switched_at = len(results)
+    while len(results) < switched_at + 80:
+        time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join()
+    statuses = Counter(s for s, _, _ in results)
+    assert statuses == {200: len(results)}, statuses
+    assert max(lat for _, lat, _ in results) < 1.0
+    assert {v for _, _, vs in results[:switched_at] for v in vs} == {served["v1"], served["v2"]}
+    assert {v for _, _, vs in results[-20:] for v in vs} == {served["v1"]}
+
+
+def test_serving_log_holds_every_answered_prediction(served):
+    from ray import serve
+
+    from relay.serving_log import read_serving_log
+    from serving.app import MODEL_DEPLOYMENT, model_app_name
+
+    rows = served["orders"].iloc[10:30]
+    ids = [f"logged-{i}" for i in range(len(rows))]
+    status, body = _post(
+        served["url"],
+        {"orders": [_order(r, oid) for (_, r), oid in zip(rows.iterrows(), ids, strict=True)]},
+    )
+    assert status == 200
+    for v in (served["v1"], served["v2"]):
+        serve.get_deployment_handle(
+            MODEL_DEPLOYMENT, app_name=model_app_name(v)
+        ).flush_log.remote().result()
+    day = dt.datetime.now(dt.UTC).date()
+    log = read_serving_log(Lake(), day - dt.timedelta(days=1), day + dt.timedelta(days=1))
+    logged = log[log["order_id"].isin(ids)]
+    assert sorted(logged["order_id"]) == sorted(ids)
+    by_id = logged.set_index("order_id")
+    for p in body["predictions"]:
+        assert by_id.loc[p["order_id"], "model_version"] == p["model_version"]
+        assert by_id.loc[p["order_id"], "eta_minutes"] == pytest.approx(p["eta_minutes"])
+
+
+def test_metrics_are_exposed_per_version(served):
+    text = urllib.request.urlopen(served["url"] + "/metrics").read().decode()
+    assert f'relay_requests_total{{version="{served["v1"]}"}}' in text
+    assert "relay_request_latency_ms_bucket" in text

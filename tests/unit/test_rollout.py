@@ -1,0 +1,207 @@
+"""Canary rollout decisions: each rollback rule on its own, hold, advance and promote."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from relay.rollout import Action, QualityWindow, decide, next_step
+from relay.serving_metrics import LiveMetrics, VersionWindow
+from relay.settings import RolloutSettings, Settings
+
+SETTINGS = RolloutSettings(step_duration_s=0.5)
+SECONDS = 600.0
+TOTAL_QPS = 10.0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _window(
+    version: str,
+    requests: int,
+    *,
+    errors: int = 0,
+    latency_ms: float = 20.0,
+    slow: int = 0,
+    slow_ms: float = 400.0,
+    seconds: float = SECONDS,
+) -> VersionWindow:
+    """``requests`` spread over ``seconds``: the first ``errors`` fail, the first ``slow`` lag."""
+    clock = FakeClock()
+    metrics = LiveMetrics(clock=clock)
+    for i in range(requests):
+        clock.t = seconds * (i + 1) / (requests + 1)
+        ms = slow_ms if i < slow else latency_ms
+        metrics.observe(version, ms, 1, [30.0], error=i < errors)
+    clock.t = seconds
+    return metrics.snapshot(versions=[version])[version]
+
+
+def _pair(share: float, **candidate: float) -> tuple[VersionWindow, VersionWindow]:
+    """Candidate and stable windows over the same interval, traffic split by ``share``."""
+    n_cand = round(TOTAL_QPS * SECONDS * share)
+    n_stable = round(TOTAL_QPS * SECONDS * (1 - share))
+    kwargs = {"requests": n_cand, **candidate}
+    return _window("v2", **kwargs), _window("v1", n_stable)  # type: ignore[arg-type]
+
+
+def _only_failure(verdict, check: str, text: str) -> None:
+    assert verdict.action is Action.ROLLBACK, verdict.summary()
+    assert verdict.next_share == 0.0
+    assert verdict.failed_checks == [check], verdict.summary()
+    failing = [r for r in verdict.reasons if r.startswith("FAIL: ")]
+    assert len(failing) == 1 and failing[0].startswith(f"FAIL: {text}"), failing
+
+
+def test_a_healthy_step_advances():
+    cand, stable = _pair(0.10)
+    verdict = decide(cand, stable, SETTINGS, step_share=0.10, healthy_for_s=1.0)
+    assert verdict.action is Action.ADVANCE, verdict.summary()
+    assert verdict.next_share == 0.50
+    assert verdict.failed_checks == []
+    assert all(r.startswith("PASS: ") for r in verdict.reasons)
+    # Every check is listed: error rate, P99, quality, throughput, evidence, duration.
+    assert len(verdict.reasons) == 6
+    assert any(r.startswith("PASS: throughput: candidate") for r in verdict.reasons)
+    assert verdict.summary().startswith("candidate v2 vs stable v1 at 10%: ADVANCE → 50%")
+    assert json.loads(json.dumps(verdict.to_dict()))["action"] == "advance"
+
+
+def test_rolls_back_on_error_rate():
+    cand, stable = _pair(0.10, errors=12)  # 12 of 600 = 2%
+    verdict = decide(cand, stable, SETTINGS, step_share=0.10, healthy_for_s=1.0)
+    _only_failure(verdict, "error_rate", "error rate 2.00%")
+
+
+def test_rolls_back_on_p99_latency():
+    cand, stable = _pair(0.10, slow=30)  # 5% at 400 ms: P99 in (300, 500]
+    assert cand.p50_ms is not None and cand.p50_ms < 30
+    verdict = decide(cand, stable, SETTINGS, step_share=0.10, healthy_for_s=1.0)
+    _only_failure(verdict, "p99_latency", "P99 latency")
+
+
+def test_rolls_back_on_quality():
+    cand, stable = _pair(0.10)
+    worse = QualityWindow(candidate_mae=8.8, stable_mae=8.0, n_labelled=200)  # +10%
+    verdict = decide(cand, stable, SETTINGS, step_share=0.10, healthy_for_s=1.0, quality=worse)
+    _only_failure(verdict, "quality", "quality: MAE 8.80 vs stable 8.00")
+
+
+def test_quality_within_the_margin_or_too_thin_is_no_reason_to_roll_back():
+    cand, stable = _pair(0.10)
+    for quality in (
+        QualityWindow(candidate_mae=8.3, stable_mae=8.0, n_labelled=200),  # +3.75%
+        QualityWindow(candidate_mae=20.0, stable_mae=8.0, n_labelled=10),  # too few labels
+    ):
+        verdict = decide(
+            cand, stable, SETTINGS, step_share=0.10, healthy_for_s=1.0, quality=quality
+        )
+        assert verdict.action is Action.ADVANCE, verdict.summary()
+
+
+def test_rolls_back_on_throughput():
+    # 10% of the traffic should bring 600 requests; 400 is a 33% drop.
+    cand, stable = _pair(0.10, requests=400)
+    verdict = decide(cand, stable, SETTINGS, step_share=0.10, healthy_for_s=1.0)
+    _only_failure(verdict, "throughput", "throughput")
+    assert "drop 33.3% > max 30.0%" in verdict.summary()
+
+
+def test_throughput_is_normalised_by_traffic_share():
+    # At 50% the candidate's and stable's raw QPS are equal; at 10% a tenth is right.
+    for share in (0.10, 0.50):
+        cand, stable = _pair(share)
+        verdict = decide(cand, stable, SETTINGS, step_share=share, healthy_for_s=1.0)
+        assert "throughput" not in verdict.failed_checks, verdict.summary()
+
+
+def test_holds_when_healthy_but_not_for_long_enough():
+    cand, stable = _pair(0.10)
+    verdict = decide(cand, stable, SETTINGS, step_share=0.10, healthy_for_s=0.2)
+    assert verdict.action is Action.HOLD, verdict.summary()
+    assert verdict.next_share == 0.10
+    assert verdict.failed_checks == ["duration"]
+
+
+def test_holds_on_too_few_requests():
+    # A quiet hour: 20 candidate requests, and stable's rate predicts no more than that.
+    cand = _window("v2", 20, seconds=60)
+    stable = _window("v1", 180, seconds=60)
+    verdict = decide(cand, stable, SETTINGS, step_share=0.10, healthy_for_s=10.0)
+    assert verdict.action is Action.HOLD, verdict.summary()
+    assert verdict.failed_checks == ["evidence"]
+    assert any("not judged" in r and "throughput" in r for r in verdict.reasons)
+
+
+def test_a_rollback_rule_wins_over_too_little_evidence():
+    cand = _window("v2", 20, errors=2, seconds=60)
+    stable = _window("v1", 180, seconds=60)
+    verdict = decide(cand, stable, SETTINGS, step_share=0.10, healthy_for_s=10.0)
+    assert verdict.action is Action.ROLLBACK
+    assert verdict.failed_checks == ["error_rate", "evidence"]
+
+
+def test_promotes_when_healthy_at_full_traffic():
+    cand, stable = _pair(1.0)
+    assert stable.requests == 0
+    verdict = decide(cand, stable, SETTINGS, step_share=1.0, healthy_for_s=1.0)
+    assert verdict.action is Action.PROMOTE, verdict.summary()
+    assert verdict.next_share == 1.0
+    assert "PASS: throughput: candidate takes all traffic, not compared" in verdict.reasons
+
+
+def test_steps_go_1_10_50_100():
+    assert next_step(0.0) == 0.01
+    assert next_step(0.01) == 0.10
+    assert next_step(0.10) == 0.50
+    assert next_step(0.50) == 1.0
+    assert next_step(1.0) is None
+    assert next_step(0.05) == 0.10  # between steps: the next one up
+    with pytest.raises(ValueError, match="share"):
+        next_step(1.5)
+
+
+def test_a_healthy_candidate_walks_every_step_to_promotion():
+    share: float | None = next_step(0.0, SETTINGS.steps)
+    walked: list[tuple[float, Action]] = []
+    while share is not None:
+        cand, stable = _pair(share)
+        verdict = decide(cand, stable, SETTINGS, step_share=share, healthy_for_s=1.0)
+        walked.append((share, verdict.action))
+        share = None if verdict.action is Action.PROMOTE else verdict.next_share
+    assert walked == [
+        (0.01, Action.ADVANCE),
+        (0.10, Action.ADVANCE),
+        (0.50, Action.ADVANCE),
+        (1.0, Action.PROMOTE),
+    ]
+
+
+def test_decide_rejects_nonsense():
+    cand, stable = _pair(0.10)
+    with pytest.raises(ValueError, match="step_share"):
+        decide(cand, stable, SETTINGS, step_share=0.0, healthy_for_s=1.0)
+    with pytest.raises(ValueError, match="same version"):
+        decide(cand, cand, SETTINGS, step_share=0.10, healthy_for_s=1.0)
+
+
+def test_rollout_settings_defaults_and_validation():
+    s = Settings().rollout
+    assert s.steps == (0.01, 0.10, 0.50, 1.0)
+    assert (s.max_error_rate, s.max_p99_ms, s.max_mae_regression, s.max_qps_drop) == (
+        0.01,
+        100.0,
+        0.05,
+        0.30,
+    )
+    for steps in [(), (0.1, 0.5), (0.5, 0.1, 1.0), (0.0, 1.0)]:
+        with pytest.raises(ValidationError):
+            RolloutSettings(steps=steps)

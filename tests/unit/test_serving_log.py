@@ -1,0 +1,365 @@
+"""The serving log: batched, off the request path, nothing lost on a transient lake error."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from relay.errors import PartitionNotFound
+from relay.lake import ACTUALS, SERVING_LOG, Lake
+from relay.serving_log import (
+    InvalidServingRecord,
+    ServingLogClosed,
+    ServingLogWriter,
+    features_of,
+    join_actuals,
+    read_actuals,
+    read_serving_log,
+)
+from relay.settings import Settings
+
+DAY = dt.date(2026, 11, 20)
+NOON = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
+# Large enough that the background thread never writes unless a test asks it to.
+QUIET = {"max_batch": 1_000_000, "max_delay_s": 3600.0}
+
+
+@pytest.fixture()
+def lake(tmp_path) -> Lake:
+    return Lake(Settings(home=tmp_path))
+
+
+@pytest.fixture()
+def make_writer(lake):
+    writers: list[ServingLogWriter] = []
+
+    def make(**kwargs) -> ServingLogWriter:
+        w = ServingLogWriter(lake, **kwargs)
+        writers.append(w)
+        return w
+
+    yield make
+    for w in writers:
+        w.close(timeout=5)
+
+
+def record(i: int, at: dt.datetime = NOON, **extra) -> dict:
+    r = {
+        "request_id": f"req-{i}",
+        "order_id": f"O-{i}",
+        "requested_at": at,
+        "model_version": "v3",
+        "eta_minutes": 30.0 + i,
+        "latency_ms": 4.5,
+        "features": {"order_distance_km": 2.5 + i, "zone_id": "z07", "order_hour": 12},
+        "missing_features": ["courier_orders_1h"] if i % 2 else [],
+    }
+    r.update(extra)
+    return r
+
+
+def lake_files(lake: Lake) -> list[Path]:
+    return [p for p in Path(lake.root).rglob("*") if p.is_file()]
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    """Poll ``predicate`` until it holds, failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s")
+        time.sleep(0.005)
+
+
+def test_every_logged_record_is_written_once_after_flush(lake, make_writer):
+    w = make_writer(**QUIET)
+    w.log([record(i) for i in range(0, 150)])
+    w.log([record(i) for i in range(150, 250)])
+    assert w.pending == 250
+    assert w.flush() == 250
+    assert (w.written, w.pending, w.dropped) == (250, 0, 0)
+    assert w.flush() == 0  # nothing left: a second flush writes no empty file
+
+    df = read_serving_log(lake, DAY, DAY)
+    assert len(df) == 250
+    assert sorted(df["request_id"]) == sorted(f"req-{i}" for i in range(250))
+    assert lake.partitions(SERVING_LOG) == [DAY]
+    assert len(lake.files(SERVING_LOG, DAY)) == 1
+
+
+def test_record_schema_and_feature_columns(lake, make_writer):
+    w = make_writer(**QUIET)
+    w.log([record(1), record(2, features={"order_distance_km": 1.0, "zone_weather": "rain"})])
+    w.flush()
+    df = read_serving_log(lake, DAY, DAY)
+    assert list(df.columns[:8]) == [
+        "request_id",
+        "order_id",
+        "requested_at",
+        "logged_at",
+        "model_version",
+        "eta_minutes",
+        "latency_ms",
+        "missing_features",
+    ]
+    assert str(df["requested_at"].dt.tz) == "UTC"
+    assert df["eta_minutes"].dtype == "float64"
+    assert df["f_order_distance_km"].dtype == "float64"
+    assert df["f_order_hour"].tolist()[0] == 12.0
+    assert df["f_zone_id"].tolist()[0] == "z07"
+    assert df["missing_features"].tolist() == ["courier_orders_1h", ""]
+    feats = features_of(df)
+    assert set(feats.columns) == {"order_distance_km", "zone_id", "order_hour", "zone_weather"}
+    assert pd.isna(feats.loc[1, "zone_id"])  # a feature one record lacks is null there
+
+
+def test_records_across_midnight_land_in_two_partitions(lake, make_writer):
+    midnight = dt.datetime(2026, 11, 21, tzinfo=dt.UTC)
+    before = [record(i, midnight - dt.timedelta(milliseconds=100 - i)) for i in range(3)]
+    # A time in another zone counts by its UTC date: 01:00+02:00 is 23:00 UTC the day before.
+    east = dt.datetime(2026, 11, 21, 1, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    after = [record(i, midnight + dt.timedelta(milliseconds=i)) for i in range(3, 5)]
+    w = make_writer(**QUIET)
+    w.log([*before, record(9, east), *after])
+    w.flush()
+
+    assert lake.partitions(SERVING_LOG) == [DAY, DAY + dt.timedelta(days=1)]
+    first = read_serving_log(lake, DAY, DAY)
+    second = read_serving_log(lake, DAY + dt.timedelta(days=1), DAY + dt.timedelta(days=1))
+    assert sorted(first["request_id"]) == ["req-0", "req-1", "req-2", "req-9"]
+    assert sorted(second["request_id"]) == ["req-3", "req-4"]
+    assert len(read_serving_log(lake, DAY, DAY + dt.timedelta(days=1))) == 6
+
+
+def test_requested_at_defaults_to_the_clock(lake, make_writer):
+    late = dt.datetime(2026, 11, 20, 23, 59, 59, 999_000, tzinfo=dt.UTC)
+    w = make_writer(clock=lambda: late, **QUIET)
+    r = record(1)
+    del r["requested_at"], r["request_id"]
+    w.log([r])
+    w.flush()
+    df = read_serving_log(lake, DAY, DAY)
+    assert df["requested_at"].tolist() == [pd.Timestamp(late)]
+    assert df["logged_at"].tolist() == [pd.Timestamp(late)]
+    assert len(df["request_id"][0]) == 32  # a generated uuid4 hex
+
+
+def test_log_does_no_io_until_a_flush(lake, make_writer, monkeypatch):
+    calls: list[str] = []
+    real_append = Lake.append
+
+    def spy(self, *args, **kwargs):
+        calls.append(threading.current_thread().name)
+        return real_append(self, *args, **kwargs)
+
+    monkeypatch.setattr(Lake, "append", spy)
+    w = make_writer(**QUIET)
+    w.log([record(i) for i in range(500)])
+    assert calls == []
+    assert lake_files(lake) == []
+    w.flush()
+    assert len(lake_files(lake)) == 1
+
+
+def test_log_returns_while_the_lake_is_stuck(lake, make_writer, monkeypatch):
+    entered, release = threading.Event(), threading.Event()
+    threads: list[str] = []
+    real_append = Lake.append
+
+    def slow(self, *args, **kwargs):
+        threads.append(threading.current_thread().name)
+        entered.set()
+        release.wait(10)
+        return real_append(self, *args, **kwargs)
+
+    monkeypatch.setattr(Lake, "append", slow)
+    w = make_writer(max_batch=10, max_delay_s=3600.0)
+    w.log([record(i) for i in range(10)])  # a full batch: the background thread writes it
+    assert entered.wait(10)
+    # The background thread is inside the lake; logging must not wait for it.
+    t0 = time.monotonic()
+    w.log([record(i) for i in range(10, 15)])
+    assert time.monotonic() - t0 < 1.0
+    assert w.written == 0
+    release.set()
+    w.flush()
+    assert w.written == 15
+    assert set(threads) == {"relay-serving-log", threading.current_thread().name}
+    assert len(read_serving_log(lake, DAY, DAY)) == 15
+
+
+def test_background_flush_when_max_batch_is_reached(lake, make_writer):
+    w = make_writer(max_batch=100, max_delay_s=3600.0)
+    w.log([record(i) for i in range(99)])
+    assert w.written == 0
+    w.log([record(99)])
+    wait_for(lambda: w.written == 100)
+    assert w.pending == 0
+    assert len(read_serving_log(lake, DAY, DAY)) == 100
+
+
+def test_background_flush_after_max_delay(lake, make_writer):
+    w = make_writer(max_batch=1_000_000, max_delay_s=0.05)
+    w.log([record(1), record(2)])
+    wait_for(lambda: w.written == 2)
+    assert sorted(read_serving_log(lake, DAY, DAY)["request_id"]) == ["req-1", "req-2"]
+
+
+def test_a_transient_write_error_loses_nothing(lake, make_writer, monkeypatch):
+    real_append = Lake.append
+    failures = iter([OSError("lake unreachable")])
+
+    def flaky(self, *args, **kwargs):
+        err = next(failures, None)
+        if err is not None:
+            raise err
+        return real_append(self, *args, **kwargs)
+
+    monkeypatch.setattr(Lake, "append", flaky)
+    w = make_writer(**QUIET)
+    w.log([record(i) for i in range(20)])
+    with pytest.raises(OSError, match="unreachable"):
+        w.flush()
+    assert (w.written, w.pending) == (0, 20)
+    w.log([record(i) for i in range(20, 25)])
+    assert w.flush() == 25
+    df = read_serving_log(lake, DAY, DAY)
+    assert sorted(df["request_id"]) == sorted(f"req-{i}" for i in range(25))
+
+
+def test_only_the_failed_day_is_retried(lake, make_writer, monkeypatch):
+    real_append = Lake.append
+    failed_once: list[dt.date] = []
+
+    def fail_second_day(self, df, dataset, date):
+        if date != DAY and not failed_once:
+            failed_once.append(date)
+            raise OSError("slow down")
+        return real_append(self, df, dataset, date)
+
+    monkeypatch.setattr(Lake, "append", fail_second_day)
+    w = make_writer(**QUIET)
+    next_day = NOON + dt.timedelta(days=1)
+    w.log([record(1), record(2, next_day), record(3)])
+    with pytest.raises(OSError):
+        w.flush()
+    assert (w.written, w.pending) == (2, 1)
+    w.flush()
+    df = read_serving_log(lake, DAY, DAY + dt.timedelta(days=1))
+    assert sorted(df["request_id"]) == ["req-1", "req-2", "req-3"]
+
+
+def test_overflow_drops_the_oldest_and_counts_them(lake, make_writer, caplog):
+    w = make_writer(max_pending=10, **QUIET)
+    w.log([record(i) for i in range(25)])
+    assert (w.dropped, w.pending) == (15, 10)
+    with caplog.at_level(logging.WARNING, logger="relay.serving_log"):
+        assert w.flush() == 10
+    assert "dropped the 15 oldest" in caplog.text
+    df = read_serving_log(lake, DAY, DAY)
+    assert sorted(df["request_id"]) == sorted(f"req-{i}" for i in range(15, 25))
+
+
+def test_overflow_while_the_lake_is_down_keeps_the_newest(lake, make_writer, monkeypatch):
+    real_append = Lake.append
+    down = True
+
+    def maybe(self, *args, **kwargs):
+        if down:
+            raise OSError("lake down")
+        return real_append(self, *args, **kwargs)
+
+    monkeypatch.setattr(Lake, "append", maybe)
+    w = make_writer(max_pending=10, **QUIET)
+    w.log([record(i) for i in range(8)])
+    with pytest.raises(OSError):
+        w.flush()
+    w.log([record(i) for i in range(8, 12)])  # 12 waiting: the two oldest go
+    assert (w.dropped, w.pending) == (2, 10)
+    down = False
+    w.flush()
+    df = read_serving_log(lake, DAY, DAY)
+    assert sorted(df["request_id"]) == sorted(f"req-{i}" for i in range(2, 12))
+
+
+def test_close_writes_what_is_left_and_refuses_more(lake):
+    with ServingLogWriter(lake, **QUIET) as w:
+        w.log([record(1)])
+    assert w.written == 1
+    with pytest.raises(ServingLogClosed):
+        w.log([record(2)])
+    w.close()  # idempotent
+    assert read_serving_log(lake, DAY, DAY)["request_id"].tolist() == ["req-1"]
+
+
+def test_a_malformed_record_is_refused_and_nothing_is_queued(make_writer):
+    w = make_writer(**QUIET)
+    bad = record(2)
+    del bad["eta_minutes"]
+    with pytest.raises(InvalidServingRecord, match="eta_minutes"):
+        w.log([record(1), bad])
+    with pytest.raises(InvalidServingRecord, match="features"):
+        w.log([record(3, features=[1, 2])])
+    assert w.pending == 0
+
+
+def test_a_retried_write_is_read_once(lake):
+    df = pd.DataFrame({"request_id": ["a", "b"], "requested_at": [NOON, NOON]})
+    df["logged_at"] = df["requested_at"]
+    lake.append(df, SERVING_LOG, DAY)
+    lake.append(df.iloc[[1]], SERVING_LOG, DAY)
+    assert len(lake.read_all(SERVING_LOG, DAY, DAY)) == 3
+    assert read_serving_log(lake, DAY, DAY)["request_id"].tolist() == ["a", "b"]
+    assert len(read_serving_log(lake, DAY, DAY, dedupe=False)) == 3
+
+
+def test_read_all_reads_every_file_and_tolerates_new_columns(lake):
+    lake.write(pd.DataFrame({"x": [1]}), SERVING_LOG, DAY)
+    uri = lake.append(pd.DataFrame({"x": [2], "y": ["b"]}), SERVING_LOG, DAY)
+    assert uri.startswith(f"{lake.uri(SERVING_LOG, DAY)}/part-2")
+    assert uri.endswith(".parquet")
+    lake.append(pd.DataFrame({"x": [3]}), SERVING_LOG, DAY + dt.timedelta(days=2))
+    df = lake.read_all(SERVING_LOG, DAY, DAY + dt.timedelta(days=2))
+    assert df["x"].tolist() == [1, 2, 3]
+    assert df["y"].isna().tolist() == [True, False, True]
+    assert lake.read(SERVING_LOG, DAY)["x"].tolist() == [1]  # read() still means part-0
+    assert lake.read_all(SERVING_LOG, DAY, DAY, columns=["y"])["y"].tolist()[1] == "b"
+    with pytest.raises(KeyError):
+        lake.read_all(SERVING_LOG, DAY, DAY, columns=["nope"])
+    with pytest.raises(PartitionNotFound):
+        lake.read_all(SERVING_LOG, DAY + dt.timedelta(days=1), DAY + dt.timedelta(days=1))
+
+
+def test_join_actuals(lake, make_writer):
+    w = make_writer(**QUIET)
+    w.log([record(i) for i in range(4)])  # eta 30, 31, 32, 33
+    w.flush()
+    delivered = NOON + dt.timedelta(minutes=40)
+    actuals = pd.DataFrame(
+        {
+            "order_id": ["O-0", "O-1", "O-1", "O-2", "O-99"],
+            "delivered_at": [delivered, delivered, delivered + dt.timedelta(minutes=1)] * 1
+            + [delivered, delivered],
+            "actual_minutes": [28.0, 50.0, 35.0, 32.0, 10.0],
+        }
+    )
+    lake.append(actuals, ACTUALS, DAY)
+    log_df = read_serving_log(lake, DAY, DAY)
+
+    joined = join_actuals(log_df, read_actuals(lake, DAY, DAY)).sort_values("order_id")
+    assert joined["order_id"].tolist() == ["O-0", "O-1", "O-2"]
+    assert joined["actual_minutes"].tolist() == [28.0, 35.0, 32.0]  # latest actual wins
+    assert joined["error_minutes"].tolist() == [2.0, -4.0, 0.0]
+    assert "f_order_distance_km" in joined.columns
+
+    left = join_actuals(log_df, actuals, how="left").sort_values("order_id")
+    assert len(left) == 4
+    assert left["actual_minutes"].isna().tolist() == [False, False, False, True]
+    with pytest.raises(KeyError, match="actual_minutes"):
+        join_actuals(log_df, actuals.drop(columns="actual_minutes"))
