@@ -60,10 +60,13 @@ class TrafficState:
     def get(self) -> tuple[int, dict[str, Any] | None]:
         return self.generation, self.config
 
+    def seed(self, config: dict[str, Any]) -> int:
+        return self.generation if self.config is not None else self.set(config)
+
 
 def traffic_state() -> Any:
     """The cluster's traffic actor, created on first use (detached: it outlives the caller)."""
-    return TrafficState.options(  # type: ignore[attr-defined]
+    return TrafficState.options(
         name=TRAFFIC_ACTOR,
         namespace=TRAFFIC_NAMESPACE,
         lifetime="detached",
@@ -118,7 +121,7 @@ class ETAModel:
         self.predict_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
     async def predict(self, rows: list[dict[str, Any]], request_id: str) -> list[dict[str, Any]]:
-        return await self.predict_batch((rows, request_id))  # type: ignore[no-any-return]
+        return await self.predict_batch((rows, request_id))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.010)
     async def predict_batch(
@@ -197,7 +200,7 @@ def _unprocessable(errors: list[dict[str, Any]]) -> JSONResponse:
 class Router:
     """HTTP ingress: validates, splits orders between versions by order id, merges answers."""
 
-    def __init__(self) -> None:
+    def __init__(self, initial: dict[str, Any] | None = None) -> None:
         from relay.serving_metrics import LiveMetrics
 
         self.metrics = LiveMetrics()
@@ -205,6 +208,9 @@ class Router:
         self.handles: dict[str, DeploymentHandle] = {}
         self.generation = -1
         self._state = traffic_state()
+        if initial and initial.get("stable"):
+            # From `serve deploy` args: only seeds an empty state, never overrides a live split.
+            ray.get(self._state.seed.remote(initial))
         self._sync()
         threading.Thread(target=self._watch, name="relay-traffic-watch", daemon=True).start()
 
@@ -322,6 +328,22 @@ class Router:
     @api.get("/v1/metrics")
     async def metrics_json(self) -> dict[str, Any]:
         """The live window per version, for the rollout logic."""
-        from dataclasses import asdict
+        return {v: w.to_dict() for v, w in self.metrics.snapshot().items()}
 
-        return {v: asdict(w) for v, w in self.metrics.snapshot().items()}
+
+def build_model_app(args: dict[str, Any]) -> Any:
+    """``serve deploy`` builder for one model version: ``args: {version: …}``."""
+    from relay.settings import get_settings
+
+    sv = get_settings().serving
+    return ETAModel.bind(
+        str(args["version"]),
+        int(args.get("max_batch_size", sv.max_batch_size)),
+        float(args.get("batch_wait_timeout_s", sv.batch_wait_timeout_s)),
+    )
+
+
+def build_router_app(args: dict[str, Any]) -> Any:
+    """``serve deploy`` builder for the router: ``args: {stable, candidate, candidate_share}``
+    seed the traffic split when none is set yet."""
+    return Router.bind(dict(args))

@@ -143,3 +143,9 @@ def endpoint(settings: Settings | None = None) -> str:
 def _get(path: str, settings: Settings | None = None) -> Any:
     with urllib.request.urlopen(endpoint(settings) + path, timeout=5) as resp:  # noqa: S310
         return json.loads(resp.read())
+
+
+def live_metrics(settings: Settings | None = None) -> dict[str, Any]:
+    """The router's live window per version (requests, errors, latency quantiles, …)."""
+    data: dict[str, Any] = _get("/v1/metrics", settings)
+    return data

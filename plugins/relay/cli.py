@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -30,6 +30,10 @@ models_app = typer.Typer(
     help="The model registry: versions, stages, lineage.", no_args_is_help=True
 )
 app.add_typer(models_app, name="models")
+serve_app = typer.Typer(
+    help="The Ray Serve ETA endpoint: deploy, canary, promote, roll back.", no_args_is_help=True
+)
+app.add_typer(serve_app, name="serve")
 console = Console(stderr=True, soft_wrap=True)
 # Tables and JSON go to stdout, so they can be piped; progress and errors go to stderr.
 out = Console(soft_wrap=True)
@@ -436,3 +440,86 @@ def models_lineage(version: VersionArg, as_json: JsonOpt = False) -> None:
 
 if __name__ == "__main__":  # pragma: no cover, entry point
     app()
+
+
+def _serving() -> Any:
+    """Join the running Ray cluster (serving must outlive the CLI) and return serving.control."""
+    from relay.raycluster import connect
+    from serving import control
+
+    try:
+        connect(require_running=True)
+    except ConnectionError as exc:
+        console.print(
+            "[bold red]error:[/] no running Ray cluster: start one with `make up` or "
+            "`ray start --head`, or set RELAY_RAY__ADDRESS"
+        )
+        raise typer.Exit(1) from exc
+    control.start_serve()
+    return control
+
+
+def _print_split(split: Any) -> None:
+    if split is None:
+        out.print("nothing deployed")
+        return
+    for version, share in split.shares().items():
+        role = "stable" if version == split.stable else "candidate"
+        out.print(f"{role:9} {version}  {share:.0%}")
+
+
+@serve_app.command("up")
+def serve_up() -> None:
+    """Deploy the production version from the registry as the stable model."""
+    from relay.registry import Registry
+    from relay.traffic import TrafficSplit
+
+    control = _serving()
+    version = _run(lambda: Registry().stage_version("production"))
+    if version is None:
+        console.print(
+            "[bold red]error:[/] no production version: `relay models promote V "
+            "--stage production` first"
+        )
+        raise typer.Exit(1)
+    control.deploy_model(version.id)
+    _print_split(control.set_traffic(TrafficSplit(stable=version.id)))
+    console.print(f"endpoint: {control.endpoint()}/v1/eta  (docs: {control.endpoint()}/docs)")
+
+
+@serve_app.command("deploy")
+def serve_deploy(
+    version: Annotated[str, typer.Option(help="Registry version id to deploy")],
+    canary: Annotated[
+        float, typer.Option(min=0.0, max=100.0, help="Percent of orders for it (0: deploy only)")
+    ] = 1.0,
+) -> None:
+    """Deploy a version beside the stable one and send it --canary percent of orders."""
+    control = _serving()
+    _print_split(control.canary(version, canary / 100.0))
+
+
+@serve_app.command("promote")
+def serve_promote() -> None:
+    """Move all traffic to the candidate (it becomes stable; the old one keeps running)."""
+    control = _serving()
+    _print_split(control.promote())
+
+
+@serve_app.command("rollback")
+def serve_rollback() -> None:
+    """Move all traffic back to the stable version, at once."""
+    control = _serving()
+    _print_split(control.rollback())
+
+
+@serve_app.command("status")
+def serve_status() -> None:
+    """Versions serving, their traffic shares and live metrics."""
+    control = _serving()
+    _print_split(control.current_traffic())
+    for version, w in control.live_metrics().items():
+        out.print(
+            f"{version}: {w['requests']} requests, {w['errors']} errors, "
+            f"p50 {w.get('p50_ms') or 0:.1f} ms, p99 {w.get('p99_ms') or 0:.1f} ms"
+        )

@@ -7,7 +7,7 @@ from typing import Any
 from relay.settings import Settings, get_settings
 
 
-def connect(settings: Settings | None = None) -> Any:
+def connect(settings: Settings | None = None, require_running: bool = False) -> Any:
     """``ray.init`` on ``RELAY_RAY__ADDRESS``; without one, a local Ray sized by settings.
 
     Inside a Ray job the address is already set by Ray and ``auto`` joins that cluster.
@@ -17,8 +17,9 @@ def connect(settings: Settings | None = None) -> Any:
     s = settings or get_settings()
     if ray.is_initialized():
         return ray
-    if s.ray.address:
-        ray.init(address=s.ray.address)
+    if s.ray.address or require_running:
+        # Serving must outlive this process: join a running cluster (`ray start --head`).
+        ray.init(address=s.ray.address or "auto", namespace="relay")
     else:
         # The dashboard stays on: without it Train/Tune never release finished placement groups.
         ray.init(num_cpus=s.ray.num_cpus, include_dashboard=True)
