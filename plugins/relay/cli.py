@@ -256,6 +256,10 @@ def train(
     epochs: Annotated[int | None, typer.Option(min=1)] = None,
     gpu: Annotated[bool | None, typer.Option("--gpu/--cpu", help="Default: GPU if present")] = None,
     name: Annotated[str, typer.Option(help="Run name; the same name resumes")] = "eta_train",
+    patience: Annotated[int | None, typer.Option(min=1, help="Early-stopping patience")] = None,
+    storage_path: Annotated[
+        str | None, typer.Option(help="Checkpoints: a path or s3://; default {home}/ray_results")
+    ] = None,
 ) -> None:
     """Train the ETA model with Ray Train (data-parallel, checkpoint per epoch)."""
     from relay.model.ray_train import TrainRequest, run_training
@@ -271,6 +275,8 @@ def train(
             num_workers=workers,
             use_gpu=gpu,
             max_epochs=epochs,
+            patience=patience,
+            storage_path=storage_path,
             hyperparameters=hp,
         )
     )

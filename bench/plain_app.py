@@ -1,0 +1,139 @@
+"""The plain baseline for ``bench.serving``: one FastAPI app, no Ray, no batching.
+
+Per request it does what the Serve path does for one request: parse and validate the body
+(``Order`` or ``OrderBatch``), one Feast online read (:class:`OnlineFeatures`), one forward pass
+(:class:`ModelBundle`), the same answers, and the same serving-log records (buffered, written
+by a background thread). Run one uvicorn worker per core::
+
+    RELAY_BENCH_MODEL_VERSION=<version> uvicorn bench.plain_app:create_app --factory \
+        --workers 2 --host 127.0.0.1 --port 8100
+
+The work runs inline in the async endpoint: it is CPU-bound, and one worker per core has
+nothing else to do meanwhile (a thread pool only adds hand-offs and GIL contention).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from relay.api_models import ETAResponse, Order, OrderBatch, Prediction
+
+VERSION_ENV = "RELAY_BENCH_MODEL_VERSION"
+
+
+def _feature_row(order: Order, now: dt.datetime) -> dict[str, Any]:
+    # What serving.app builds per order (kept here so the baseline does not import Ray).
+    created = (order.created_at or now).astimezone(dt.UTC)
+    return {
+        "order_id": order.order_id,
+        "courier_id": order.courier_id,
+        "merchant_id": order.merchant_id,
+        "zone_id": order.zone_id,
+        "distance_km": float(order.distance_km),
+        "hour": created.hour,
+        "weekday": created.weekday(),
+        "created_at": created.isoformat(),
+    }
+
+
+def _unprocessable(msg: str, loc: list[Any], kind: str) -> JSONResponse:
+    return JSONResponse(status_code=422, content={"detail": [{"loc": loc, "msg": msg, "type": kind}]})
+
+
+def create_app(version: str | None = None) -> FastAPI:
+    """The app for one registry version (default: ``$RELAY_BENCH_MODEL_VERSION``)."""
+    import torch
+
+    from relay.features.store import OnlineFeatures
+    from relay.lake import Lake
+    from relay.model.bundle import ModelBundle
+    from relay.model.preprocess import NUMERIC, WEATHER
+    from relay.registry import Registry
+    from relay.serving_log import ServingLogWriter
+    from relay.settings import get_settings
+
+    torch.set_num_threads(1)  # one worker per core; Ray gives its replicas one thread too
+    s = get_settings()
+    model_version = version or os.environ[VERSION_ENV]
+    bundle = ModelBundle.from_registry(Registry(s), model_version)
+    features = OnlineFeatures(s)
+    serving_log = ServingLogWriter(
+        Lake(s), max_batch=s.serving.log_max_batch, max_delay_s=s.serving.log_max_delay_s
+    )
+    checked = (*NUMERIC, WEATHER)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        serving_log.close()  # writes what is still buffered
+
+    app = FastAPI(title="Relay ETA (plain baseline)", lifespan=lifespan)
+
+    @app.post("/v1/eta")
+    async def eta(request: Request) -> JSONResponse:
+        t0 = time.perf_counter()
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return _unprocessable(f"invalid JSON: {exc}", ["body"], "json_invalid")
+        try:
+            if isinstance(body, dict) and "orders" in body:
+                orders = OrderBatch.model_validate(body).orders
+            else:
+                orders = [Order.model_validate(body)]
+        except ValidationError as exc:
+            detail = [
+                {"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+                for e in exc.errors()
+            ]
+            return JSONResponse(status_code=422, content={"detail": detail})
+        now = dt.datetime.now(dt.UTC)
+        rows = [_feature_row(o, now) for o in orders]
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        feats = features.read(rows)
+        preds = bundle.predict(feats)
+        latency_ms = (time.perf_counter() - t0) * 1000
+        answers, records = [], []
+        for i, row in enumerate(rows):
+            missing = [f for f in checked if feats[f][i] is None]
+            value = round(float(preds[i]), 3)
+            answers.append(
+                Prediction(
+                    order_id=row["order_id"],
+                    eta_minutes=value,
+                    model_version=model_version,
+                    missing_features=missing,
+                )
+            )
+            records.append(
+                {
+                    "request_id": request_id,
+                    "order_id": row["order_id"],
+                    "requested_at": now,
+                    "model_version": model_version,
+                    "features": {k: feats[k][i] for k in feats},
+                    "eta_minutes": value,
+                    "latency_ms": latency_ms,
+                    "missing_features": missing,
+                }
+            )
+        serving_log.log(records)
+        response = ETAResponse(predictions=answers, latency_ms=round(latency_ms, 3))
+        return JSONResponse(content=response.model_dump())
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
