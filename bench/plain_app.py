@@ -3,10 +3,14 @@
 Per request it does what the Serve path does for one request: parse and validate the body
 (``Order`` or ``OrderBatch``), one Feast online read (:class:`OnlineFeatures`), one forward pass
 (:class:`ModelBundle`), the same answers, and the same serving-log records (buffered, written
-by a background thread). Run one uvicorn worker per core::
+by a background thread). Run one uvicorn server per core on the same port::
 
-    RELAY_BENCH_MODEL_VERSION=<version> uvicorn bench.plain_app:create_app --factory \
-        --workers 2 --host 127.0.0.1 --port 8100
+    RELAY_BENCH_MODEL_VERSION=<version> python -m bench.plain_app --port 8100 &   # x cores
+
+Each has its own ``SO_REUSEPORT`` socket, so the kernel spreads connections over them.
+``uvicorn --workers N`` shares one listening socket instead, and whichever worker accepts first
+can take every connection of a client that opens them one at a time (measured: all 8 connections
+of an aiohttp client on one of 2 workers, half the throughput).
 
 The work runs inline in the async endpoint: it is CPU-bound, and one worker per core has
 nothing else to do meanwhile (a thread pool only adds hand-offs and GIL contention).
@@ -14,6 +18,7 @@ nothing else to do meanwhile (a thread pool only adds hand-offs and GIL contenti
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as dt
 import json
@@ -48,7 +53,8 @@ def _feature_row(order: Order, now: dt.datetime) -> dict[str, Any]:
 
 
 def _unprocessable(msg: str, loc: list[Any], kind: str) -> JSONResponse:
-    return JSONResponse(status_code=422, content={"detail": [{"loc": loc, "msg": msg, "type": kind}]})
+    detail = [{"loc": loc, "msg": msg, "type": kind}]
+    return JSONResponse(status_code=422, content={"detail": detail})
 
 
 def create_app(version: str | None = None) -> FastAPI:
@@ -133,7 +139,30 @@ def create_app(version: str | None = None) -> FastAPI:
         return JSONResponse(content=response.model_dump())
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "pid": os.getpid()}
 
     return app
+
+
+def serve(port: int, host: str = "127.0.0.1") -> None:
+    """One worker: uvicorn on its own ``SO_REUSEPORT`` socket (stops on SIGTERM or SIGINT)."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    config = uvicorn.Config(create_app(), log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--host", default="127.0.0.1")
+    args = ap.parse_args()
+    serve(args.port, args.host)

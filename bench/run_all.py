@@ -1,7 +1,8 @@
 """Run every benchmark in turn (``make bench``)."""
 
-from bench import foundation, training
+from bench import foundation, serving, training
 
 if __name__ == "__main__":
     foundation.main()
     training.main()
+    serving.main()
