@@ -32,24 +32,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from relay.api_models import ETAResponse, Order, OrderBatch, Prediction
+from relay.api_models import ETAResponse, Order, OrderBatch, Prediction, feature_row
 
 VERSION_ENV = "RELAY_BENCH_MODEL_VERSION"
-
-
-def _feature_row(order: Order, now: dt.datetime) -> dict[str, Any]:
-    # What serving.app builds per order (kept here so the baseline does not import Ray).
-    created = (order.created_at or now).astimezone(dt.UTC)
-    return {
-        "order_id": order.order_id,
-        "courier_id": order.courier_id,
-        "merchant_id": order.merchant_id,
-        "zone_id": order.zone_id,
-        "distance_km": float(order.distance_km),
-        "hour": created.hour,
-        "weekday": created.weekday(),
-        "created_at": created.isoformat(),
-    }
 
 
 def _unprocessable(msg: str, loc: list[Any], kind: str) -> JSONResponse:
@@ -105,7 +90,7 @@ def create_app(version: str | None = None) -> FastAPI:
             ]
             return JSONResponse(status_code=422, content={"detail": detail})
         now = dt.datetime.now(dt.UTC)
-        rows = [_feature_row(o, now) for o in orders]
+        rows = [feature_row(o, now) for o in orders]
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         feats = features.read(rows)
         preds = bundle.predict(feats)

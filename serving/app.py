@@ -32,6 +32,7 @@ from relay.api_models import (
     OrderBatch,
     Prediction,
     ServingVersion,
+    feature_row,
 )
 from relay.traffic import TrafficSplit
 
@@ -82,20 +83,6 @@ def relay_env() -> dict[str, str]:
     """RELAY_* and AWS_* variables, handed to replicas so they read the same settings."""
     keep = ("RELAY_", "AWS_")
     return {k: v for k, v in os.environ.items() if k.startswith(keep)}
-
-
-def _feature_row(order: Order, now: dt.datetime) -> dict[str, Any]:
-    created = (order.created_at or now).astimezone(dt.UTC)
-    return {
-        "order_id": order.order_id,
-        "courier_id": order.courier_id,
-        "merchant_id": order.merchant_id,
-        "zone_id": order.zone_id,
-        "distance_km": float(order.distance_km),
-        "hour": created.hour,
-        "weekday": created.weekday(),
-        "created_at": created.isoformat(),
-    }
 
 
 @serve.deployment(name=MODEL_DEPLOYMENT)
@@ -262,7 +249,7 @@ class Router:
         if split is None:
             return JSONResponse(status_code=503, content={"detail": "no model deployed"})
         now = dt.datetime.now(dt.UTC)
-        rows = [_feature_row(o, now) for o in orders]
+        rows = [feature_row(o, now) for o in orders]
         groups = split.assign([r["order_id"] for r in rows])
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         calls = {

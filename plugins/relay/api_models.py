@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -57,3 +58,19 @@ class ServingVersion(BaseModel):
 class ModelsResponse(BaseModel):
     versions: list[ServingVersion]
     generation: int = Field(description="Traffic configuration generation this router applies")
+
+
+def feature_row(order: Order, now: dt.datetime) -> dict[str, Any]:
+    """What the model deployment needs of one order: ids, request fields, hour and weekday
+    of its creation (``now`` when the app sent no time)."""
+    created = (order.created_at or now).astimezone(dt.UTC)
+    return {
+        "order_id": order.order_id,
+        "courier_id": order.courier_id,
+        "merchant_id": order.merchant_id,
+        "zone_id": order.zone_id,
+        "distance_km": float(order.distance_km),
+        "hour": created.hour,
+        "weekday": created.weekday(),
+        "created_at": created.isoformat(),
+    }

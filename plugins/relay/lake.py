@@ -11,6 +11,7 @@ import datetime as dt
 import os
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -103,30 +104,23 @@ class Lake:
 
         Returns the partition's file URI.
         """
-        folder = self._path(dataset, date)
-        table = pa.Table.from_pandas(df, preserve_index=False)
-        final = f"{folder}/{PART_FILE}"
-        if isinstance(self.fs, pafs.LocalFileSystem):
-            self.fs.create_dir(folder, recursive=True)
-            tmp = f"{folder}/.{uuid.uuid4().hex}.tmp"
-            # DuckDB (Feast's offline store) rejects nanosecond tz-aware timestamps.
-            pq.write_table(
-                table,
-                tmp,
-                filesystem=self.fs,
-                coerce_timestamps="us",
-                allow_truncated_timestamps=True,
-            )
-            os.replace(tmp, final)
-        else:  # an S3 PUT is atomic
-            pq.write_table(
-                table,
-                final,
-                filesystem=self.fs,
-                coerce_timestamps="us",
-                allow_truncated_timestamps=True,
-            )
+        self._write_file(df, self._path(dataset, date), PART_FILE, self.fs)
         return f"{self.uri(dataset, date)}/{PART_FILE}"
+
+    @staticmethod
+    def _write_file(df: pd.DataFrame, folder: str, name: str, fs: pafs.FileSystem) -> None:
+        """Write one Parquet file so readers never see it half-written: a temp file and
+        ``os.replace`` locally, a single object PUT on S3."""
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        # DuckDB (Feast's offline store) rejects nanosecond tz-aware timestamps.
+        opts: dict[str, Any] = {"coerce_timestamps": "us", "allow_truncated_timestamps": True}
+        if isinstance(fs, pafs.LocalFileSystem):
+            fs.create_dir(folder, recursive=True)
+            tmp = f"{folder}/.{uuid.uuid4().hex}.tmp"
+            pq.write_table(table, tmp, filesystem=fs, **opts)
+            os.replace(tmp, f"{folder}/{name}")
+        else:
+            pq.write_table(table, f"{folder}/{name}", filesystem=fs, **opts)
 
     def append(self, df: pd.DataFrame, dataset: Dataset, date: dt.date) -> str:
         """Add ``df`` to one day's partition as a new file; existing files are left alone.
@@ -141,28 +135,13 @@ class Lake:
         folder = self._path(dataset, date)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         name = f"part-{stamp}-{uuid.uuid4().hex}.parquet"
-        table = pa.Table.from_pandas(df, preserve_index=False)
-        if isinstance(self.fs, pafs.LocalFileSystem):
-            self.fs.create_dir(folder, recursive=True)
-            tmp = f"{folder}/.{uuid.uuid4().hex}.tmp"
-            pq.write_table(
-                table,
-                tmp,
-                filesystem=self.fs,
-                coerce_timestamps="us",
-                allow_truncated_timestamps=True,
-            )
-            os.replace(tmp, f"{folder}/{name}")
-        else:  # one PutObject (a file under ~10 MB): atomic, no multipart upload left over
+        put_fs = self.fs
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            # One PutObject (a file under ~10 MB): atomic, no multipart upload left over.
             if self._put_fs is None:
                 self._put_fs, _ = filesystem(self.root, self.settings, single_put=True)
-            pq.write_table(
-                table,
-                f"{folder}/{name}",
-                filesystem=self._put_fs,
-                coerce_timestamps="us",
-                allow_truncated_timestamps=True,
-            )
+            put_fs = self._put_fs
+        self._write_file(df, folder, name, put_fs)
         return f"{self.uri(dataset, date)}/{name}"
 
     def files(self, dataset: Dataset, date: dt.date) -> list[str]:
