@@ -1,0 +1,306 @@
+"""What to do about the production model after a monitoring window: nothing, retrain, roll back.
+
+:func:`decide` is pure: a :class:`relay.drift.DriftResult`, the versions to compare and the
+monitoring settings in, a :class:`MonitoringVerdict` out. Every check is listed in the verdict.
+
+Rules, every threshold in :class:`~relay.settings.MonitoringSettings`:
+
+1. **ok, nothing judged** when the window served fewer than ``min_rows`` predictions: drift
+   measured on a handful of orders is noise.
+2. **rollback** when production's live MAE, on at least ``min_labelled`` labelled predictions,
+   is worse than the previous production version's by more than ``max_mae_regression`` (5%).
+   The previous version's MAE is its live MAE in the same window when it served at least
+   ``min_labelled`` labelled predictions there (a canary, or a split), else its registered
+   MAE (the caller reads it from the registry, :func:`registered_mae`). A registered MAE was
+   measured on training-time data, so a drifted world can make production look worse than it
+   is: the verdict names which baseline it used. A rollback takes precedence over a retrain:
+   retraining takes hours and restoring the previous version takes seconds.
+3. **retrain** when any of these holds:
+
+   * the share of monitored features that Evidently found drifted is at least
+     ``drift_share_threshold``;
+   * a feature's PSI exceeds its threshold (``psi_thresholds[name]``, else ``psi_threshold``);
+   * the predictions' PSI exceeds ``prediction_drift_threshold``.
+
+4. otherwise **ok**.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+from relay.drift import DriftResult
+from relay.settings import MonitoringSettings
+
+_STATUS = {True: "PASS", False: "FAIL"}
+#: Registered metrics that hold a version's MAE in minutes, most trusted first.
+MAE_METRICS = ("mae_minutes", "holdout_mae", "val_mae")
+#: The DAG that a retrain verdict triggers, and the name conf records as the trigger.
+TRAINING_DAG = "eta_training"
+TRIGGERED_BY = "eta_monitoring"
+
+
+class Action(StrEnum):
+    """What the monitoring DAG should do next."""
+
+    OK = "ok"
+    RETRAIN = "retrain"
+    ROLLBACK = "rollback"
+
+
+class Check(StrEnum):
+    """The names of :func:`decide`'s checks, as listed in ``MonitoringVerdict.failed_checks``."""
+
+    TRAFFIC = "traffic"
+    QUALITY = "quality"
+    DRIFT_SHARE = "drift_share"
+    FEATURE_PSI = "feature_psi"
+    PREDICTION_DRIFT = "prediction_drift"
+
+
+RETRAIN_CHECKS = frozenset({Check.DRIFT_SHARE, Check.FEATURE_PSI, Check.PREDICTION_DRIFT})
+
+Baseline = Literal["live", "registered"]
+
+
+@dataclass(frozen=True)
+class MonitoringVerdict:
+    """The decision on one monitoring window.
+
+    Attributes:
+        action: ok, retrain or rollback.
+        reasons: every check, one line each, prefixed ``PASS:``, ``FAIL:`` or ``SKIP:``.
+        failed_checks: the names of the failing checks (:class:`Check` values).
+        drifted_features: the features behind a retrain: those over their PSI threshold and,
+            when the drifted share is over its threshold, those Evidently found drifted.
+        production_version: the version judged.
+        previous_version: the version it was compared with, if any.
+        baseline: where the previous version's MAE came from (``live`` in this window or
+            ``registered``), or None when quality was not judged.
+        run_key: the monitoring run (the report folder's name).
+        report_path: the drift report (HTML).
+        window_end: the window's end (ISO 8601), if known.
+    """
+
+    action: Action
+    reasons: list[str]
+    failed_checks: list[str] = field(default_factory=list)
+    drifted_features: list[str] = field(default_factory=list)
+    production_version: str | None = None
+    previous_version: str | None = None
+    baseline: Baseline | None = None
+    run_key: str = ""
+    report_path: str = ""
+    window_end: str | None = None
+
+    def summary(self) -> str:
+        """A few lines for logs, alerts and the CLI."""
+        head = (
+            f"monitoring {self.run_key or '(ad hoc)'} of {self.production_version or 'production'}"
+            f": {self.action.upper()}"
+        )
+        return "\n".join([head, *(f"  {r}" for r in self.reasons)])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict, ready for ``json.dumps``."""
+        return asdict(self)
+
+    def to_conf(self) -> dict[str, Any]:
+        """The ``conf`` of the ``eta_training`` run a retrain verdict triggers.
+
+        ``reason`` is one line naming the failed checks (the training DAG logs it); the other
+        keys tell the run where the decision came from.
+        """
+        failing = [r.removeprefix("FAIL: ") for r in self.reasons if r.startswith("FAIL: ")]
+        why = "; ".join(failing) or "no check failed"
+        return {
+            "reason": f"{TRIGGERED_BY} {self.run_key} {self.action.value}: {why}",
+            "triggered_by": TRIGGERED_BY,
+            "monitoring_run": self.run_key,
+            "production_version": self.production_version,
+            "drifted_features": list(self.drifted_features),
+            "drift_report": self.report_path,
+        }
+
+
+def registered_mae(metrics: Mapping[str, float]) -> float | None:
+    """A registered version's MAE in minutes from its training metrics, or None.
+
+    Args:
+        metrics: ``ModelVersion.training.metrics``; the first of :data:`MAE_METRICS` found
+            (and finite) is used.
+    """
+    for key in MAE_METRICS:
+        value = metrics.get(key)
+        if value is not None and math.isfinite(float(value)):
+            return float(value)
+    return None
+
+
+def decide(
+    result: DriftResult,
+    settings: MonitoringSettings,
+    *,
+    production_version: str | None,
+    previous_version: str | None = None,
+    previous_registered_mae: float | None = None,
+) -> MonitoringVerdict:
+    """Judge one monitoring window.
+
+    Args:
+        result: what the drift job measured (:func:`relay.drift.monitor_window`).
+        settings: the thresholds (``Settings.monitoring``).
+        production_version: the version the production stage points to (as it appears in the
+            serving log's ``model_version``); None: quality is not judged.
+        previous_version: the version production replaced (``StagePointer.previous_version_id``),
+            whose live MAE in the window is the preferred baseline.
+        previous_registered_mae: the previous version's registered MAE
+            (:func:`registered_mae`), the baseline when it did not serve enough labelled
+            predictions in the window.
+
+    Returns:
+        The verdict: rollback before retrain before ok; ok without judging anything when the
+        window had too little traffic.
+    """
+    s = settings
+    common: dict[str, Any] = {
+        "production_version": production_version,
+        "previous_version": previous_version,
+        "run_key": result.run_key,
+        "report_path": result.report_path,
+        "window_end": None if result.window_end is None else result.window_end.isoformat(),
+    }
+    if result.rows < s.min_rows:
+        return MonitoringVerdict(
+            action=Action.OK,
+            reasons=[
+                f"SKIP: not enough traffic: {result.rows} predictions < min {s.min_rows} in the "
+                "window; drift and quality not judged"
+            ],
+            **common,
+        )
+    quality_ok, quality_msg, baseline = _quality_check(
+        result, s, production_version, previous_version, previous_registered_mae
+    )
+    share = _share_check(result, s)
+    psi_ok, psi_msg, over_psi = _psi_check(result, s)
+    prediction = _prediction_check(result, s)
+    checks: list[tuple[Check, bool, str]] = [
+        (Check.TRAFFIC, True, f"traffic: {result.rows} predictions ≥ min {s.min_rows}"),
+        (Check.QUALITY, quality_ok, quality_msg),
+        (Check.DRIFT_SHARE, share[0], share[1]),
+        (Check.FEATURE_PSI, psi_ok, psi_msg),
+        (Check.PREDICTION_DRIFT, prediction[0], prediction[1]),
+    ]
+    failed = [name for name, ok, _ in checks if not ok]
+    if Check.QUALITY in failed:
+        action = Action.ROLLBACK
+    elif any(name in RETRAIN_CHECKS for name in failed):
+        action = Action.RETRAIN
+    else:
+        action = Action.OK
+    drifted: list[str] = []
+    if Check.DRIFT_SHARE in failed:
+        drifted += result.drifted_features
+    if Check.FEATURE_PSI in failed:
+        drifted += over_psi
+    order = [f.name for f in result.features]
+    return MonitoringVerdict(
+        action=action,
+        reasons=[f"{_STATUS[ok]}: {msg}" for _, ok, msg in checks],
+        failed_checks=[str(name) for name in failed],
+        drifted_features=sorted(set(drifted), key=order.index),
+        baseline=baseline,
+        **common,
+    )
+
+
+def _quality_check(
+    result: DriftResult,
+    s: MonitoringSettings,
+    production: str | None,
+    previous: str | None,
+    registered: float | None,
+) -> tuple[bool, str, Baseline | None]:
+    if production is None:
+        return True, "quality: no production version given, not judged", None
+    mine = result.live_mae.get(production)
+    n = 0 if mine is None else mine.n
+    if mine is None or n < s.min_labelled:
+        return (
+            True,
+            f"quality: {production} has {n} labelled predictions < min {s.min_labelled}, "
+            "not judged",
+            None,
+        )
+    theirs = None if previous is None else result.live_mae.get(previous)
+    baseline: Baseline
+    if theirs is not None and theirs.n >= s.min_labelled:
+        base, baseline, what = theirs.mae, "live", f"{previous}'s live MAE {theirs.mae:.2f}"
+    elif registered is not None:
+        base, baseline = registered, "registered"
+        what = f"{previous or 'the previous version'}'s registered MAE {registered:.2f}"
+    else:
+        return (
+            True,
+            f"quality: {production} MAE {mine.mae:.2f} min ({n} labelled); no previous "
+            "production version to compare with, not judged",
+            None,
+        )
+    change = _relative_change(mine.mae, base)
+    ok = change <= s.max_mae_regression
+    return (
+        ok,
+        f"quality: {production} live MAE {mine.mae:.2f} vs {what} min "
+        f"({change:+.1%} {'≤' if ok else '>'} {s.max_mae_regression:.1%}, {n} labelled)",
+        baseline,
+    )
+
+
+def _share_check(result: DriftResult, s: MonitoringSettings) -> tuple[bool, str]:
+    drifted = result.drifted_features
+    ok = result.drifted_share < s.drift_share_threshold
+    names = f" ({', '.join(drifted)})" if drifted else ""
+    return (
+        ok,
+        f"drift share: {len(drifted)}/{len(result.features)} features drifted = "
+        f"{result.drifted_share:.0%} {'<' if ok else '≥'} {s.drift_share_threshold:.0%}{names}",
+    )
+
+
+def _psi_check(result: DriftResult, s: MonitoringSettings) -> tuple[bool, str, list[str]]:
+    judged = [
+        (f.name, f.psi, s.psi_thresholds.get(f.name, s.psi_threshold)) for f in result.features
+    ]
+    scored = [(name, value, limit) for name, value, limit in judged if value is not None]
+    over = [(name, value, limit) for name, value, limit in scored if value > limit]
+    if over:
+        listed = ", ".join(f"{name} {value:.2f} > {limit:g}" for name, value, limit in over)
+        return False, f"feature PSI: {listed}", [name for name, _, _ in over]
+    if not scored:
+        return True, "feature PSI: no feature with values on both sides, not judged", []
+    name, value, limit = max(scored, key=lambda t: t[1])
+    return True, f"feature PSI: highest {name} {value:.2f} ≤ {limit:g}", []
+
+
+def _prediction_check(result: DriftResult, s: MonitoringSettings) -> tuple[bool, str]:
+    p = result.prediction
+    if p is None:
+        return True, "prediction drift: no reference for the predictions, not judged"
+    ok = p.psi <= s.prediction_drift_threshold
+    return (
+        ok,
+        f"prediction drift: PSI {p.psi:.3f} {'≤' if ok else '>'} "
+        f"{s.prediction_drift_threshold:g} against the reference's {p.reference} "
+        f"(mean {p.current_mean:.1f} vs {p.reference_mean:.1f} min)",
+    )
+
+
+def _relative_change(mine: float, theirs: float) -> float:
+    if theirs > 0:
+        return (mine - theirs) / theirs
+    return 0.0 if mine <= 0 else math.inf
