@@ -444,10 +444,6 @@ def models_lineage(version: VersionArg, as_json: JsonOpt = False) -> None:
             out.print(f"    {key:<11}{value}", markup=False, highlight=False)
 
 
-if __name__ == "__main__":  # pragma: no cover, entry point
-    app()
-
-
 def _serving() -> Any:
     """Join the running Ray cluster (serving must outlive the CLI) and return serving.control."""
     from relay.raycluster import connect
@@ -529,3 +525,127 @@ def serve_status() -> None:
             f"{version}: {w['requests']} requests, {w['errors']} errors, "
             f"p50 {w.get('p50_ms') or 0:.1f} ms, p99 {w.get('p99_ms') or 0:.1f} ms"
         )
+
+
+@serve_app.command("rollout")
+def serve_rollout(
+    version: Annotated[str, typer.Option(help="Registry version id (validated by the gate)")],
+    outcome: Annotated[
+        Path | None, typer.Option(help="Write the outcome JSON here (what the DAG reads)")
+    ] = None,
+) -> None:
+    """Canary steps judged on live metrics, then promote or roll back (first version: stable).
+
+    Exits 0 whether the candidate was promoted or rolled back; the outcome says which.
+    """
+    from relay.deployment import run_rollout
+
+    _serving()
+    res = _run(lambda: run_rollout(version, emit=lambda m: console.print(m, markup=False)))
+    if outcome:
+        res.write(outcome)
+    out.print(f"{res.outcome}: stable is {res.stable}")
+
+
+@serve_app.command("restore")
+def serve_restore(
+    version: Annotated[str, typer.Option(help="Registry version id to serve with all traffic")],
+    reason: Annotated[
+        str, typer.Option(envvar="RELAY_RESTORE_REASON", help="Recorded in the registry history")
+    ] = "",
+) -> None:
+    """Serve an earlier version with all traffic and point production at it (a rollback)."""
+    from relay.deployment import deploy_stable
+
+    _serving()
+    split = _run(lambda: deploy_stable(version, reason=reason or f"restored {version}"))
+    _print_split(split)
+
+
+@app.command()
+def replay(
+    date: DateOpt,
+    rate: Annotated[float, typer.Option(min=0.01, help="Requests per second")],
+    scenario: Annotated[
+        str | None,
+        typer.Option(
+            help="Generate the day under this scenario (normal, a drift or a corruption); "
+            "default: the day's raw orders in the lake, else a normal day"
+        ),
+    ] = None,
+    max_orders: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many orders (default 2000)")
+    ] = None,
+    max_seconds: Annotated[
+        float | None,
+        typer.Option(min=0.01, help="Stop sending after this many seconds (default 60)"),
+    ] = None,
+    batch: Annotated[int, typer.Option(min=1, max=256, help="Orders per request")] = 1,
+    url: Annotated[
+        str | None,
+        typer.Option(help="Endpoint, loopback only; default http://{serving host:port}/v1/eta"),
+    ] = None,
+    label_delay: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Land labels during the run, each this many seconds after its answer; "
+            "default: all after the run",
+        ),
+    ] = None,
+    actuals_date: Annotated[
+        dt.datetime | None,
+        typer.Option(
+            formats=["%Y-%m-%d"],
+            help="serving/actuals partition for every label; default: the UTC day each "
+            "answer came back (the serving log's partition)",
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Requests in flight at most (default rate/10, 4..64)")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replay a day's orders against the ETA endpoint at --rate requests/s, then land their
+    actual delivery times in serving/actuals."""
+    from relay.data.scenarios import SCENARIOS
+    from relay.replay import ReplayConfig, ReplayProgress
+    from relay.replay import replay as run_replay
+
+    if scenario is not None and scenario not in SCENARIOS:
+        raise typer.BadParameter(f"choose one of {', '.join(SCENARIOS)}", param_hint="--scenario")
+    given = {"max_orders": max_orders, "max_seconds": max_seconds, "concurrency": concurrency}
+    bounds: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    config = _run(
+        lambda: ReplayConfig(
+            date=date.date(),
+            rate=rate,
+            scenario=scenario,
+            batch=batch,
+            url=url,
+            label_delay_s=label_delay,
+            actuals_date=actuals_date.date() if actuals_date else None,
+            **bounds,
+        )
+    )
+    with _progress() as p:
+        task = p.add_task("replaying", total=None)
+
+        def show(s: ReplayProgress) -> None:
+            p.update(
+                task,
+                total=s.planned_orders,
+                completed=s.orders_sent,
+                description=f"replay: {s.ok} ok, {s.client_errors} 4xx, {s.server_errors} 5xx, "
+                f"{s.failed} failed, {s.labels_landed} labels",
+            )
+
+        result = _run(lambda: run_replay(config, on_progress=show))
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        out.print(result.summary(), markup=False, highlight=False)
+
+
+if __name__ == "__main__":  # pragma: no cover, entry point
+    app()
