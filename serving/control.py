@@ -132,7 +132,11 @@ def _wait_for_generation(generation: int, settings: Settings, timeout_s: float) 
 
 
 def current_traffic(settings: Settings | None = None) -> TrafficSplit | None:
-    """The router's split, as it reports it over HTTP."""
+    """The router's split, as it reports it over HTTP; None when nothing is deployed yet."""
+    from ray import serve
+
+    if (settings or get_settings()).serving.app_name not in serve.status().applications:
+        return None
     models = _get("/v1/models", settings)["versions"]
     if not models:
         return None

@@ -143,6 +143,7 @@ def evaluate_version(
     *,
     report_path: Path | str | None = None,
     registry: Registry | None = None,
+    force: bool = False,
 ) -> VersionEvaluation:
     """Evaluate a registered version against the production version and record the verdict.
 
@@ -159,6 +160,9 @@ def evaluate_version(
         report_path: where to write the HTML report; default
             ``{reports_dir}/evaluation/{version_id}.html``.
         registry: the registry to use; one opened from ``settings`` when None.
+        force: a rejected version is still marked Validated (so it may be deployed as a
+            canary, where live metrics judge it); the reason records the failed gate and the
+            override.
 
     Returns:
         The challenger's updated record, the champion's id and the evaluation result.
@@ -204,8 +208,11 @@ def evaluate_version(
             reg.transition(version_id, ModelState.FAILED, str(err))
         raise
     verdict = result.verdict
-    target = ModelState.VALIDATED if verdict.passed else ModelState.FAILED
-    updated = reg.transition(version_id, target, transition_reason(verdict, result.report))
+    target = ModelState.VALIDATED if verdict.passed or force else ModelState.FAILED
+    reason = transition_reason(verdict, result.report)
+    if force and not verdict.passed:
+        reason = f"gate REJECTED but deployment forced: {reason}"
+    updated = reg.transition(version_id, target, reason)
     return VersionEvaluation(updated, champion_id, result)
 
 

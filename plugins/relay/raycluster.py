@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from relay.settings import Settings, get_settings
@@ -17,7 +18,9 @@ def connect(settings: Settings | None = None, require_running: bool = False) -> 
     s = settings or get_settings()
     if ray.is_initialized():
         return ray
-    if s.ray.address or require_running:
+    if os.environ.get("RAY_ADDRESS"):  # a Ray job's driver: join the cluster it runs on
+        ray.init(address="auto", namespace="relay")
+    elif s.ray.address or require_running:
         # Serving must outlive this process: join a running cluster (`ray start --head`).
         ray.init(address=s.ray.address or "auto", namespace="relay")
     else:

@@ -16,11 +16,12 @@ quantile that falls in the ``+Inf`` bucket is reported as the highest finite bou
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,6 +142,8 @@ class VersionWindow:
             "qps": self.qps,
             "error_rate": self.error_rate,
             "mean_latency_ms": self.mean_latency_ms,
+            "latency_sum_ms": self.latency_sum_ms,
+            "prediction_sum": self.prediction_sum,
             "p50_ms": self.p50_ms,
             "p99_ms": self.p99_ms,
             "mean_prediction": self.mean_prediction,
@@ -151,6 +154,16 @@ class VersionWindow:
             "first_observed": self.first_observed,
             "last_observed": self.last_observed,
         }
+
+
+def window_from_dict(data: Mapping[str, Any]) -> VersionWindow:
+    """The inverse of :meth:`VersionWindow.to_dict` (derived figures are recomputed)."""
+    names = {f.name for f in dataclasses.fields(VersionWindow)}
+    kwargs = {k: v for k, v in data.items() if k in names}
+    for key in ("latency_bounds", "latency_counts", "prediction_bounds", "prediction_counts"):
+        if key in kwargs:
+            kwargs[key] = tuple(kwargs[key])
+    return VersionWindow(**kwargs)
 
 
 def diff(later: VersionWindow, earlier: VersionWindow) -> VersionWindow:

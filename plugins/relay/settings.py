@@ -56,13 +56,16 @@ class FeastSettings(BaseModel):
 
 class RaySettings(BaseModel):
     address: str | None = Field(None, description="Ray cluster address; None starts a local one")
+    gcs_port: int = Field(6380, description="Port of the Ray head `make up` starts (6379: Redis)")
     num_cpus: int = 2
     dashboard_url: str = "http://127.0.0.1:8265"
 
 
 class AirflowSettings(BaseModel):
-    database_url: str | None = None
+    database_url: str | None = Field(None, description="Metadata DB; default SQLite in home")
     api_url: str = "http://127.0.0.1:8080"
+    parallelism: int = Field(4, ge=1, description="Task processes at once (2 cores: keep low)")
+    gpu_pool_slots: int = Field(1, ge=1, description="Ray jobs that may use a GPU at once")
 
 
 class DataSettings(BaseModel):
@@ -144,6 +147,9 @@ class RolloutSettings(BaseModel):
     min_requests: int = Field(
         50, ge=1, description="Candidate requests a window needs before a step may advance"
     )
+    step_timeout_s: float = Field(
+        1200.0, gt=0, description="A step still holding after this long is rolled back"
+    )
     min_labelled: int = Field(
         50, ge=1, description="Labelled predictions needed before quality is judged"
     )
@@ -180,6 +186,55 @@ class ServingSettings(BaseModel):
     log_max_delay_s: float = 1.0
 
 
+class MonitoringSettings(BaseModel):
+    """Drift and live-quality monitoring of the production model (:mod:`relay.monitoring`).
+
+    PSI bands follow the field's convention: below 0.1 stable, 0.1-0.2 moderate, above 0.2 high.
+    Weather moves every day, and a rainy day is no reason to retrain a model that takes weather
+    as an input: over 30 simulated ordinary days (24-hour windows against a 7-day reference) the
+    PSI of ``zone_weather`` reached 0.98 and of ``zone_mean_delivery_24h`` 0.32, while a storm
+    day gave 5.0 and 0.7. Those two features get their own thresholds in ``psi_thresholds``.
+    """
+
+    window_hours: int = Field(24, gt=0, description="Hours of serving log one run looks at")
+    min_rows: int = Field(
+        200, ge=1, description="Predictions a window needs before drift is judged"
+    )
+    max_rows: int = Field(
+        20_000, ge=100, description="Rows sampled (seeded) from each side for the drift report"
+    )
+    drift_share_threshold: float = Field(
+        0.3, gt=0, le=1, description="Share of drifted features that triggers a retrain"
+    )
+    psi_threshold: float = Field(
+        0.2, gt=0, description="PSI above this on any monitored feature triggers a retrain"
+    )
+    psi_thresholds: dict[str, float] = Field(
+        default_factory=lambda: {"zone_weather": 2.0, "zone_mean_delivery_24h": 0.5},
+        description="Per-feature PSI thresholds that replace psi_threshold (JSON in the env)",
+    )
+    prediction_drift_threshold: float = Field(
+        0.2, gt=0, description="PSI of the predictions above this triggers a retrain"
+    )
+    max_mae_regression: float = Field(
+        0.05,
+        ge=0,
+        description="Production's live MAE may be at most this much worse than the previous "
+        "production version's before a rollback",
+    )
+    min_labelled: int = Field(
+        100, ge=1, description="Labelled predictions needed before live MAE is judged"
+    )
+
+    @field_validator("psi_thresholds")
+    @classmethod
+    def _positive_psi_thresholds(cls, limits: dict[str, float]) -> dict[str, float]:
+        bad = {name: value for name, value in limits.items() if not value > 0}
+        if bad:
+            raise ValueError(f"PSI thresholds must be > 0: {bad}")
+        return limits
+
+
 class Settings(BaseSettings):
     """All of Relay's configuration."""
 
@@ -202,6 +257,7 @@ class Settings(BaseSettings):
     gate: GateSettings = GateSettings()
     rollout: RolloutSettings = RolloutSettings()
     serving: ServingSettings = ServingSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
 
     @model_validator(mode="after")
     def _profile_defaults(self) -> Settings:

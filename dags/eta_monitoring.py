@@ -1,0 +1,86 @@
+"""Hourly ETA monitoring: drift and live quality of what the endpoint served → act.
+
+Reads the serving log of the last ``RELAY_MONITORING__WINDOW_HOURS`` and the actual delivery
+times that have landed, writes an Evidently report (HTML, path in the task log) and decides:
+
+* **ok**: nothing to do;
+* **retrain**: features or predictions drifted: trigger ``eta_training`` with the reason;
+* **rollback**: production's live accuracy is down against the previous version: restore it.
+
+The decision is :func:`relay.monitoring.decide` (pure, thresholds in ``RELAY_MONITORING__*``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import Asset, dag, task
+
+from relay.airflow.operators import RayJobOperator
+
+DRIFT_REPORTS = Asset(name="relay_drift_reports", uri="relay://reports/drift")
+
+
+@dag(
+    dag_id="eta_monitoring",
+    schedule="@hourly",
+    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    tags=["relay", "eta", "monitoring"],
+    doc_md=__doc__,
+    render_template_as_native_obj=True,  # the retrain conf travels as a dict
+    default_args={
+        "owner": "relay",
+        "retries": 1,
+        "retry_delay": dt.timedelta(minutes=2),
+        "execution_timeout": dt.timedelta(minutes=30),
+    },
+)
+def eta_monitoring() -> None:
+    @task(outlets=[DRIFT_REPORTS])
+    def drift_report(data_interval_end: dt.datetime | None = None) -> dict:
+        from relay.monitor_run import run_monitoring
+
+        end = data_interval_end or dt.datetime.now(dt.UTC)
+        verdict = run_monitoring(end)
+        print("\n".join([f"monitoring: {verdict['action'].upper()}", *verdict["reasons"]]))
+        print(f"drift report: {verdict.get('report_path')}")
+        if verdict.get("quality_report_path"):
+            print(f"quality report: {verdict['quality_report_path']}")
+        return verdict
+
+    @task.branch
+    def act(verdict: dict) -> str:
+        return {"retrain": "retrain", "rollback": "rollback"}.get(verdict["action"], "healthy")
+
+    @task
+    def healthy() -> None:
+        print("no drift beyond thresholds and no quality regression: nothing to do")
+
+    retrain = TriggerDagRunOperator(
+        task_id="retrain",
+        trigger_dag_id="eta_training",
+        conf="{{ ti.xcom_pull(task_ids='drift_report')['conf'] }}",
+        wait_for_completion=False,
+    )
+
+    rollback = RayJobOperator(
+        task_id="rollback",
+        entrypoint=(
+            "python -m ray_jobs.rollout restore "
+            "--version {{ ti.xcom_pull(task_ids='drift_report')['previous_version'] }}"
+        ),
+        env_vars={
+            "RELAY_RESTORE_REASON": "eta_monitoring: live accuracy of "
+            "{{ ti.xcom_pull(task_ids='drift_report')['production_version'] }} down"
+        },
+        retries=0,
+    )
+
+    verdict = drift_report()
+    act(verdict) >> [retrain, rollback, healthy()]
+
+
+eta_monitoring()

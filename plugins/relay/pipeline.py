@@ -1,0 +1,192 @@
+"""The daily training run's steps, as plain functions (no Airflow import).
+
+``dags/eta_training.py`` wraps each in a task; ``make demo`` and the tests call them directly.
+Every step is keyed on its days or its run folder and overwrites what it writes, so re-running
+a task for the same data interval is safe. Steps pass paths and ids, never data frames.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from relay.lake import VALIDATED_ORDERS, Lake, date_range
+from relay.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def run_days(
+    start: str | None, end: str | None, interval_start: dt.datetime, interval_end: dt.datetime
+) -> list[dt.date]:
+    """The days a run covers: the Params' ``start``/``end`` (YYYY-MM-DD) when given, else the
+    run's data interval (a daily run covers the day that just ended)."""
+    if start:
+        first = dt.date.fromisoformat(start)
+        last = dt.date.fromisoformat(end) if end else first
+    else:
+        first = interval_start.date()
+        # The interval's end is exclusive: a daily run of [D, D+1) covers D.
+        last = max(first, (interval_end - dt.timedelta(microseconds=1)).date())
+    if last < first:
+        raise ValueError(f"end {last} is before start {first}")
+    return date_range(first, last)
+
+
+def run_dir(run_id: str, settings: Settings | None = None) -> Path:
+    """The run's folder (model, tuned config, outcome): ``{home}/runs/<run id>``."""
+    s = settings or get_settings()
+    path = s.home / "runs" / _UNSAFE.sub("_", run_id)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def ingest(
+    days: list[dt.date],
+    orders: int | None = None,
+    scenario: str = "normal",
+    overwrite: bool = False,
+    settings: Settings | None = None,
+) -> list[str]:
+    """Land each day's batch of orders in ``raw/orders`` (the generator stands in for the
+    order service's export). A day already landed is kept as it is (the export lands once;
+    ``overwrite`` lands it again). Returns the partition URIs."""
+    from relay.ingest import land_generated_batch
+    from relay.lake import RAW_ORDERS
+
+    lake = Lake(settings)
+    uris = []
+    for day in days:
+        if lake.exists(RAW_ORDERS, day) and not overwrite:
+            log.info("%s already landed: kept (%s)", day, lake.uri(RAW_ORDERS, day))
+            uris.append(lake.uri(RAW_ORDERS, day))
+            continue
+        uri, rows = land_generated_batch(day, orders, scenario, settings)
+        log.info("landed %s orders of %s (%s) -> %s", rows, day, scenario, uri)
+        uris.append(uri)
+    return uris
+
+
+def validate(days: list[dt.date]) -> list[str]:
+    """Validate each day's raw batch; copy it to ``validated/orders`` only when it passes.
+
+    Returns the Data Docs pages. Raises ``DataValidationFailed`` (its message names the failed
+    expectations and the Data Docs page) at the first bad day, before anything downstream.
+    """
+    from relay.ingest import validate_partition
+
+    docs = []
+    for day in days:
+        verdict = validate_partition(day)
+        log.info("%s", verdict.summary())
+        docs.append(verdict.docs_path or "")
+    return docs
+
+
+def publish_features(days: list[dt.date]) -> str:
+    """Feature tables for the days, ``feast apply``, and materialize the online store up to the
+    end of the last day. Returns the online store's materialized-until timestamp."""
+    from relay.features.store import apply, materialize, write_feature_tables
+
+    for day in days:
+        write_feature_tables(day)
+    apply()
+    stop = dt.datetime.combine(days[-1] + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    materialize(stop)
+    return stop.isoformat()
+
+
+def training_set(
+    days: list[dt.date], window_days: int, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Build the training set from the validated days in the ``window_days`` ending with the
+    run's last day. Returns ``{"uri", "rows", "partitions"}``."""
+    s = settings or get_settings()
+    from relay.features.store import build_training_set
+
+    end = days[-1]
+    start = end - dt.timedelta(days=window_days - 1)
+    have = [d for d in Lake(s).partitions(VALIDATED_ORDERS) if start <= d <= end]
+    if not have:
+        raise FileNotFoundError(f"no validated orders between {start} and {end}")
+    uri, rows = build_training_set(have[0], end, s)
+    parts = [f"{VALIDATED_ORDERS}/date={d}" for d in have]
+    log.info("training set: %s rows from %s to %s -> %s", rows, have[0], end, uri)
+    return {"uri": uri, "rows": rows, "partitions": parts}
+
+
+def reuse_hyperparameters(folder: Path | str, overrides: Mapping[str, Any] | None = None) -> str:
+    """Write ``best_config.json`` for a run that skips tuning: the production version's
+    hyperparameters (the defaults when nothing is in production), then ``overrides``."""
+    from relay.registry import Registry
+
+    production = Registry().stage_version("production")
+    config: dict[str, Any] = dict(production.training.hyperparameters) if production else {}
+    config.update(overrides or {})
+    path = Path(folder) / "best_config.json"
+    path.write_text(json.dumps(config, indent=2))
+    source = production.id if production else "the defaults"
+    log.info("not tuning: hyperparameters of %s, overrides %s -> %s", source, overrides, path)
+    return str(path)
+
+
+def merge_overrides(config_path: str, overrides: Mapping[str, Any] | None) -> str:
+    """Apply the run's hyperparameter overrides on top of a tuned ``best_config.json``."""
+    if not overrides:
+        return config_path
+    path = Path(config_path)
+    config = json.loads(path.read_text())
+    config.update(overrides)
+    path.write_text(json.dumps(config, indent=2))
+    return config_path
+
+
+@dataclass
+class GateOutcome:
+    """Registration and gate result of a training run (JSON-able, for XCom)."""
+
+    version: str
+    passed: bool
+    deploy: bool
+    forced: bool
+    summary: str
+    report: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def register_and_gate(
+    model_dir: str, training_set_uri: str, partitions: list[str], force: bool = False
+) -> dict[str, Any]:
+    """Register the trained model, then gate it against the production champion.
+
+    With ``force`` a rejected version is still deployed (as a canary, judged by live metrics);
+    the registry records that the gate failed and that the deployment was forced.
+    """
+    from relay.challenger import evaluate_version
+    from relay.packaging import register_trained
+
+    version = register_trained(
+        Path(model_dir), training_set_uri=training_set_uri, data_partitions=partitions
+    )
+    holdout = str(Path(model_dir) / "data" / "holdout.parquet")
+    res = evaluate_version(version.id, holdout, force=force)
+    verdict = res.result.verdict
+    out = GateOutcome(
+        version=version.id,
+        passed=verdict.passed,
+        deploy=verdict.passed or force,
+        forced=force and not verdict.passed,
+        summary=verdict.summary(),
+        report=str(res.result.report),
+    )
+    log.info("gate for %s: %s\nreport: %s", version.id, verdict.summary(), res.result.report)
+    return out.to_dict()

@@ -1,0 +1,288 @@
+"""The local stack behind ``make up`` / ``make down``: Airflow, a Ray head, the Serve endpoint.
+
+Every process is started here with its PID in ``{home}/run/<name>.pid`` and its output in
+``{home}/logs/<name>.log``; :func:`down` stops exactly those PIDs (never ``ray stop``, which
+would stop every Ray on the machine). Airflow runs from ``{home}/airflow`` on the database in
+``RELAY_AIRFLOW__DATABASE_URL`` (SQLite by default, PostgreSQL in the prod profile).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from relay.settings import Settings, get_settings
+
+ADMIN_USER = "admin"
+GPU_POOL = "ray_gpu"
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def _secret(path: Path) -> str:
+    """A random secret kept in a file of the stack's home (created once, mode 600)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def airflow_env(settings: Settings | None = None) -> dict[str, str]:
+    """Environment for every Airflow command of this stack (on top of ``os.environ``)."""
+    s = settings or get_settings()
+    home = s.home / "airflow"
+    api = urllib.parse.urlparse(s.airflow.api_url)
+    env = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(project_root() / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(project_root() / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        # 2 cores: a few task processes at once, not Airflow's default 32.
+        "AIRFLOW__CORE__PARALLELISM": str(s.airflow.parallelism),
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": str(s.airflow.database_url),
+        "AIRFLOW__API__HOST": api.hostname or "127.0.0.1",
+        "AIRFLOW__API__PORT": str(api.port or 8080),
+        "AIRFLOW__API__BASE_URL": s.airflow.api_url,
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{s.airflow.api_url.rstrip('/')}/execution/",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__API_AUTH__JWT_SECRET": _secret(home / ".jwt_secret"),
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+    }
+    return env
+
+
+def admin_password(settings: Settings | None = None) -> str:
+    """The Airflow admin's password (Airflow generates it on first start)."""
+    s = settings or get_settings()
+    data = json.loads((s.home / "airflow" / "passwords.json").read_text())
+    return str(data[ADMIN_USER])
+
+
+def _run_dir(s: Settings) -> Path:
+    path = s.home / "run"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def start_process(name: str, argv: list[str], env: Mapping[str, str], s: Settings) -> int:
+    """Start a long-running process in its own session; record its PID; log to a file."""
+    pid_file = _run_dir(s) / f"{name}.pid"
+    if pid_file.exists() and _alive(int(pid_file.read_text())):
+        return int(pid_file.read_text())
+    logs = s.home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"{name}.log", "ab") as log:
+        proc = subprocess.Popen(  # the stack's own commands, no shell
+            argv,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=project_root(),
+        )
+    pid_file.write_text(str(proc.pid))
+    return proc.pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def stop_all(settings: Settings | None = None, timeout_s: float = 30.0) -> list[str]:
+    """Stop every process this stack started (SIGTERM to its process group, then SIGKILL)."""
+    s = settings or get_settings()
+    stopped = []
+    for pid_file in sorted(_run_dir(s).glob("*.pid")):
+        pid = int(pid_file.read_text())
+        if _alive(pid):
+            _signal_group(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout_s
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)  # waiting for a process to exit, bounded
+            if _alive(pid):
+                _signal_group(pid, signal.SIGKILL)
+            stopped.append(pid_file.stem)
+        pid_file.unlink()
+    return stopped
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except OSError:
+        os.kill(pid, sig)
+
+
+def wait_until(
+    check: Callable[[], bool], what: str, timeout_s: float = 180.0, every_s: float = 1.0
+) -> None:
+    """Poll ``check`` until it is true; TimeoutError naming ``what`` otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, urllib.error.URLError, ValueError):
+            pass  # not up yet
+        time.sleep(every_s)  # polling a service that is starting, bounded by the deadline
+    raise TimeoutError(f"{what} not ready after {timeout_s:.0f} s")
+
+
+def _http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310, loopback URLs from settings
+        return bool(resp.status == 200)
+
+
+def start_ray(settings: Settings | None = None) -> int:
+    """A Ray head with its dashboard (Jobs API), Serve's HAProxy ingress enabled."""
+    from serving.control import HAPROXY_ENV
+
+    s = settings or get_settings()
+    dash = urllib.parse.urlparse(s.ray.dashboard_url)
+    argv = [
+        _bin("ray"),
+        "start",
+        "--head",
+        "--block",  # stays in the foreground: its PID stops the whole Ray it started
+        f"--port={s.ray.gcs_port}",
+        f"--num-cpus={s.ray.num_cpus}",
+        f"--dashboard-host={dash.hostname or '127.0.0.1'}",
+        f"--dashboard-port={dash.port or 8265}",
+        "--disable-usage-stats",
+    ]
+    pid = start_process("ray", argv, {**HAPROXY_ENV, "RELAY_HOME": str(s.home)}, s)
+    wait_until(lambda: _http_ok(f"{s.ray.dashboard_url}/api/version"), "Ray dashboard", 180)
+    return pid
+
+
+def airflow(args: list[str], settings: Settings | None = None, check: bool = True) -> str:
+    """Run an ``airflow`` command with the stack's environment; returns its stdout."""
+    env = {**os.environ, **airflow_env(settings)}
+    res = subprocess.run(  # the stack's own command, no shell
+        [_bin("airflow"), *args], env=env, capture_output=True, text=True, check=False
+    )
+    if check and res.returncode != 0:
+        raise RuntimeError(f"airflow {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
+    return res.stdout
+
+
+def start_airflow(settings: Settings | None = None) -> None:
+    """Migrate the database, create the GPU pool, start the four Airflow services."""
+    s = settings or get_settings()
+    (s.home / "airflow").mkdir(parents=True, exist_ok=True)
+    airflow(["db", "migrate"], s)
+    airflow(
+        ["pools", "set", GPU_POOL, str(s.airflow.gpu_pool_slots), "Ray jobs that may use a GPU"], s
+    )
+    env = airflow_env(s)
+    for service in ("api-server", "scheduler", "dag-processor", "triggerer"):
+        start_process(f"airflow-{service}", [_bin("airflow"), service], env, s)
+    wait_until(lambda: _http_ok(f"{s.airflow.api_url}/api/v2/monitor/health"), "Airflow API", 240)
+
+
+class AirflowAPI:
+    """Airflow's REST API v2, as the UI uses it (token from ``/auth/token``)."""
+
+    def __init__(self, url: str, username: str, password: str) -> None:
+        self.url = url.rstrip("/")
+        token = self._call("POST", "/auth/token", {"username": username, "password": password})
+        self.token = str(token["access_token"])
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)  # noqa: S310
+        req.add_header("Content-Type", "application/json")
+        if getattr(self, "token", None):
+            req.add_header("Authorization", f"Bearer {self.token}")
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310, loopback API
+            return json.loads(resp.read() or b"null")
+
+    def get(self, path: str) -> Any:
+        return self._call("GET", path)
+
+    def unpause(self, dag_id: str) -> Any:
+        return self._call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+
+    def trigger(self, dag_id: str, conf: Mapping[str, Any]) -> str:
+        run = self._call(
+            "POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": dict(conf)}
+        )
+        return str(run["dag_run_id"])
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        q = urllib.parse.quote(run_id, safe="")
+        return str(self.get(f"/api/v2/dags/{dag_id}/dagRuns/{q}")["state"])
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        q = urllib.parse.quote(run_id, safe="")
+        items = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{q}/taskInstances")["task_instances"]
+        return {t["task_id"]: str(t["state"]) for t in items}
+
+    def wait(
+        self,
+        dag_id: str,
+        run_id: str,
+        timeout_s: float,
+        on_change: Callable[[dict[str, str]], None] | None = None,
+    ) -> str:
+        """Poll the run until it ends; ``on_change`` sees task states as they move."""
+        deadline = time.monotonic() + timeout_s
+        seen: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            states = self.task_states(dag_id, run_id)
+            if states != seen and on_change:
+                on_change(states)
+            seen = states
+            state = self.run_state(dag_id, run_id)
+            if state in ("success", "failed"):
+                return state
+            time.sleep(2)  # polling a DAG run, bounded by the deadline
+        raise TimeoutError(f"{dag_id} run {run_id} still running after {timeout_s:.0f} s")
+
+
+def api(settings: Settings | None = None) -> AirflowAPI:
+    s = settings or get_settings()
+    return AirflowAPI(s.airflow.api_url, ADMIN_USER, admin_password(s))
+
+
+def wait_for_dag(client: AirflowAPI, dag_id: str, timeout_s: float = 180) -> None:
+    """Wait until the dag-processor has parsed ``dag_id``."""
+
+    def parsed() -> bool:
+        try:
+            client.get(f"/api/v2/dags/{dag_id}")
+        except urllib.error.HTTPError as err:
+            if err.code == 404:
+                return False
+            raise
+        return True
+
+    wait_until(parsed, f"DAG {dag_id}", timeout_s)
