@@ -9,14 +9,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 # Everything local (lake, artifacts, Feast stores, reports) lives under RELAY_HOME.
 export RELAY_HOME ?= $(CURDIR)/var
-# Days of data `make up` lands: the three days before today (UTC).
-UP_DATE ?= $(shell date -u -d '3 days ago' +%F)
-UP_DAYS ?= 3
 
-.PHONY: help setup services up down test unit integration lint bench clean
+.PHONY: help setup services up down demo test unit integration lint bench clean
 
 help:
-	@echo "make up     install, then run the pipeline that exists (generate → validate → features)"
+	@echo "make up     install, start Airflow + Ray + Serve, train and serve a first model"
+	@echo "make demo   the life cycle: drift → retrain → canary → promoted; bad model rolled back"
 	@echo "make test   install, start the test services if down, lint, run every test"
 	@echo "make bench  benchmarks (printed numbers, see README)"
 	@echo "make lint   ruff + mypy;  make down  stop what make up started;  make clean"
@@ -40,17 +38,18 @@ services:
 
 up: setup
 	@mkdir -p $(RELAY_HOME)
-	$(BIN)/relay pipeline --date $(UP_DATE) --days $(UP_DAYS)
-	@echo
-	@echo "Relay is up (foundation): data lake, validation reports and the Feast store are under $(RELAY_HOME)"
-	@echo "  validation reports: $(RELAY_HOME)/reports/validation/<date>/index.html"
-	@echo "  online store:       $(RELAY_HOME)/feast/online.db (SQLite; RELAY_PROFILE=prod uses Redis)"
+	$(BIN)/relay stack up
 
 down:
-	@if [ -d $(RELAY_HOME)/run ]; then \
-	  for f in $(RELAY_HOME)/run/*.pid; do [ -e "$$f" ] || continue; \
-	    kill "$$(cat $$f)" 2>/dev/null || true; rm -f "$$f"; done; fi
-	@echo "stopped"
+	@test -x $(BIN)/relay && $(BIN)/relay stack down || echo "nothing to stop"
+
+# The life cycle on a fresh stack, with short canary steps so it plays in minutes.
+demo: setup
+	-$(BIN)/relay stack down
+	RELAY_ROLLOUT__STEP_DURATION_S=15 RELAY_ROLLOUT__MIN_REQUESTS=20 \
+	RELAY_ROLLOUT__MIN_LABELLED=20 RELAY_ROLLOUT__QUALITY_EVERY_S=3 \
+	RELAY_MONITORING__WINDOW_HOURS=1 RELAY_MONITORING__MIN_ROWS=200 \
+	  bash -c '$(BIN)/relay stack up && $(BIN)/relay demo'
 
 lint: setup
 	$(BIN)/ruff check .

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Asset, dag, task
 
 from relay.airflow.operators import RayJobOperator
@@ -30,7 +29,6 @@ DRIFT_REPORTS = Asset(name="relay_drift_reports", uri="relay://reports/drift")
     max_active_runs=1,
     tags=["relay", "eta", "monitoring"],
     doc_md=__doc__,
-    render_template_as_native_obj=True,  # the retrain conf travels as a dict
     default_args={
         "owner": "relay",
         "retries": 1,
@@ -59,12 +57,15 @@ def eta_monitoring() -> None:
     def healthy() -> None:
         print("no drift beyond thresholds and no quality regression: nothing to do")
 
-    retrain = TriggerDagRunOperator(
-        task_id="retrain",
-        trigger_dag_id="eta_training",
-        conf="{{ ti.xcom_pull(task_ids='drift_report')['conf'] }}",
-        wait_for_completion=False,
-    )
+    @task
+    def retrain(verdict: dict, **context: object) -> None:
+        # Imported here: the trigger operator pulls in SQLAlchemy (~1 s) at parse time.
+        from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+
+        print(f"triggering eta_training: {verdict['conf']['reason']}")
+        TriggerDagRunOperator(
+            task_id="trigger_eta_training", trigger_dag_id="eta_training", conf=verdict["conf"]
+        ).execute(context)
 
     rollback = RayJobOperator(
         task_id="rollback",
@@ -80,7 +81,7 @@ def eta_monitoring() -> None:
     )
 
     verdict = drift_report()
-    act(verdict) >> [retrain, rollback, healthy()]
+    act(verdict) >> [retrain(verdict), rollback, healthy()]
 
 
 eta_monitoring()

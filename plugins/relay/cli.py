@@ -34,6 +34,10 @@ serve_app = typer.Typer(
     help="The Ray Serve ETA endpoint: deploy, canary, promote, roll back.", no_args_is_help=True
 )
 app.add_typer(serve_app, name="serve")
+stack_app = typer.Typer(
+    help="The local stack: Airflow, a Ray head, the Serve endpoint.", no_args_is_help=True
+)
+app.add_typer(stack_app, name="stack")
 console = Console(stderr=True, soft_wrap=True)
 # Tables and JSON go to stdout, so they can be piped; progress and errors go to stderr.
 out = Console(soft_wrap=True)
@@ -645,6 +649,75 @@ def replay(
         typer.echo(json.dumps(result.to_dict(), indent=2))
     else:
         out.print(result.summary(), markup=False, highlight=False)
+
+
+@stack_app.command("up")
+def stack_up(
+    first_run: Annotated[
+        bool, typer.Option("--first-run/--no-first-run", help="Train and serve a first model")
+    ] = True,
+) -> None:
+    """Start Ray (dashboard, Jobs API, Serve), Airflow (api-server, scheduler, dag-processor,
+    triggerer), then trigger a first eta_training run and wait for it."""
+    from relay import stack
+    from relay.settings import get_settings
+
+    s = get_settings()
+    info = _run(
+        lambda: stack.up(s, emit=lambda m: console.print(m, markup=False), first_run=first_run)
+    )
+    state = info.get("first_run_state")
+    if state and state != "success":
+        console.print(f"[bold red]first eta_training run {state}[/]: see the Airflow UI")
+    host, port = s.serving.host, s.serving.port
+    body = json.dumps(
+        {
+            "order_id": "o-1",
+            "courier_id": "C00012",
+            "merchant_id": "M00042",
+            "zone_id": "Z03",
+            "distance_km": 3.2,
+        },
+        separators=(",", ":"),
+    )
+    out.print(
+        f"\nAirflow      {s.airflow.api_url}  (login admin / {stack.admin_password(s)})"
+        f"\nRay          {s.ray.dashboard_url}"
+        f"\nEndpoint     http://{host}:{port}/v1/eta   (docs: http://{host}:{port}/docs)"
+        f"\n\ncurl -s -X POST http://{host}:{port}/v1/eta -H 'Content-Type: application/json' "
+        f"-d '{body}'"
+        f"\n\nstop everything: make down   (logs: {s.home}/logs)",
+        markup=False,
+        highlight=False,
+    )
+    if state and state != "success":
+        raise typer.Exit(1)
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop every process `relay stack up` started (by PID)."""
+    from relay import stack
+
+    stopped = stack.stop_all()
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@app.command()
+def demo() -> None:
+    """Play the life cycle on the running stack: drift → retrain → canary → promoted; a bad
+    model stopped by the gate, then rolled back by live metrics when forced into canary."""
+    from relay.demo import play
+
+    summary = _run(lambda: play(emit=lambda m: out.print(m, markup=False, highlight=False)))
+    ok = (
+        summary.get("v2_outcome") == "promoted"
+        and summary.get("gate_rejected")
+        and summary.get("forced_outcome") == "rolled_back"
+    )
+    if not ok:
+        console.print(f"[bold red]demo did not end as expected:[/] {summary}")
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover, entry point

@@ -12,6 +12,7 @@ becomes Degraded with the failing checks as the reason.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from relay.registry import ModelState, Registry
-from relay.rollout import Action, RolloutVerdict, decide, next_step
+from relay.rollout import Action, QualityWindow, RolloutVerdict, decide, next_step
 from relay.serving_metrics import VersionWindow, diff, window_from_dict
 from relay.settings import Settings, get_settings
 from relay.traffic import TrafficSplit
@@ -193,16 +194,26 @@ def _judge_step(
     poll_s: float,
 ) -> RolloutVerdict:
     start = clock()
+    started_at = dt.datetime.now(dt.UTC)
     first = _windows(ep.live_metrics(s), [stable, candidate], time.time())
     healthy_since = start
     last_action = None
+    quality: QualityWindow | None = None
+    quality_at = start
     while True:
         wait(poll_s)  # the metrics poll interval; the step's length is measured by clock()
         now = _windows(ep.live_metrics(s), [stable, candidate], time.time())
         cand = _step_window(now[candidate], first[candidate])
         stab = _step_window(now[stable], first[stable])
+        if clock() - quality_at >= s.rollout.quality_every_s:
+            quality, quality_at = live_quality(stable, candidate, started_at, s), clock()
         verdict = decide(
-            cand, stab, s.rollout, step_share=share, healthy_for_s=clock() - healthy_since
+            cand,
+            stab,
+            s.rollout,
+            step_share=share,
+            healthy_for_s=clock() - healthy_since,
+            quality=quality,
         )
         if verdict.action is not last_action:
             emit(
@@ -226,3 +237,33 @@ def _judge_step(
                 candidate=candidate,
                 stable=stable,
             )
+
+
+def live_quality(
+    stable: str, candidate: str, since: dt.datetime, settings: Settings | None = None
+) -> QualityWindow | None:
+    """Both versions' MAE on the predictions served since ``since`` whose actual delivery
+    times have landed (serving log joined with actuals); None until both have labels."""
+    from relay.errors import RelayError
+    from relay.lake import Lake
+    from relay.serving_log import join_actuals, read_actuals, read_serving_log
+
+    s = settings or get_settings()
+    lake = Lake(s)
+    today = dt.datetime.now(dt.UTC).date()
+    try:
+        served = read_serving_log(lake, since.date(), today)
+        actuals = read_actuals(lake, since.date(), today)
+    except (RelayError, FileNotFoundError):
+        return None  # nothing logged or labelled yet
+    served = served[served["requested_at"] >= since]
+    joined = join_actuals(served, actuals)
+    err = joined["error_minutes"].abs().groupby(joined["model_version"])
+    mae, counts = err.mean(), err.size()
+    if candidate not in mae.index or stable not in mae.index:
+        return None
+    return QualityWindow(
+        candidate_mae=float(mae[candidate]),
+        stable_mae=float(mae[stable]),
+        n_labelled=int(counts[candidate]),
+    )

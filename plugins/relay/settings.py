@@ -150,6 +150,9 @@ class RolloutSettings(BaseModel):
     step_timeout_s: float = Field(
         1200.0, gt=0, description="A step still holding after this long is rolled back"
     )
+    quality_every_s: float = Field(
+        10.0, gt=0, description="How often a step re-reads the serving log and actuals"
+    )
     min_labelled: int = Field(
         50, ge=1, description="Labelled predictions needed before quality is judged"
     )

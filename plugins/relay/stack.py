@@ -1,13 +1,16 @@
 """The local stack behind ``make up`` / ``make down``: Airflow, a Ray head, the Serve endpoint.
 
-Every process is started here with its PID in ``{home}/run/<name>.pid`` and its output in
-``{home}/logs/<name>.log``; :func:`down` stops exactly those PIDs (never ``ray stop``, which
-would stop every Ray on the machine). Airflow runs from ``{home}/airflow`` on the database in
+Every process is started here in a session of its own, its process group id in
+``{home}/run/<name>.pid`` and its output in ``{home}/logs/<name>.log``; :func:`stop_all` stops
+exactly those groups (never ``ray stop``, which would stop every Ray on the machine): for Ray,
+every daemon ``ray start`` left behind. Airflow runs from ``{home}/airflow`` on the database in
 ``RELAY_AIRFLOW__DATABASE_URL`` (SQLite by default, PostgreSQL in the prod profile).
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
 import os
 import secrets
@@ -87,8 +90,18 @@ def _run_dir(s: Settings) -> Path:
     return path
 
 
-def start_process(name: str, argv: list[str], env: Mapping[str, str], s: Settings) -> int:
-    """Start a long-running process in its own session; record its PID; log to a file."""
+def start_process(
+    name: str, argv: list[str], env: Mapping[str, str], s: Settings, daemonizes: bool = False
+) -> int:
+    """Start a process in a session of its own; record its process group; log to a file.
+
+    Args:
+        daemonizes: the command starts daemons and exits (``ray start``): wait for it, then
+            the group it leaves behind is what :func:`stop_all` stops.
+
+    Returns:
+        The process group id (the started command's PID).
+    """
     pid_file = _run_dir(s) / f"{name}.pid"
     if pid_file.exists() and _alive(int(pid_file.read_text())):
         return int(pid_file.read_text())
@@ -105,12 +118,15 @@ def start_process(name: str, argv: list[str], env: Mapping[str, str], s: Setting
             cwd=project_root(),
         )
     pid_file.write_text(str(proc.pid))
+    if daemonizes and proc.wait() != 0:
+        raise RuntimeError(f"{' '.join(argv[:3])} failed; see {logs / f'{name}.log'}")
     return proc.pid
 
 
-def _alive(pid: int) -> bool:
+def _alive(pgid: int) -> bool:
+    """Whether any process of the group is still running."""
     try:
-        os.kill(pid, 0)
+        os.killpg(pgid, 0)
     except OSError:
         return False
     return True
@@ -134,11 +150,9 @@ def stop_all(settings: Settings | None = None, timeout_s: float = 30.0) -> list[
     return stopped
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except OSError:
-        os.kill(pid, sig)
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(OSError):  # the group ended meanwhile
+        os.killpg(pgid, sig)
 
 
 def wait_until(
@@ -171,14 +185,16 @@ def start_ray(settings: Settings | None = None) -> int:
         _bin("ray"),
         "start",
         "--head",
-        "--block",  # stays in the foreground: its PID stops the whole Ray it started
         f"--port={s.ray.gcs_port}",
         f"--num-cpus={s.ray.num_cpus}",
         f"--dashboard-host={dash.hostname or '127.0.0.1'}",
         f"--dashboard-port={dash.port or 8265}",
         "--disable-usage-stats",
     ]
-    pid = start_process("ray", argv, {**HAPROXY_ENV, "RELAY_HOME": str(s.home)}, s)
+    # Job entrypoints say `python`: make it this environment's, wherever make up was run from.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**HAPROXY_ENV, "RELAY_HOME": str(s.home), "PATH": path}
+    pid = start_process("ray", argv, env, s, daemonizes=True)
     wait_until(lambda: _http_ok(f"{s.ray.dashboard_url}/api/version"), "Ray dashboard", 180)
     return pid
 
@@ -286,3 +302,56 @@ def wait_for_dag(client: AirflowAPI, dag_id: str, timeout_s: float = 180) -> Non
         return True
 
     wait_until(parsed, f"DAG {dag_id}", timeout_s)
+
+
+def first_run_conf(today: dt.date, days: int = 3) -> dict[str, Any]:
+    """The first ``eta_training`` run of ``make up``: the ``days`` before today, no search."""
+    return {
+        "start_date": (today - dt.timedelta(days=days)).isoformat(),
+        "end_date": (today - dt.timedelta(days=1)).isoformat(),
+        "skip_tuning": True,
+        "epochs": 8,
+        "reason": "make up: first run",
+    }
+
+
+def up(
+    settings: Settings | None = None,
+    emit: Callable[[str], None] = print,
+    first_run: bool = True,
+    timeout_s: float = 1800,
+) -> dict[str, Any]:
+    """Start Ray, Airflow and (through the first ``eta_training`` run) the Serve endpoint.
+
+    Returns the URLs and, when a first run was triggered, its id and state.
+    """
+    s = settings or get_settings()
+    emit(f"Ray head (dashboard {s.ray.dashboard_url}) ...")
+    start_ray(s)
+    emit(
+        f"Airflow on {s.airflow.database_url.split('@')[-1] if s.airflow.database_url else ''} ..."
+    )
+    start_airflow(s)
+    client = api(s)
+    for dag_id in ("eta_training", "eta_monitoring", "eta_rollback"):
+        wait_for_dag(client, dag_id)
+    info: dict[str, Any] = {"airflow": s.airflow.api_url, "ray": s.ray.dashboard_url}
+    if first_run:
+        client.unpause("eta_training")
+        run_id = client.trigger("eta_training", first_run_conf(dt.datetime.now(dt.UTC).date()))
+        emit(f"eta_training {run_id} triggered; waiting (progress in the Airflow UI) ...")
+        shown: dict[str, str] = {}
+
+        def progress(states: dict[str, str]) -> None:
+            for task, state in states.items():
+                if (
+                    state in ("success", "failed", "skipped", "upstream_failed")
+                    and shown.get(task) != state
+                ):
+                    emit(f"  {task}: {state}")
+                    shown[task] = state
+
+        info["first_run"] = run_id
+        info["first_run_state"] = client.wait("eta_training", run_id, timeout_s, progress)
+    client.unpause("eta_monitoring")
+    return info

@@ -1,0 +1,192 @@
+"""``make demo``: the life cycle, played on the local stack through Airflow's REST API.
+
+1. Day 1: ``eta_training`` trains v1 and serves it (``make up``'s first run).
+2. Drifted days: yesterday's orders land under a drift scenario and are replayed to the
+   endpoint, with their actual delivery times arriving behind them.
+3. ``eta_monitoring`` sees the drift and triggers ``eta_training`` by itself; v2 passes the gate
+   and walks the canary steps on live traffic (replayed meanwhile) to production.
+4. A deliberately bad model (a crippled learning rate) is stopped by the gate.
+5. The same bad model forced into canary is rolled back by live metrics (its accuracy against
+   the labels that arrive during the step).
+
+Every stage prints what happened; the end lists the versions and the reports written. The demo
+drives only public interfaces: the REST API, the endpoint, the lake, the registry.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from relay.settings import Settings, get_settings
+
+#: What makes a model bad on purpose: it barely moves from its random start.
+BAD_HYPERPARAMETERS = {"learning_rate": 1e-7}
+DRIFT_SCENARIO = "new_zone"
+
+
+class Traffic:
+    """Replays a day's orders to the endpoint in a background thread until stopped."""
+
+    def __init__(
+        self, day: dt.date, scenario: str | None, rate: float, emit: Callable[[str], None]
+    ):
+        self.day, self.scenario, self.rate, self.emit = day, scenario, rate, emit
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.sent = 0
+
+    def _run(self) -> None:
+        from relay.replay import ReplayConfig, replay
+
+        while not self._stop.is_set():
+            cfg = ReplayConfig(
+                date=self.day,
+                rate=self.rate,
+                scenario=self.scenario,
+                max_orders=int(self.rate * 20),
+                max_seconds=20,
+                label_delay_s=2.0,
+            )
+            try:
+                self.sent += replay(cfg).orders_answered
+            except Exception as exc:  # the endpoint may be between deployments; keep going
+                self.emit(f"  (traffic paused: {exc})")
+                self._stop.wait(2)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+def _stage(emit: Callable[[str], None], n: int, title: str) -> None:
+    emit(f"\n=== {n}. {title} ===")
+
+
+def _run_and_wait(
+    client: Any, conf: dict[str, Any], emit: Callable[[str], None], timeout_s: float = 2400
+) -> tuple[str, dict[str, str]]:
+    run_id = client.trigger("eta_training", conf)
+    emit(f"eta_training {run_id}: {conf.get('reason')}")
+    return _wait_run(client, "eta_training", run_id, emit, timeout_s)
+
+
+def _wait_run(
+    client: Any, dag_id: str, run_id: str, emit: Callable[[str], None], timeout_s: float
+) -> tuple[str, dict[str, str]]:
+    shown: dict[str, str] = {}
+
+    def progress(states: dict[str, str]) -> None:
+        for task, state in states.items():
+            if state in ("success", "failed", "skipped") and shown.get(task) != state:
+                emit(f"  {dag_id}.{task}: {state}")
+                shown[task] = state
+
+    state = client.wait(dag_id, run_id, timeout_s, progress)
+    return state, client.task_states(dag_id, run_id)
+
+
+def _outcome(settings: Settings, run_id: str) -> dict[str, Any]:
+    import json
+
+    from relay.pipeline import run_dir
+
+    path = run_dir(run_id, settings) / "rollout.json"
+    return dict(json.loads(path.read_text())) if path.exists() else {}
+
+
+def play(settings: Settings | None = None, emit: Callable[[str], None] = print) -> dict[str, Any]:
+    """Play the whole life cycle on a running stack (``relay stack up`` first)."""
+    from relay import stack
+    from relay.pipeline import ingest, publish_features, validate
+    from relay.registry import Registry
+
+    s = settings or get_settings()
+    client = stack.api(s)
+    today = dt.datetime.now(dt.UTC).date()
+    yesterday = today - dt.timedelta(days=1)
+    reg = Registry(s)
+    summary: dict[str, Any] = {}
+
+    _stage(emit, 1, "day 1: v1 trained and serving")
+    v1 = reg.stage_version("production")
+    if v1 is None:
+        raise RuntimeError("nothing in production: run `make up` first")
+    emit(f"production: {v1.id} (val MAE {v1.training.metrics.get('val_mae', float('nan')):.2f})")
+    summary["v1"] = v1.id
+
+    _stage(emit, 2, f"drifted days: yesterday's orders under '{DRIFT_SCENARIO}', replayed")
+    ingest([yesterday], scenario=DRIFT_SCENARIO, overwrite=True, settings=s)
+    validate([yesterday])
+    publish_features([yesterday])
+    from relay.replay import ReplayConfig, replay
+
+    res = replay(
+        ReplayConfig(
+            date=yesterday, rate=60, scenario=DRIFT_SCENARIO, max_orders=900, max_seconds=40
+        )
+    )
+    emit(res.summary())
+
+    _stage(emit, 3, "eta_monitoring: drift → retrain → gate → canary → promoted")
+    client.unpause("eta_monitoring")
+    mon = client.trigger("eta_monitoring", {})
+    state, tasks = _wait_run(client, "eta_monitoring", mon, emit, 900)
+    if tasks.get("retrain") != "success":
+        raise RuntimeError(f"monitoring did not trigger a retrain: {tasks}")
+    runs = client.get("/api/v2/dags/eta_training/dagRuns?order_by=-run_after&limit=1")
+    retrain_id = runs["dag_runs"][0]["dag_run_id"]
+    emit(f"retrain run {retrain_id} triggered by eta_monitoring")
+    with Traffic(yesterday, DRIFT_SCENARIO, 60, emit):
+        state, tasks = _wait_run(client, "eta_training", retrain_id, emit, 3600)
+    outcome = _outcome(s, retrain_id)
+    emit(f"retrain: {state}; rollout: {outcome.get('outcome')}; stable {outcome.get('stable')}")
+    for step in outcome.get("steps", []):
+        emit(f"  step {step['step_share']:.0%}: {step['action']}")
+    summary["v2"] = outcome.get("version")
+    summary["v2_outcome"] = outcome.get("outcome")
+
+    _stage(emit, 4, "a deliberately bad model: the gate stops it")
+    bad_conf = {
+        "start_date": yesterday.isoformat(),
+        "end_date": yesterday.isoformat(),
+        "skip_tuning": True,
+        "epochs": 1,
+        "hyperparameters": BAD_HYPERPARAMETERS,
+        "reason": "demo: a bad model",
+    }
+    state, tasks = _run_and_wait(client, bad_conf, emit)
+    emit(
+        f"bad model run {state}: gate_rejected {tasks.get('gate_rejected')}, "
+        f"rollout {tasks.get('rollout')}"
+    )
+    summary["gate_rejected"] = tasks.get("gate_rejected") == "success"
+
+    _stage(emit, 5, "the same bad model forced into canary: live metrics roll it back")
+    with Traffic(yesterday, DRIFT_SCENARIO, 60, emit):
+        forced = {**bad_conf, "force_deploy": True, "reason": "demo: bad model forced to canary"}
+        run_id = client.trigger("eta_training", forced)
+        emit(f"eta_training {run_id}: {forced['reason']}")
+        state, tasks = _wait_run(client, "eta_training", run_id, emit, 3600)
+    outcome = _outcome(s, run_id)
+    emit(f"forced canary: {outcome.get('outcome')}; stable {outcome.get('stable')}")
+    for step in outcome.get("steps", []):
+        failed = ", ".join(step["failed_checks"]) or "all checks passed"
+        emit(f"  step {step['step_share']:.0%}: {step['action']} ({failed})")
+    summary["forced_outcome"] = outcome.get("outcome")
+
+    _stage(emit, 6, "versions and reports")
+    for v in Registry(s).list_versions():
+        emit(f"  {v.id:32} {v.state.value:10} {(v.stage.value if v.stage else ''):10}")
+    reports = sorted(str(p) for p in Path(s.reports_dir).rglob("*.html"))
+    for p in reports:
+        emit(f"  report: {p}")
+    summary["reports"] = reports
+    return summary

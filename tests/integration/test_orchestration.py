@@ -1,0 +1,487 @@
+"""The closed loop on real services: Airflow (``airflow dags test``, the REST API, PostgreSQL),
+a Ray cluster started like ``make up`` starts it (Jobs API, Serve), the lake and the registry.
+
+One module-scoped stack: a Ray head (``ray start --block``, stopped by its PID) and an Airflow
+home on SQLite. ``eta_training`` runs once end to end; the monitoring and rollback tests then
+work on the model it left serving.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from relay.settings import get_settings, reset_settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+DAYS = ("2026-11-17", "2026-11-18")
+SERVE_PORT = 8011
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A Ray head and an Airflow home of their own, like ``make up`` sets them up."""
+    from relay import stack as st
+
+    home = tmp_path_factory.mktemp("orchestration")
+    dash = _free_port()
+    env = {
+        "RELAY_HOME": str(home),
+        "RELAY_RAY__DASHBOARD_URL": f"http://127.0.0.1:{dash}",
+        "RELAY_RAY__GCS_PORT": str(_free_port()),
+        "RELAY_SERVING__PORT": str(SERVE_PORT),
+        "RELAY_DATA__ORDERS_PER_DAY": "2000",
+        "RELAY_MONITORING__WINDOW_HOURS": "1",
+        "RELAY_MONITORING__MIN_ROWS": "100",
+        "RELAY_MONITORING__MIN_LABELLED": "50",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        reset_settings()
+        s = get_settings()
+        for k, v in st.airflow_env(s).items():
+            mp.setenv(k, v)
+        try:
+            st.start_ray(s)
+            st.airflow(["db", "migrate"], s)
+            st.airflow(["pools", "set", st.GPU_POOL, "1", "Ray jobs that may use a GPU"], s)
+            yield {"home": home, "settings": s}
+        finally:
+            st.stop_all(s)
+            _forget_ray_cluster(s.ray.gcs_port)
+            reset_settings()
+
+
+def _forget_ray_cluster(port: int) -> None:
+    # Later ray.init() calls would try to join the stopped cluster through this file.
+    marker = Path("/tmp/ray/ray_current_cluster")
+    if marker.exists() and marker.read_text().strip().endswith(f":{port}"):
+        marker.unlink()
+
+
+def _airflow(*args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "airflow"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ.copy(),
+        check=False,
+    )
+
+
+def _db() -> sqlite3.Connection:
+    url = os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    return sqlite3.connect(url.removeprefix("sqlite:///"))
+
+
+def _runs(dag_id: str) -> list[tuple[str, str, str]]:
+    with _db() as db:
+        rows = db.execute(
+            "SELECT run_id, state, conf FROM dag_run WHERE dag_id = ? ORDER BY id", (dag_id,)
+        ).fetchall()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def _task_states(dag_id: str, run_id: str) -> dict[str, str]:
+    with _db() as db:
+        rows = db.execute(
+            "SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?",
+            (dag_id, run_id),
+        ).fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
+def _post_eta(order: dict[str, Any]) -> dict[str, Any]:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{SERVE_PORT}/v1/eta",
+        data=json.dumps(order).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+# --- DAG integrity (no services) ---------------------------------------------------------------
+
+
+def test_dags_import_parse_fast_and_carry_tags_and_retries() -> None:
+    code = r"""
+import json, sys, time
+import airflow.sdk  # the SDK's own import (~3 s) is not the DAG file's cost
+from pathlib import Path
+import importlib.util
+out = {}
+for path in sorted(Path(sys.argv[1]).glob("*.py")):
+    t = time.perf_counter()
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out[path.stem] = time.perf_counter() - t
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in {"pandas", "torch", "ray", "feast",
+               "evidently", "great_expectations", "pyarrow"})
+print(json.dumps({"parse_s": out, "heavy": heavy}))
+"""
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT / "dags")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(report["parse_s"]) == {"eta_training", "eta_monitoring", "eta_rollback"}
+    assert all(t < 1.0 for t in report["parse_s"].values()), report["parse_s"]
+    assert report["heavy"] == [], "DAG files must not import heavy libraries at parse time"
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert bag.import_errors == {}
+    assert set(bag.dag_ids) == {"eta_training", "eta_monitoring", "eta_rollback"}
+    for dag in bag.dags.values():
+        assert "relay" in dag.tags
+        assert dag.default_args.get("retries", 0) >= 1, dag.dag_id
+    training = bag.dags["eta_training"]
+    assert {"tune", "train"} <= {t.task_id for t in training.tasks if t.pool == "ray_gpu"}
+    assert set(training.params) >= {"start_date", "skip_tuning", "tune_trials", "force_deploy"}
+
+
+# --- The Ray job operator ----------------------------------------------------------------------
+
+
+def _ti(task_id: str) -> SimpleNamespace:
+    stamp = dt.datetime.now(dt.UTC).strftime("%H%M%S%f")
+    return SimpleNamespace(
+        dag_id="ops", task_id=task_id, run_id=f"test_{stamp}", map_index=-1, try_number=1
+    )
+
+
+def test_operator_streams_job_logs_and_fails_with_the_job(
+    stack: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from relay.airflow.operators import RayJobOperator
+    from relay.rayjobs import RayJobFailed
+
+    op = RayJobOperator(
+        task_id="failing",
+        entrypoint=(
+            "python -c \"import os, sys; print('step one of', os.environ['RELAY_HOME']); "
+            "print('giving up', file=sys.stderr); sys.exit(3)\""
+        ),
+        poll_interval_s=0.5,
+    )
+    with pytest.raises(RayJobFailed) as err:
+        op.execute({"ti": _ti("failing")})
+    assert err.value.status == "FAILED"
+    assert "exit code 3" in str(err.value)
+    assert "giving up" in str(err.value)  # the job's last lines are in the task's error
+    # The task log (Airflow's logger writes to stdout here) holds the job's lines as they came.
+    assert f"[ray job] step one of {stack['home']}" in capsys.readouterr().out
+
+
+def test_operator_stops_the_job_when_the_task_is_killed(stack: dict[str, Any]) -> None:
+    from relay import rayjobs
+    from relay.airflow.operators import RayJobOperator
+    from relay.rayjobs import RayJobFailed
+
+    op = RayJobOperator(
+        task_id="long",
+        entrypoint="python -c \"import time; print('working', flush=True); time.sleep(300)\"",
+        poll_interval_s=0.5,
+    )
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            op.execute({"ti": _ti("long")})
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    client = rayjobs.client()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if op.job_id and rayjobs.status(op.job_id, client) == "RUNNING":
+            break
+        time.sleep(0.2)  # waiting for Ray to start the job, bounded
+    assert op.job_id and rayjobs.status(op.job_id, client) == "RUNNING"
+    op.on_kill()
+    worker.join(timeout=120)
+    assert not worker.is_alive()
+    assert rayjobs.status(op.job_id, client) == "STOPPED"
+    assert len(errors) == 1 and isinstance(errors[0], RayJobFailed)
+
+
+# --- eta_training end to end -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(stack: dict[str, Any]) -> dict[str, Any]:
+    """``airflow dags test eta_training`` on two small days, skipping the search."""
+    conf = {
+        "start_date": DAYS[0],
+        "end_date": DAYS[1],
+        "skip_tuning": True,
+        "epochs": 3,
+        "window_days": 2,
+        "reason": "integration test",
+    }
+    res = _airflow("dags", "test", "eta_training", "-c", json.dumps(conf))
+    assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
+    run_id = _runs("eta_training")[-1][0]
+    return {"run_id": run_id, "output": res.stdout + res.stderr}
+
+
+def test_training_dag_leaves_a_registered_model_serving(trained: dict[str, Any]) -> None:
+    from relay.lake import RAW_ORDERS, Lake
+    from relay.registry import Registry
+
+    states = _task_states("eta_training", trained["run_id"])
+    ran = {"ingest", "validate", "features", "training_set", "train", "gate", "rollout"}
+    assert {states[t] for t in ran} == {"success"}, states
+    assert states["tune"] == "skipped" and states["gate_rejected"] == "skipped"
+    assert "[ray job]" in trained["output"]  # the Ray jobs' logs are in the task logs
+
+    production = Registry().stage_version("production")
+    assert production is not None and production.state.value == "serving"
+    assert production.lineage.data_partitions  # lineage names the lake partitions
+    order = Lake().read(RAW_ORDERS, dt.date.fromisoformat(DAYS[1])).iloc[0]
+    answer = _post_eta(
+        {
+            "order_id": str(order["order_id"]),
+            "courier_id": str(order["courier_id"]),
+            "merchant_id": str(order["merchant_id"]),
+            "zone_id": str(order["zone_id"]),
+            "distance_km": float(order["distance_km"]),
+        }
+    )
+    assert answer["predictions"][0]["model_version"] == production.id
+    assert 1 < answer["predictions"][0]["eta_minutes"] < 300
+
+
+def test_serve_cli_reports_what_the_dag_deployed(trained: dict[str, Any]) -> None:
+    """`relay serve status` joins the running cluster and shows the split and live metrics."""
+    from relay.registry import Registry
+
+    production = Registry().stage_version("production")
+    assert production is not None
+    res = subprocess.run(
+        [str(BIN / "relay"), "serve", "status"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"},
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"stable    {production.id}  100%" in res.stdout
+    assert f"{production.id}: " in res.stdout and "requests" in res.stdout
+
+
+# --- eta_monitoring ----------------------------------------------------------------------------
+
+
+def _serve_log(
+    version: str, at: dt.datetime, scenario: str, day: str, shift_minutes: float = 0.0
+) -> None:
+    """Log what the endpoint serves for ``day``'s orders under ``scenario`` at hour ``at``:
+    features as the training set computes them (point in time), the version's predictions,
+    and the actual delivery times landed afterwards."""
+    from relay.data.scenarios import scenario_batch
+    from relay.features.store import training_frame
+    from relay.lake import ACTUALS, SERVING_LOG, Lake
+    from relay.model.bundle import ModelBundle
+    from relay.registry import Registry
+    from relay.serving_log import to_frame, to_row
+
+    s = get_settings()
+    orders = scenario_batch(scenario, dt.date.fromisoformat(day), 600, s.data.seed + 1)
+    frame = training_frame(orders, s).head(400)
+    bundle = ModelBundle.from_registry(Registry(), version)
+    eta = bundle.predict(frame) + shift_minutes
+    not_served = {"order_id", "event_timestamp", "distance_km", "hour", "weekday"}
+    features = [c for c in frame.columns if c not in not_served | {"delivery_minutes"}]
+    rows = []
+    for i, (rec, pred) in enumerate(zip(frame.to_dict("records"), eta, strict=True)):
+        t = at + dt.timedelta(seconds=5 * i)
+        record = {
+            "request_id": f"{scenario}-{at:%H%M}-{i}",
+            "order_id": f"{scenario}-{at:%H%M}-{rec['order_id']}",
+            "requested_at": t,
+            "model_version": version,
+            "eta_minutes": float(pred),
+            "latency_ms": 5.0,
+            "missing_features": "",
+            "features": {k: rec[k] for k in features if k in rec},
+        }
+        rows.append(to_row(record, t))
+    log = to_frame(rows)
+    lake = Lake()
+    lake.append(log, SERVING_LOG, at.date())
+    actuals = pd.DataFrame(
+        {
+            "order_id": log["order_id"],
+            "delivered_at": log["requested_at"] + pd.Timedelta(minutes=40),
+            "actual_minutes": frame["delivery_minutes"].to_numpy(),
+        }
+    )
+    lake.append(actuals, ACTUALS, at.date())
+
+
+def _monitor(at: dt.datetime) -> tuple[str, dict[str, str], str]:
+    """``airflow dags test eta_monitoring`` for the hourly run whose window ends at ``at``."""
+    res = _airflow("dags", "test", "eta_monitoring", at.isoformat())
+    assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
+    run_id = _runs("eta_monitoring")[-1][0]
+    return run_id, _task_states("eta_monitoring", run_id), res.stdout + res.stderr
+
+
+def test_monitoring_on_clean_traffic_does_nothing(trained: dict[str, Any]) -> None:
+    from relay.registry import Registry
+
+    production = Registry().stage_version("production")
+    assert production is not None
+    at = dt.datetime(2026, 11, 19, 3, tzinfo=dt.UTC)
+    _serve_log(production.id, at - dt.timedelta(minutes=59), "normal", DAYS[1])
+    before = len(_runs("eta_training"))
+    _, states, output = _monitor(at)
+    assert states["healthy"] == "success", states
+    assert states["retrain"] == "skipped" and states["rollback"] == "skipped"
+    assert len(_runs("eta_training")) == before
+    report = next(line for line in output.splitlines() if line.startswith("drift report: "))
+    assert Path(report.removeprefix("drift report: ").strip()).stat().st_size > 100_000
+
+
+def test_monitoring_on_drifted_traffic_triggers_training(trained: dict[str, Any]) -> None:
+    from relay.registry import Registry
+
+    production = Registry().stage_version("production")
+    assert production is not None
+    at = dt.datetime(2026, 11, 19, 5, tzinfo=dt.UTC)
+    _serve_log(production.id, at - dt.timedelta(minutes=59), "new_zone", DAYS[1])
+    before = len(_runs("eta_training"))
+    _, states, _ = _monitor(at)
+    assert states["retrain"] == "success", states
+    assert states["healthy"] == "skipped"
+    runs = _runs("eta_training")
+    assert len(runs) == before + 1
+    conf = json.loads(runs[-1][2]) if isinstance(runs[-1][2], str) else runs[-1][2]
+    assert "eta_monitoring" in str(conf) and "retrain" in str(conf)
+
+
+def _bad_copy_of(version_id: str, home: Path) -> str:
+    """Register a copy of ``version_id`` whose ETAs run ~late, forced past the gate."""
+    import torch
+
+    from relay.challenger import evaluate_version
+    from relay.packaging import register_trained
+    from relay.registry import Registry
+
+    run = next(p for p in (home / "runs").iterdir() if (p / "model" / "model.pt").exists())
+    bad = home / "bad_model"
+    shutil.copytree(run / "model", bad, dirs_exist_ok=True)
+    state = torch.load(bad / "model.pt")
+    state["base.bias"] += 2.0  # a skewed output: every ETA far off
+    torch.save(state, bad / "model.pt")
+    version = register_trained(bad, training_set_uri="test", data_partitions=[])
+    evaluate_version(version.id, bad / "data" / "holdout.parquet", force=True)
+    Registry().promote(version.id, "production", reason="test: a degraded model in production")
+    return version.id
+
+
+def test_monitoring_rolls_back_a_degraded_production_model(
+    stack: dict[str, Any], trained: dict[str, Any]
+) -> None:
+    from relay.registry import Registry
+
+    good = Registry().stage_version("production")
+    assert good is not None
+    bad = _bad_copy_of(good.id, stack["home"])
+    at = dt.datetime(2026, 11, 19, 7, tzinfo=dt.UTC)
+    _serve_log(bad, at - dt.timedelta(minutes=59), "normal", DAYS[1])
+    _, states, output = _monitor(at)
+    assert states["rollback"] == "success", (states, output[-3000:])
+    reg = Registry()
+    production = reg.stage_version("production")
+    assert production is not None and production.id == good.id
+    assert production.state.value == "serving"
+    assert reg.get(bad).stage is not None and reg.get(bad).stage.value == "archived"
+    order = {"order_id": "after-rollback", "courier_id": "C1", "merchant_id": "M1"}
+    answer = _post_eta({**order, "zone_id": "Z01", "distance_km": 2.0})
+    assert answer["predictions"][0]["model_version"] == good.id
+
+
+# --- Airflow's REST API on PostgreSQL ----------------------------------------------------------
+
+
+def test_rest_api_trigger_on_postgresql(stack: dict[str, Any], trained: dict[str, Any]) -> None:
+    """The full Airflow (api-server, scheduler, dag-processor, triggerer) on PostgreSQL; a run
+    triggered through the REST API as the UI does it."""
+    import psycopg2
+
+    from relay import stack as st
+    from relay.registry import Registry
+
+    production = Registry().stage_version("production")
+    assert production is not None
+    db = f"relay_airflow_test_{os.getpid()}"
+    admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{db}"')
+        cur.execute(f'CREATE DATABASE "{db}"')
+    s = get_settings().model_copy(deep=True)
+    s.home = stack["home"] / "pg"
+    s.airflow.database_url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"
+    s.airflow.api_url = f"http://127.0.0.1:{_free_port()}"
+    with pytest.MonkeyPatch.context() as mp:
+        # The Ray jobs still see the module's RELAY_HOME (registry, lake): only Airflow moves.
+        for k, v in st.airflow_env(s).items():
+            mp.setenv(k, v)
+        try:
+            st.start_airflow(s)
+            api = st.api(s)
+            st.wait_for_dag(api, "eta_rollback")
+            api.unpause("eta_rollback")
+            with pytest.raises(urllib.error.HTTPError) as bad:
+                api.trigger("eta_rollback", {"target_version": 42})
+            assert bad.value.code == 400 and "target_version" in bad.value.read().decode()
+            run_id = api.trigger("eta_rollback", {"target_version": production.id})
+            assert api.wait("eta_rollback", run_id, timeout_s=600) == "success"
+            assert api.task_states("eta_rollback", run_id) == {
+                "check_target": "success",
+                "restore": "success",
+            }
+        finally:
+            st.stop_all(s)
+            with admin.cursor() as cur:
+                cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+            admin.close()
