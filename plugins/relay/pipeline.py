@@ -43,7 +43,8 @@ def run_days(
 def run_dir(run_id: str, settings: Settings | None = None) -> Path:
     """The run's folder (model, tuned config, outcome): ``{home}/runs/<run id>``."""
     s = settings or get_settings()
-    path = s.home / "runs" / _UNSAFE.sub("_", run_id)
+    # Leading dots go too: a run id of ".." must not name the folder above.
+    path = s.home / "runs" / (_UNSAFE.sub("_", run_id).lstrip(".") or "run")
     path.mkdir(parents=True, exist_ok=True)
     return path
 

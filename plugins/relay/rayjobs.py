@@ -5,9 +5,10 @@ submits a :class:`JobSpec`, follows it with :class:`JobFollower` (new log lines 
 at each poll) and turns the end state into a task result. Keeping that here means the same
 code runs from a DAG, from ``make demo`` and from the tests.
 
-A job runs with the submitter's Relay configuration: every ``RELAY_*`` and ``AWS_*`` variable
-of the submitting process, and ``RELAY_HOME`` resolved to an absolute path, go into the job's
-``runtime_env``, so the job reads and writes the same lake, registry and Feast store.
+A job runs with the submitter's Relay configuration: its ``RELAY_*`` variables (not Airflow's),
+the S3 endpoint and region, and ``RELAY_HOME`` resolved to an absolute path go into the job's
+``runtime_env``, so the job reads and writes the same lake, registry and Feast store. Secrets
+(AWS keys, database passwords) are not forwarded: Ray shows a runtime_env in its dashboard.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from relay.settings import Settings, get_settings
 
 #: Terminal states of a Ray job (``ray.job_submission.JobStatus`` values).
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
-_FORWARDED_PREFIXES = ("RELAY_", "AWS_")
+_AWS_PUBLIC = frozenset({"AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION"})
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -70,10 +71,18 @@ def submission_id(*parts: str) -> str:
 def relay_job_env(
     settings: Settings | None = None, environ: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """The environment a job needs to see the same Relay as the submitter."""
+    """The environment a job needs to see the same Relay as the submitter.
+
+    Ray shows a job's ``runtime_env`` in its dashboard, so no secret travels this way: Airflow's
+    own settings (its database URL) and AWS keys stay behind; the Ray cluster has its own.
+    """
     s = settings or get_settings()
     env = environ if environ is not None else os.environ
-    out = {k: v for k, v in env.items() if k.startswith(_FORWARDED_PREFIXES)}
+    out = {
+        k: v
+        for k, v in env.items()
+        if (k.startswith("RELAY_") and not k.startswith("RELAY_AIRFLOW__")) or k in _AWS_PUBLIC
+    }
     out["RELAY_HOME"] = str(s.home)
     # The job joins the cluster it runs on, whatever address the submitter used.
     out.pop("RELAY_RAY__ADDRESS", None)

@@ -133,21 +133,62 @@ def _alive(pgid: int) -> bool:
 
 
 def stop_all(settings: Settings | None = None, timeout_s: float = 30.0) -> list[str]:
-    """Stop every process this stack started (SIGTERM to its process group, then SIGKILL)."""
+    """Stop every process this stack started: each recorded process group and every process
+    descended from it that left the group (Serve's HAProxy runs in a session of its own).
+    SIGTERM first, SIGKILL after ``timeout_s``."""
     s = settings or get_settings()
     stopped = []
     for pid_file in sorted(_run_dir(s).glob("*.pid")):
-        pid = int(pid_file.read_text())
-        if _alive(pid):
-            _signal_group(pid, signal.SIGTERM)
+        pgid = int(pid_file.read_text())
+        strays = _descendants(pgid)
+        if _alive(pgid) or strays:
+            _signal_group(pgid, signal.SIGTERM)
+            _signal_each(strays, signal.SIGTERM)
             deadline = time.monotonic() + timeout_s
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.2)  # waiting for a process to exit, bounded
-            if _alive(pid):
-                _signal_group(pid, signal.SIGKILL)
+            while (_alive(pgid) or any(_pid_alive(p) for p in strays)) and (
+                time.monotonic() < deadline
+            ):
+                time.sleep(0.2)  # waiting for processes to exit, bounded
+            _signal_group(pgid, signal.SIGKILL)
+            _signal_each(strays, signal.SIGKILL)
             stopped.append(pid_file.stem)
         pid_file.unlink()
     return stopped
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _signal_each(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, sig)
+
+
+def _descendants(pgid: int) -> list[int]:
+    """Processes descended from members of group ``pgid`` that are not in it (Linux /proc)."""
+    parent: dict[int, int] = {}
+    group: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        pid = int(stat.parent.name)
+        parent[pid], group[pid] = int(fields[1]), int(fields[2])
+    members = {p for p, g in group.items() if g == pgid}
+    found: set[int] = set()
+    frontier = set(members)
+    while frontier:
+        children = {p for p, pp in parent.items() if pp in frontier} - members - found
+        found |= children
+        frontier = children
+    return sorted(found)
 
 
 def _signal_group(pgid: int, sig: int) -> None:

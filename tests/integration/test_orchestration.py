@@ -60,6 +60,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "RELAY_MONITORING__WINDOW_HOURS": "1",
         "RELAY_MONITORING__MIN_ROWS": "100",
         "RELAY_MONITORING__MIN_LABELLED": "50",
+        # HAProxy's stats and metrics ports, so a stack already running here keeps its own.
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
     }
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
