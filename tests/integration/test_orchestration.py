@@ -326,8 +326,11 @@ def _serve_log(
     from relay.serving_log import to_frame, to_row
 
     s = get_settings()
-    orders = scenario_batch(scenario, dt.date.fromisoformat(day), 600, s.data.seed + 1)
-    frame = training_frame(orders, s).head(400)
+    # The world the pipeline landed (same seed); a sample from the whole day, as traffic is.
+    orders = scenario_batch(
+        scenario, dt.date.fromisoformat(day), s.data.orders_per_day, s.data.seed
+    )
+    frame = training_frame(orders, s).sample(400, random_state=1).reset_index(drop=True)
     bundle = ModelBundle.from_registry(Registry(), version)
     eta = bundle.predict(frame) + shift_minutes
     not_served = {"order_id", "event_timestamp", "distance_km", "hour", "weekday"}
@@ -405,6 +408,7 @@ def _bad_copy_of(version_id: str, home: Path) -> str:
     import torch
 
     from relay.challenger import evaluate_version
+    from relay.drift import reference_uri_of
     from relay.packaging import register_trained
     from relay.registry import Registry
 
@@ -414,7 +418,12 @@ def _bad_copy_of(version_id: str, home: Path) -> str:
     state = torch.load(bad / "model.pt")
     state["base.bias"] += 2.0  # a skewed output: every ETA far off
     torch.save(state, bad / "model.pt")
-    version = register_trained(bad, training_set_uri="test", data_partitions=[])
+    good = Registry().get(version_id)
+    version = register_trained(
+        bad,
+        training_set_uri=reference_uri_of(good),
+        data_partitions=list(good.lineage.data_partitions),
+    )
     evaluate_version(version.id, bad / "data" / "holdout.parquet", force=True)
     Registry().promote(version.id, "production", reason="test: a degraded model in production")
     return version.id
