@@ -49,6 +49,21 @@ def run_dir(run_id: str, settings: Settings | None = None) -> Path:
     return path
 
 
+def has_new_days(days: list[dt.date], settings: Settings | None = None) -> bool:
+    """Whether any of ``days`` is missing from the production model's training data.
+
+    A scheduled run whose days production was already trained on (``make up``'s first run
+    covers yesterday, then the daily schedule fires for yesterday too) has nothing to learn.
+    """
+    from relay.registry import Registry
+
+    production = Registry(settings).stage_version("production")
+    if production is None:
+        return True
+    trained_on = set(production.lineage.data_partitions)
+    return any(f"{VALIDATED_ORDERS}/date={d}" not in trained_on for d in days)
+
+
 def ingest(
     days: list[dt.date],
     orders: int | None = None,
