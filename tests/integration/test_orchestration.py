@@ -57,7 +57,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "RELAY_RAY__DASHBOARD_URL": f"http://127.0.0.1:{dash}",
         "RELAY_RAY__GCS_PORT": str(_free_port()),
         "RELAY_SERVING__PORT": str(SERVE_PORT),
-        "RELAY_DATA__ORDERS_PER_DAY": "1500",
+        "RELAY_DATA__ORDERS_PER_DAY": "2000",
         "RELAY_MONITORING__WINDOW_HOURS": "1",
         "RELAY_MONITORING__MIN_ROWS": "100",
         "RELAY_MONITORING__MIN_LABELLED": "50",
@@ -254,7 +254,7 @@ def trained(stack: dict[str, Any]) -> dict[str, Any]:
         "start_date": DAYS[0],
         "end_date": DAYS[1],
         "skip_tuning": True,
-        "epochs": 2,
+        "epochs": 3,
         "window_days": 2,
         "reason": "integration test",
     }
