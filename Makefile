@@ -46,8 +46,8 @@ down:
 # The life cycle on a fresh stack, with short canary steps so it plays in minutes.
 demo: setup
 	-$(BIN)/relay stack down
-	RELAY_ROLLOUT__STEP_DURATION_S=15 RELAY_ROLLOUT__MIN_REQUESTS=20 \
-	RELAY_ROLLOUT__MIN_LABELLED=20 RELAY_ROLLOUT__QUALITY_EVERY_S=3 \
+	RELAY_ROLLOUT__STEP_DURATION_S=15 RELAY_ROLLOUT__MIN_REQUESTS=10 \
+	RELAY_ROLLOUT__MIN_LABELLED=10 RELAY_ROLLOUT__QUALITY_EVERY_S=3 \
 	RELAY_MONITORING__WINDOW_HOURS=1 RELAY_MONITORING__MIN_ROWS=200 \
 	  bash -c '$(BIN)/relay stack up && $(BIN)/relay demo'
 

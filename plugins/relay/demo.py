@@ -141,10 +141,11 @@ def play(settings: Settings | None = None, emit: Callable[[str], None] = print) 
     state, tasks = _wait_run(client, "eta_monitoring", mon, emit, 900)
     if tasks.get("retrain") != "success":
         raise RuntimeError(f"monitoring did not trigger a retrain: {tasks}")
-    runs = client.get("/api/v2/dags/eta_training/dagRuns?order_by=-run_after&limit=1")
-    retrain_id = runs["dag_runs"][0]["dag_run_id"]
+    runs = client.get("/api/v2/dags/eta_training/dagRuns?limit=100")["dag_runs"]
+    triggered = [r for r in runs if "eta_monitoring" in str((r.get("conf") or {}).get("reason"))]
+    retrain_id = max(triggered, key=lambda r: str(r.get("run_after")))["dag_run_id"]
     emit(f"retrain run {retrain_id} triggered by eta_monitoring")
-    with Traffic(yesterday, DRIFT_SCENARIO, 60, emit):
+    with Traffic(yesterday, DRIFT_SCENARIO, 30, emit):
         state, tasks = _wait_run(client, "eta_training", retrain_id, emit, 3600)
     outcome = _outcome(s, retrain_id)
     emit(f"retrain: {state}; rollout: {outcome.get('outcome')}; stable {outcome.get('stable')}")
@@ -170,7 +171,7 @@ def play(settings: Settings | None = None, emit: Callable[[str], None] = print) 
     summary["gate_rejected"] = tasks.get("gate_rejected") == "success"
 
     _stage(emit, 5, "the same bad model forced into canary: live metrics roll it back")
-    with Traffic(yesterday, DRIFT_SCENARIO, 60, emit):
+    with Traffic(yesterday, DRIFT_SCENARIO, 30, emit):
         forced = {**bad_conf, "force_deploy": True, "reason": "demo: bad model forced to canary"}
         run_id = client.trigger("eta_training", forced)
         emit(f"eta_training {run_id}: {forced['reason']}")

@@ -254,9 +254,10 @@ def run_training(req: TrainRequest, settings: Settings | None = None) -> TrainRe
         use_gpu = t.use_gpu if t.use_gpu is not None else bool(ray.cluster_resources().get("GPU"))
     transform = _to_inputs(prep.to_json())
     # Materialized once: re-reading and re-transforming the Parquet every epoch cost more than
-    # the training itself on small sets.
+    # the training itself on small sets. From the frames already in memory: read_parquet's
+    # footer-reader actors competed with its own listing task for 2 CPUs and stalled for minutes.
     datasets: dict[str, Any] = {
-        part: ray.data.read_parquet(paths[part])
+        part: ray.data.from_pandas(getattr(split, part))
         .map_batches(transform, batch_format="pandas")
         .materialize()
         for part in ("train", "valid")
