@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Everything local (lake, artifacts, Feast stores, reports) lives under RELAY_HOME.
 export RELAY_HOME ?= $(CURDIR)/var
 
-.PHONY: help setup services up down demo test unit integration lint bench clean
+.PHONY: help setup services up down demo test e2e unit integration lint bench clean
 
 help:
 	@echo "make up     install, start Airflow + Ray + Serve, train and serve a first model"
@@ -62,8 +62,13 @@ unit: setup
 integration: setup services
 	$(BIN)/pytest tests/integration -q
 
+# The closed-loop suite (Airflow runs end to end on a Ray head, ~15 min here) runs on its own:
+# with it `make test` would pass the 25-minute budget on 2 cores.
 test: setup services lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not e2e"
+
+e2e: setup services
+	$(BIN)/pytest -q -m e2e
 
 bench: setup services
 	$(BIN)/python -m bench.run_all

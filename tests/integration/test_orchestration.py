@@ -1,8 +1,9 @@
 """The closed loop on real services: Airflow (``airflow dags test``, the REST API, PostgreSQL),
 a Ray cluster started like ``make up`` starts it (Jobs API, Serve), the lake and the registry.
 
-One module-scoped stack: a Ray head (``ray start --block``, stopped by its PID) and an Airflow
-home on SQLite. ``eta_training`` runs once end to end; the monitoring and rollback tests then
+One module-scoped stack: a Ray head (``ray start``, stopped by its process group) and an Airflow
+home on SQLite. The DAG integrity and operator tests run in ``make test``; the closed loop
+(marked ``e2e``, ~15 min on 2 cores) runs with ``make e2e``. ``eta_training`` runs once end to end; the monitoring and rollback tests then
 work on the model it left serving.
 """
 
@@ -264,6 +265,7 @@ def trained(stack: dict[str, Any]) -> dict[str, Any]:
     return {"run_id": run_id, "output": res.stdout + res.stderr}
 
 
+@pytest.mark.e2e
 def test_training_dag_leaves_a_registered_model_serving(trained: dict[str, Any]) -> None:
     from relay.lake import RAW_ORDERS, Lake
     from relay.registry import Registry
@@ -291,6 +293,7 @@ def test_training_dag_leaves_a_registered_model_serving(trained: dict[str, Any])
     assert 1 < answer["predictions"][0]["eta_minutes"] < 300
 
 
+@pytest.mark.e2e
 def test_serve_cli_reports_what_the_dag_deployed(trained: dict[str, Any]) -> None:
     """`relay serve status` joins the running cluster and shows the split and live metrics."""
     from relay.registry import Registry
@@ -371,6 +374,7 @@ def _monitor(at: dt.datetime) -> tuple[str, dict[str, str], str]:
     return run_id, _task_states("eta_monitoring", run_id), res.stdout + res.stderr
 
 
+@pytest.mark.e2e
 def test_monitoring_on_clean_traffic_does_nothing(trained: dict[str, Any]) -> None:
     from relay.registry import Registry
 
@@ -388,6 +392,7 @@ def test_monitoring_on_clean_traffic_does_nothing(trained: dict[str, Any]) -> No
     assert Path(report.group(1)).stat().st_size > 100_000
 
 
+@pytest.mark.e2e
 def test_monitoring_on_drifted_traffic_triggers_training(trained: dict[str, Any]) -> None:
     from relay.registry import Registry
 
@@ -431,6 +436,7 @@ def _bad_copy_of(version_id: str, home: Path) -> str:
     return version.id
 
 
+@pytest.mark.e2e
 def test_monitoring_rolls_back_a_degraded_production_model(
     stack: dict[str, Any], trained: dict[str, Any]
 ) -> None:
@@ -456,6 +462,7 @@ def test_monitoring_rolls_back_a_degraded_production_model(
 # --- Airflow's REST API on PostgreSQL ----------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_rest_api_trigger_on_postgresql(stack: dict[str, Any], trained: dict[str, Any]) -> None:
     """The full Airflow (api-server, scheduler, dag-processor, triggerer) on PostgreSQL; a run
     triggered through the REST API as the UI does it."""
