@@ -3,8 +3,8 @@ a Ray cluster started like ``make up`` starts it (Jobs API, Serve), the lake and
 
 One module-scoped stack: a Ray head (``ray start``, stopped by its process group) and an Airflow
 home on SQLite. The DAG integrity and operator tests run in ``make test``; the closed loop
-(marked ``e2e``, ~15 min on 2 cores) runs with ``make e2e``. ``eta_training`` runs once end to end; the monitoring and rollback tests then
-work on the model it left serving.
+(marked ``e2e``, ~15 min on 2 cores) runs with ``make e2e``. ``eta_training`` runs once end to
+end; the monitoring and rollback tests then work on the model it left serving.
 """
 
 from __future__ import annotations
