@@ -81,15 +81,9 @@ def _run_and_wait(
 def _wait_run(
     client: Any, dag_id: str, run_id: str, emit: Callable[[str], None], timeout_s: float
 ) -> tuple[str, dict[str, str]]:
-    shown: dict[str, str] = {}
+    from relay.stack import task_progress
 
-    def progress(states: dict[str, str]) -> None:
-        for task, state in states.items():
-            if state in ("success", "failed", "skipped") and shown.get(task) != state:
-                emit(f"  {dag_id}.{task}: {state}")
-                shown[task] = state
-
-    state = client.wait(dag_id, run_id, timeout_s, progress)
+    state = client.wait(dag_id, run_id, timeout_s, task_progress(emit, dag_id))
     return state, client.task_states(dag_id, run_id)
 
 

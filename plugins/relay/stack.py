@@ -333,6 +333,20 @@ class AirflowAPI:
         raise TimeoutError(f"{dag_id} run {run_id} still running after {timeout_s:.0f} s")
 
 
+def task_progress(emit: Callable[[str], None], dag_id: str) -> Callable[[dict[str, str]], None]:
+    """An ``on_change`` for :meth:`AirflowAPI.wait` that prints each task once it ends."""
+    shown: dict[str, str] = {}
+    ended = ("success", "failed", "skipped", "upstream_failed")
+
+    def progress(states: dict[str, str]) -> None:
+        for task, state in states.items():
+            if state in ended and shown.get(task) != state:
+                emit(f"  {dag_id}.{task}: {state}")
+                shown[task] = state
+
+    return progress
+
+
 def api(settings: Settings | None = None) -> AirflowAPI:
     s = settings or get_settings()
     return AirflowAPI(s.airflow.api_url, ADMIN_USER, admin_password(s))
@@ -389,16 +403,7 @@ def up(
         client.unpause("eta_training")
         run_id = client.trigger("eta_training", first_run_conf(dt.datetime.now(dt.UTC).date()))
         emit(f"eta_training {run_id} triggered; waiting (progress in the Airflow UI) ...")
-        shown: dict[str, str] = {}
-
-        def progress(states: dict[str, str]) -> None:
-            for task, state in states.items():
-                if (
-                    state in ("success", "failed", "skipped", "upstream_failed")
-                    and shown.get(task) != state
-                ):
-                    emit(f"  {task}: {state}")
-                    shown[task] = state
+        progress = task_progress(emit, "eta_training")
 
         info["first_run"] = run_id
         info["first_run_state"] = client.wait("eta_training", run_id, timeout_s, progress)
