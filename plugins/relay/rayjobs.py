@@ -101,9 +101,20 @@ def client(settings: Settings | None = None) -> Any:
     from ray.job_submission import JobSubmissionClient
 
     s = settings or get_settings()
+    return JobSubmissionClient(s.ray.dashboard_url, headers=auth_headers() or None)
+
+
+def auth_headers() -> dict[str, str]:
+    """Ray's token header, for clusters with token auth: ``RAY_AUTH_TOKEN``, the file in
+    ``RAY_AUTH_TOKEN_PATH``, or ``~/.ray/auth_token`` (``ray start`` turns auth on if it exists).
+    """
+    from pathlib import Path
+
     token = os.environ.get("RAY_AUTH_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-    return JobSubmissionClient(s.ray.dashboard_url, headers=headers)
+    if not token:
+        path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+        token = path.read_text().strip() if path.is_file() else ""
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def submit(spec: JobSpec, settings: Settings | None = None, job_client: Any = None) -> str:

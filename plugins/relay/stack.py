@@ -212,8 +212,9 @@ def wait_until(
     raise TimeoutError(f"{what} not ready after {timeout_s:.0f} s")
 
 
-def _http_ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310, loopback URLs from settings
+def _http_ok(url: str, headers: Mapping[str, str] | None = None) -> bool:
+    req = urllib.request.Request(url, headers=dict(headers or {}))  # noqa: S310, loopback URLs
+    with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310, loopback URLs from settings
         return bool(resp.status == 200)
 
 
@@ -237,7 +238,10 @@ def start_ray(settings: Settings | None = None) -> int:
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**HAPROXY_ENV, "RELAY_HOME": str(s.home), "PATH": path}
     pid = start_process("ray", argv, env, s, daemonizes=True)
-    wait_until(lambda: _http_ok(f"{s.ray.dashboard_url}/api/version"), "Ray dashboard", 180)
+    from relay.rayjobs import auth_headers
+
+    url = f"{s.ray.dashboard_url}/api/version"
+    wait_until(lambda: _http_ok(url, auth_headers()), "Ray dashboard", 180)
     return pid
 
 
