@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.sdk import Asset, Param, dag, task
+from airflow.timetables.interval import CronDataIntervalTimetable
 
 from relay.airflow.operators import RayJobOperator
 
@@ -33,7 +34,9 @@ def _pipeline():  # type: ignore[no-untyped-def]
 
 @dag(
     dag_id="eta_training",
-    schedule="@daily",
+    # A data interval of [D, D+1) run after midnight: plain "@daily" is a trigger timetable in
+    # Airflow 3, whose runs have an empty interval at midnight and would cover the new day.
+    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
     start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,

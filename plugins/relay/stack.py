@@ -293,10 +293,13 @@ class AirflowAPI:
     def unpause(self, dag_id: str) -> Any:
         return self._call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
 
-    def trigger(self, dag_id: str, conf: Mapping[str, Any]) -> str:
-        run = self._call(
-            "POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": dict(conf)}
-        )
+    def trigger(
+        self, dag_id: str, conf: Mapping[str, Any], slot: Mapping[str, str] | None = None
+    ) -> str:
+        """Trigger a run; with ``slot`` (its ``logical_date`` and data interval) in place of
+        the scheduled run for that slot."""
+        body = {"logical_date": None, **(slot or {}), "conf": dict(conf)}
+        run = self._call("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
         return str(run["dag_run_id"])
 
     def run_state(self, dag_id: str, run_id: str) -> str:
@@ -403,13 +406,59 @@ def up(
     for dag_id in ("eta_training", "eta_monitoring", "eta_rollback"):
         wait_for_dag(client, dag_id)
     info: dict[str, Any] = {"airflow": s.airflow.api_url, "ray": s.ray.dashboard_url}
-    if first_run:
+    from relay.registry import Registry
+
+    production = Registry(s).stage_version("production")
+    if production is not None:
+        # A restarted stack: serve what was in production instead of training again.
+        emit(f"production is {production.id}: serving it again ...")
+        info["restored"] = restore_serving(production.id, s, emit)
+    elif first_run:
+        # The first run takes the schedule's pending slot (yesterday's interval), triggered
+        # while the DAG is still paused: unpausing would otherwise start a scheduled run for
+        # that interval first, and the two would train on the same days one after the other.
+        # With the slot's data interval too: the scheduler then moves on to the next slot.
+        conf = first_run_conf(dt.datetime.now(dt.UTC).date())
+        run_id = client.trigger("eta_training", conf, next_slot(client, "eta_training"))
         client.unpause("eta_training")
-        run_id = client.trigger("eta_training", first_run_conf(dt.datetime.now(dt.UTC).date()))
         emit(f"eta_training {run_id} triggered; waiting (progress in the Airflow UI) ...")
         progress = task_progress(emit, "eta_training")
 
         info["first_run"] = run_id
         info["first_run_state"] = client.wait("eta_training", run_id, timeout_s, progress)
+    client.unpause("eta_training")
     client.unpause("eta_monitoring")
     return info
+
+
+def next_slot(client: AirflowAPI, dag_id: str) -> dict[str, str] | None:
+    """The logical date and data interval of the DAG's next scheduled run (None: none)."""
+    dag = client.get(f"/api/v2/dags/{dag_id}")
+    keys = {
+        "logical_date": "next_dagrun_logical_date",
+        "data_interval_start": "next_dagrun_data_interval_start",
+        "data_interval_end": "next_dagrun_data_interval_end",
+    }
+    slot = {k: dag.get(v) for k, v in keys.items()}
+    return slot if all(slot.values()) else None
+
+
+def restore_serving(
+    version: str, settings: Settings | None = None, emit: Callable[[str], None] = print
+) -> str:
+    """Deploy ``version`` with all traffic through a Ray job (as ``eta_rollback`` does)."""
+    from relay import rayjobs
+
+    s = settings or get_settings()
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    spec = rayjobs.JobSpec(
+        entrypoint=f"python -m ray_jobs.rollout restore --version {version}",
+        submission_id=rayjobs.submission_id("stack-up-restore", version, stamp),
+        env_vars={"RELAY_RESTORE_REASON": "stack restarted: serving production again"},
+        metadata={"relay": "stack up"},
+    )
+    c = rayjobs.client(s)
+    job_id = rayjobs.submit(spec, s, c)
+    rayjobs.follow(job_id, c, lambda line: None, timeout_s=600)
+    emit(f"  Ray job {job_id}: {version} serving")
+    return version

@@ -176,6 +176,18 @@ print(json.dumps({"parse_s": out, "heavy": heavy}))
     training = bag.dags["eta_training"]
     assert {"tune", "train"} <= {t.task_id for t in training.tasks if t.pool == "ray_gpu"}
     assert set(training.params) >= {"start_date", "skip_tuning", "tune_trials", "force_deploy"}
+    # The scheduled run (catchup off) learns from the day that just ended, not the new one.
+    from relay.pipeline import run_days
+
+    info = training.timetable.next_dagrun_info(
+        last_automated_data_interval=None,
+        restriction=SimpleNamespace(earliest=None, latest=None, catchup=False),
+    )
+    assert info is not None
+    today = dt.datetime.now(dt.UTC).date()
+    if info.run_after.date() == today:  # not racing midnight
+        interval = info.data_interval
+        assert run_days(None, None, interval.start, interval.end) == [today - dt.timedelta(days=1)]
 
 
 # --- The Ray job operator ----------------------------------------------------------------------
