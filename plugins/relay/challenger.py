@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from relay.errors import RelayError
-from relay.evaluation import Evaluation, evaluate, write_report
+from relay.evaluation import Evaluation, evaluate, paired_slice_se, write_report
 from relay.gates import GateVerdict, decide
 from relay.model.bundle import ModelBundle
 from relay.model.preprocess import DISTANCE, HASHED, LABEL, NUMERIC, VOCAB, WEATHER
@@ -119,11 +119,13 @@ def evaluate_challenger(
     ev_challenger = evaluate(model, ours_id, frame, ours, min_rows=min_rows)
     ev_champion: Evaluation | None = None
     theirs: np.ndarray | None = None
+    paired = None
     if champion is not None:
         theirs_id = champion_version or champion.source or None
         theirs = _predict(champion, frame, theirs_id or "champion", "champion")
         ev_champion = evaluate(model, theirs_id, frame, theirs, min_rows=min_rows)
-    verdict = decide(ev_challenger, ev_champion, s.gate)
+        paired = paired_slice_se(frame, frame[LABEL].to_numpy(dtype=float), ours, theirs)
+    verdict = decide(ev_challenger, ev_champion, s.gate, paired)
     report = write_report(
         report_path,
         ev_challenger,

@@ -11,11 +11,17 @@ Rules:
   ``min_improvement``, and on every slice value that both evaluated on at least
   ``min_slice_rows`` orders, the challenger's MAE may be at most ``slice_margin`` worse.
   A model that wins on average by getting one zone badly wrong is rejected.
+* with the paired standard errors of the slices (both models on the same orders,
+  :func:`relay.evaluation.paired_slice_se`), a slice fails only when its excess over the margin
+  is more than ``slice_significance_z`` standard errors: forty slices of a few hundred orders
+  each always hold a few that look 5% worse by chance, and rejecting on those would reject
+  every retrain.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -58,7 +64,10 @@ class GateVerdict:
 
 
 def decide(
-    challenger: Evaluation, champion: Evaluation | None, settings: GateSettings
+    challenger: Evaluation,
+    champion: Evaluation | None,
+    settings: GateSettings,
+    paired_se: Mapping[str, Mapping[str, float]] | None = None,
 ) -> GateVerdict:
     """Judge a challenger against the absolute bars and, if there is one, the champion.
 
@@ -66,6 +75,9 @@ def decide(
         challenger: the new model's evaluation.
         champion: the serving model's evaluation on the same data, or None for a first model.
         settings: the gate's thresholds (``Settings.gate``).
+        paired_se: slice name -> value -> standard error of the MAE difference on the same
+            rows; without it (or with ``slice_significance_z`` 0) any excess over the margin
+            fails.
 
     Returns:
         The verdict; it passes only if every check passes.
@@ -76,7 +88,7 @@ def decide(
         checks.append((True, "no champion: first model, judged by the absolute bars only"))
     else:
         checks.append(_improvement_check(challenger, champion, settings))
-        slice_checks, at_fault = _slice_checks(challenger, champion, settings)
+        slice_checks, at_fault = _slice_checks(challenger, champion, settings, paired_se or {})
         checks += slice_checks
     return GateVerdict(
         passed=all(ok for ok, _ in checks),
@@ -122,11 +134,15 @@ def _improvement_check(
 
 
 def _slice_checks(
-    challenger: Evaluation, champion: Evaluation, s: GateSettings
+    challenger: Evaluation,
+    champion: Evaluation,
+    s: GateSettings,
+    paired_se: Mapping[str, Mapping[str, float]],
 ) -> tuple[list[tuple[bool, str]], list[str]]:
     checks: list[tuple[bool, str]] = []
     at_fault: list[str] = []
     skipped = 0
+    z = s.slice_significance_z
     for name, values in challenger.slices.items():
         theirs = champion.slices.get(name, {})
         for value, mine in values.items():
@@ -136,15 +152,21 @@ def _slice_checks(
                 skipped += 1
                 continue
             change = _relative_change(mine.mae, other.mae)
-            ok = mine.mae <= other.mae * (1 + s.slice_margin)
+            excess = mine.mae - other.mae * (1 + s.slice_margin)
+            se = paired_se.get(name, {}).get(value)
             where = f"{name}={value}"
-            checks.append(
-                (
-                    ok,
-                    f"{where}: MAE {mine.mae:.2f} vs champion {other.mae:.2f} "
-                    f"({change:+.1%} {'≤' if ok else '>'} {s.slice_margin:.1%})",
-                )
+            msg = (
+                f"{where}: MAE {mine.mae:.2f} vs champion {other.mae:.2f} "
+                f"({change:+.1%} {'≤' if excess <= 0 else '>'} {s.slice_margin:.1%}"
             )
+            if excess <= 0 or se is None or z <= 0:
+                ok = excess <= 0
+                msg += ")"
+            else:
+                ok = excess <= z * se
+                verdict = "within noise" if ok else "beyond noise"
+                msg += f"; excess {excess:.2f} min {verdict}: {z:g} × SE {se:.2f})"
+            checks.append((ok, msg))
             if not ok:
                 at_fault.append(where)
     if skipped:

@@ -121,6 +121,9 @@ class GateSettings(BaseModel):
     min_improvement: float = 0.0  # challenger MAE must be below champion MAE minus this
     slice_margin: float = 0.05  # any slice may be at most 5% worse than the champion's
     min_slice_rows: int = 50
+    # One-sided z: a slice fails only when its MAE beyond the margin is this many standard
+    # errors of the paired difference (1.645: 95% sure it is worse, not noise); 0: any excess.
+    slice_significance_z: float = Field(1.645, ge=0)
 
 
 class RolloutSettings(BaseModel):

@@ -93,6 +93,59 @@ def test_slice_reason_names_the_slice_and_the_margin():
     assert "PASS: zone_id=Z008: MAE 6.10 vs champion 6.00 (+1.7% ≤ 5.0%)" in verdict.reasons
 
 
+def test_a_slice_regression_within_paired_noise_passes():
+    champion = _eval("1", 7.0, {"Z007": (4.00, 300)})
+    challenger = _eval("2", 6.5, {"Z007": (4.40, 300)})  # +10%: 0.20 min past the 5% margin
+    noisy = decide(challenger, champion, SETTINGS, {"zone_id": {"Z007": 0.15}})
+    assert noisy.passed, noisy.summary()
+    assert (
+        "PASS: zone_id=Z007: MAE 4.40 vs champion 4.00 (+10.0% > 5.0%; "
+        "excess 0.20 min within noise: 1.645 × SE 0.15)"
+    ) in noisy.reasons
+    # The same excess measured precisely is a real regression.
+    sharp = decide(challenger, champion, SETTINGS, {"zone_id": {"Z007": 0.05}})
+    assert sharp.slices_at_fault == ["zone_id=Z007"]
+    assert "beyond noise" in sharp.failures[0]
+    # z = 0 turns the noise allowance off.
+    strict = GateSettings(slice_significance_z=0)
+    assert not decide(challenger, champion, strict, {"zone_id": {"Z007": 0.15}}).passed
+
+
+def test_paired_noise_keeps_a_retrained_twin_and_still_catches_a_broken_zone():
+    from relay.evaluation import paired_slice_se
+
+    # Thirty zones of ~200 orders: two fits of one model differ by chance in a few of them.
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "zone_id": rng.choice([f"Z{i:03d}" for i in range(30)], size=N),
+            "hour": rng.integers(0, 24, size=N),
+            "zone_weather": rng.choice(["clear", "rain"], size=N),
+            "delivery_minutes": rng.gamma(6.0, 5.0, size=N),
+        }
+    )
+    true = frame["delivery_minutes"].to_numpy()
+    base = true + rng.normal(0, 3.5, N)  # what both fits get right and wrong alike
+    first = base + rng.normal(0, 2.0, N)
+    second = base + rng.normal(0, 2.0, N)
+    second -= 0.1 * np.sign(second - true)  # slightly better everywhere
+    champion = evaluate("eta_mlp", "1", frame, first)
+    twin = evaluate("eta_mlp", "2", frame, second)
+
+    strict = decide(twin, champion, GateSettings(slice_significance_z=0))
+    assert not strict.passed and strict.slices_at_fault  # chance alone fails a few zones
+    se = paired_slice_se(frame, true, second, first)
+    assert set(se) == {"zone_id", "hour_band", "weather"}
+    verdict = decide(twin, champion, SETTINGS, se)
+    assert verdict.passed, verdict.summary()
+
+    worse = second + 1.0 * np.sign(second - true)  # every error a minute larger
+    broken = np.where(frame["zone_id"] == "Z003", worse, second)
+    ev = evaluate("eta_mlp", "3", frame, broken)
+    verdict = decide(ev, champion, SETTINGS, paired_slice_se(frame, true, broken, first))
+    assert verdict.slices_at_fault == ["zone_id=Z003"], verdict.summary()
+
+
 def test_thin_or_unshared_slices_are_not_judged():
     champion = _eval("1", 7.0, {"Z001": (5.0, 500), "Z002": (5.0, 20), "Z003": (5.0, 500)})
     challenger = _eval("2", 6.5, {"Z001": (5.0, 500), "Z002": (50.0, 20), "Z004": (50.0, 500)})

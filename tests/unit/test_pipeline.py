@@ -117,7 +117,7 @@ def test_training_conf_covers_the_day_before_end():
         "reason": "drift in zone_weather",
         "start_date": "2026-11-20",
         "end_date": "2026-11-20",
-        "skip_tuning": False,
+        "skip_tuning": True,
     }
 
 
