@@ -106,6 +106,24 @@ class ETAModel:
         )
         self.predict_batch.set_max_batch_size(max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        # Serve sends traffic only once __init__ returns: pay the first online-store read
+        # (connection, registry) and the first forward pass here, not on a canary's first
+        # requests, where a 1 s outlier would be judged as the version's P99.
+        from relay.api_models import Order, feature_row
+
+        order = Order(
+            order_id="warm-up",
+            courier_id="warm-up",
+            merchant_id="warm-up",
+            zone_id="warm-up",
+            distance_km=1.0,
+        )
+        rows = [feature_row(order, dt.datetime.now(dt.UTC))]
+        for _ in range(2):
+            self.bundle.predict(self.features.read(rows))
 
     async def predict(self, rows: list[dict[str, Any]], request_id: str) -> list[dict[str, Any]]:
         return await self.predict_batch((rows, request_id))

@@ -12,6 +12,7 @@ becomes Degraded with the failing checks as the reason.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import time
@@ -79,16 +80,29 @@ def _windows(
     metrics: Mapping[str, Any], versions: list[str], now: float
 ) -> dict[str, VersionWindow]:
     out = {}
+    seen = [window_from_dict(d) for d in metrics.values() if isinstance(d, Mapping) and d]
     for v in versions:
         data = metrics.get(v)
-        out[v] = window_from_dict(data) if data else VersionWindow(version=v, since=now, until=now)
+        if data:
+            out[v] = window_from_dict(data)
+        elif seen:
+            # Not observed yet (a candidate just deployed): empty counters on the router's
+            # clock, so the step's later snapshot diffs against them over the step alone.
+            out[v] = VersionWindow(version=v, since=seen[0].since, until=seen[0].until)
+        else:
+            out[v] = VersionWindow(version=v, since=now, until=now)
     return out
 
 
 def _step_window(later: VersionWindow, earlier: VersionWindow) -> VersionWindow:
-    if later.since != earlier.since:  # counters restarted (a router replica restarted)
-        return later
-    return diff(later, earlier)
+    """What ``later`` counted since the step began (``earlier``, its first snapshot)."""
+    if later.since == earlier.since and later.until >= earlier.until:
+        return diff(later, earlier)
+    if earlier.requests == 0 and later.since <= earlier.until <= later.until:
+        # Nothing was counted when the step began (a candidate just deployed): all of
+        # ``later`` fell within the step, so its rates are over the step, not the router's life.
+        return dataclasses.replace(later, since=earlier.until, first_observed=None)
+    return later  # counters restarted (a router replica restarted)
 
 
 def deploy_stable(

@@ -212,6 +212,13 @@ def _p99_check(c: VersionWindow, s: RolloutSettings) -> tuple[Check, bool, str]:
     p99 = c.p99_ms
     if p99 is None:
         return Check.P99_LATENCY, True, "P99 latency: no requests in the window, not judged"
+    if c.requests < s.min_requests:
+        # The P99 of a handful of requests is their slowest one: one outlier is not a trend.
+        return (
+            Check.P99_LATENCY,
+            True,
+            f"P99 latency: {c.requests} requests < min {s.min_requests}, not judged yet",
+        )
     ok = p99 <= s.max_p99_ms
     return (
         Check.P99_LATENCY,

@@ -55,6 +55,7 @@ class FakeEndpoint:
         self.deployed: list[str] = []
         self.splits: list[TrafficSplit] = []
         self.counts: dict[str, list[float]] = {}  # version → [requests, errors]
+        self.hide_unobserved = False  # like the router: a version shows once it served
         self._last = clock()
 
     def _advance(self) -> None:
@@ -86,6 +87,8 @@ class FakeEndpoint:
         out = {}
         for version, (requests, errors) in self.counts.items():
             n = int(requests)
+            if n == 0 and self.hide_unobserved:
+                continue
             counts = [0] * (len(LATENCY_BUCKETS_MS) + 1)
             counts[LATENCY_BUCKET] = n
             window = VersionWindow(
@@ -263,6 +266,17 @@ def test_healthy_candidate_walks_every_step_and_is_promoted(world):
     assert any(line.startswith("PROMOTED") for line in emitted)
     # Each step lasted about step_duration_s on the fake clock; nothing waited for real.
     assert len(STEPS) * w.s.rollout.step_duration_s <= w.clock.t <= len(STEPS) * 7
+
+
+def test_a_candidate_unseen_when_its_step_began_is_judged_over_the_step(world):
+    # The router has served the stable version for a long time and lists a version only once
+    # it answered a request: the candidate's rates must be over the step, not the router's life.
+    w = world
+    w.ep.hide_unobserved = True
+    w.clock.t += 3600
+    out, _ = w.rollout(w.candidate)
+    assert out.outcome == "promoted", out.steps
+    assert all(st["failed_checks"] == [] for st in out.steps)
 
 
 def test_candidate_with_errors_is_rolled_back_at_the_first_step(world):

@@ -81,6 +81,19 @@ def test_rolls_back_on_error_rate():
     _only_failure(verdict, "error_rate", "error rate 2.00%")
 
 
+def test_p99_of_too_few_requests_is_not_judged_but_errors_are():
+    # One cold request at 995 ms is the whole "P99" of a one-request window: hold, not roll back.
+    cand = _window("v2", 5, slow=1, slow_ms=995.0, seconds=30.0)
+    stable = _window("v1", 495, seconds=30.0)
+    verdict = decide(cand, stable, SETTINGS, step_share=0.01, healthy_for_s=1.0)
+    assert verdict.action is Action.HOLD, verdict.summary()
+    assert "p99_latency" not in verdict.failed_checks
+    assert any("P99 latency: 5 requests < min" in r for r in verdict.reasons)
+    failing = _window("v2", 5, errors=1, seconds=30.0)
+    verdict = decide(failing, stable, SETTINGS, step_share=0.01, healthy_for_s=1.0)
+    assert verdict.action is Action.ROLLBACK and "error_rate" in verdict.failed_checks
+
+
 def test_rolls_back_on_p99_latency():
     cand, stable = _pair(0.10, slow=30)  # 5% at 400 ms: P99 in (300, 500]
     assert cand.p50_ms is not None and cand.p50_ms < 30
