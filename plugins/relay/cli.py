@@ -608,6 +608,7 @@ def replay(
     concurrency: Annotated[
         int | None, typer.Option(min=1, help="Requests in flight at most (default rate/10, 4..64)")
     ] = None,
+    skip: Annotated[int, typer.Option(min=0, help="Start after the day's first SKIP orders")] = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """Replay a day's orders against the ETA endpoint at --rate requests/s, then land their
@@ -629,6 +630,7 @@ def replay(
             url=url,
             label_delay_s=label_delay,
             actuals_date=actuals_date.date() if actuals_date else None,
+            skip=skip,
             **bounds,
         )
     )

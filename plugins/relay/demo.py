@@ -32,17 +32,27 @@ class Traffic:
     """Replays a day's orders to the endpoint in a background thread until stopped."""
 
     def __init__(
-        self, day: dt.date, scenario: str | None, rate: float, emit: Callable[[str], None]
+        self,
+        day: dt.date,
+        scenario: str | None,
+        rate: float,
+        emit: Callable[[str], None],
+        start: int = 0,
     ):
         self.day, self.scenario, self.rate, self.emit = day, scenario, rate, emit
+        self.start = start
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.sent = 0
 
     def _run(self) -> None:
-        from relay.replay import ReplayConfig, replay
+        from relay.replay import ReplayConfig, load_orders, replay
 
+        day_orders = len(load_orders(self.day, self.scenario)[0])
+        skip = self.start % day_orders
         while not self._stop.is_set():
+            # Move through the day: the split hashes order ids, so replaying the same few
+            # hundred orders again would send a 1% canary the same handful every time.
             cfg = ReplayConfig(
                 date=self.day,
                 rate=self.rate,
@@ -50,9 +60,12 @@ class Traffic:
                 max_orders=int(self.rate * 20),
                 max_seconds=20,
                 label_delay_s=2.0,
+                skip=skip,
             )
             try:
-                self.sent += replay(cfg).orders_answered
+                res = replay(cfg)
+                self.sent += res.orders_answered
+                skip = (skip + max(1, res.orders_sent)) % day_orders
             except Exception as exc:  # the endpoint may be between deployments; keep going
                 self.emit(f"  (traffic paused: {exc})")
                 self._stop.wait(2)
@@ -139,12 +152,13 @@ def play(settings: Settings | None = None, emit: Callable[[str], None] = print) 
     triggered = [r for r in runs if "eta_monitoring" in str((r.get("conf") or {}).get("reason"))]
     retrain_id = max(triggered, key=lambda r: str(r.get("run_after")))["dag_run_id"]
     emit(f"retrain run {retrain_id} triggered by eta_monitoring")
-    with Traffic(yesterday, DRIFT_SCENARIO, 30, emit):
+    with Traffic(yesterday, DRIFT_SCENARIO, 30, emit, start=res.orders_sent):
         state, tasks = _wait_run(client, "eta_training", retrain_id, emit, 3600)
     outcome = _outcome(s, retrain_id)
     emit(f"retrain: {state}; rollout: {outcome.get('outcome')}; stable {outcome.get('stable')}")
     for step in outcome.get("steps", []):
-        emit(f"  step {step['step_share']:.0%}: {step['action']}")
+        failed = ", ".join(step["failed_checks"]) or "all checks passed"
+        emit(f"  step {step['step_share']:.0%}: {step['action']} ({failed})")
     summary["v2"] = outcome.get("version")
     summary["v2_outcome"] = outcome.get("outcome")
 
@@ -165,7 +179,7 @@ def play(settings: Settings | None = None, emit: Callable[[str], None] = print) 
     summary["gate_rejected"] = tasks.get("gate_rejected") == "success"
 
     _stage(emit, 5, "the same bad model forced into canary: live metrics roll it back")
-    with Traffic(yesterday, DRIFT_SCENARIO, 30, emit):
+    with Traffic(yesterday, DRIFT_SCENARIO, 30, emit, start=10_000):
         forced = {**bad_conf, "force_deploy": True, "reason": "demo: bad model forced to canary"}
         run_id = client.trigger("eta_training", forced)
         emit(f"eta_training {run_id}: {forced['reason']}")

@@ -99,6 +99,7 @@ class ReplayConfig:
         concurrency: requests in flight at most; default ``rate / 10`` within 4..64.
         orders_per_day: orders in a generated day; default ``data.orders_per_day`` (what
             ``relay generate`` lands, so the same order ids).
+        skip: start after the day's first ``skip`` orders (a long replay played in parts).
     """
 
     date: dt.date
@@ -113,6 +114,7 @@ class ReplayConfig:
     timeout_s: float = DEFAULT_TIMEOUT_S
     concurrency: int | None = None
     orders_per_day: int | None = None
+    skip: int = 0
 
     def __post_init__(self) -> None:
         problems = []
@@ -130,6 +132,8 @@ class ReplayConfig:
             problems.append(f"timeout_s must be > 0, got {self.timeout_s}")
         if self.concurrency is not None and self.concurrency < 1:
             problems.append(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.skip < 0:
+            problems.append(f"skip must be >= 0, got {self.skip}")
         if problems:
             raise ReplayError("; ".join(problems))
 
@@ -645,6 +649,9 @@ def replay(
     s = settings or get_settings()
     url = require_loopback(config.url or endpoint_url(s))
     orders, source = load_orders(config.date, config.scenario, s, config.orders_per_day)
+    if config.skip >= len(orders):
+        raise ReplayError(f"skip {config.skip} leaves none of the day's {len(orders)} orders")
+    orders = orders.iloc[config.skip :].reset_index(drop=True)
     _preflight(url, config.timeout_s)
     run = _Run(config, url, orders, Lake(s), on_progress)
     stopped, elapsed = run.run()

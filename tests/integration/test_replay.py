@@ -27,7 +27,14 @@ from relay.api_models import Order, OrderBatch
 from relay.cli import app
 from relay.data.scenarios import scenario_batch
 from relay.lake import ACTUALS, Lake
-from relay.replay import EndpointUnreachable, NotLoopback, ReplayConfig, replay, request_chunks
+from relay.replay import (
+    EndpointUnreachable,
+    NotLoopback,
+    ReplayConfig,
+    ReplayError,
+    replay,
+    request_chunks,
+)
 from relay.serving_log import read_actuals
 from relay.settings import Settings, reset_settings
 from relay.traffic import TrafficSplit
@@ -186,6 +193,17 @@ def test_replay_counts_paces_and_lands_one_label_per_answer(endpoint, settings):
     truth = day.set_index("order_id").loc[labels["order_id"]]
     assert np.allclose(labels["actual_minutes"], truth["delivery_minutes"])
     assert (labels["delivered_at"].to_numpy() == truth["delivered_at"].to_numpy()).all()
+
+
+def test_skip_starts_later_in_the_day(endpoint, settings):
+    before = len(endpoint.requests)
+    cfg = ReplayConfig(date=DAY, rate=200, max_orders=30, skip=500, url=endpoint.url)
+    result = replay(cfg, settings)
+    assert result.orders_sent == 30
+    sent = sorted(o for _, ids, _, _ in endpoint.requests[before:] for o in ids)
+    assert sent == sorted(_day().iloc[500:530]["order_id"])
+    with pytest.raises(ReplayError, match="skip"):
+        replay(ReplayConfig(date=DAY, rate=200, skip=10**9, url=endpoint.url), settings)
 
 
 def test_batches_under_a_drift_land_labels_in_the_partition_asked_for(endpoint, settings):

@@ -155,6 +155,7 @@ def test_request_chunks_cover_every_order_once_in_order():
         ({"rate": 5, "batch": 257}, "batch"),
         ({"rate": 5, "label_delay_s": -1}, "label_delay_s"),
         ({"rate": 5, "concurrency": 0}, "concurrency"),
+        ({"rate": 5, "skip": -1}, "skip"),
     ],
 )
 def test_config_refuses_unbounded_or_nonsense_values(kwargs, message):
