@@ -40,6 +40,8 @@ from relay.serving_metrics import VersionWindow
 from relay.settings import RolloutSettings
 
 _STATUS = {True: "PASS", False: "FAIL"}
+#: A P99 over the bar rolls back when chance would give that many slow requests this rarely.
+P99_ALPHA = 0.01
 _EPS = 1e-9
 
 #: The default canary steps (shares of traffic), as in :class:`RolloutSettings`.
@@ -212,19 +214,35 @@ def _p99_check(c: VersionWindow, s: RolloutSettings) -> tuple[Check, bool, str]:
     p99 = c.p99_ms
     if p99 is None:
         return Check.P99_LATENCY, True, "P99 latency: no requests in the window, not judged"
-    if c.requests < s.min_requests:
-        # The P99 of a handful of requests is their slowest one: one outlier is not a trend.
-        return (
-            Check.P99_LATENCY,
-            True,
-            f"P99 latency: {c.requests} requests < min {s.min_requests}, not judged yet",
-        )
-    ok = p99 <= s.max_p99_ms
+    if p99 <= s.max_p99_ms:
+        return Check.P99_LATENCY, True, f"P99 latency {p99:.1f} ms ≤ max {s.max_p99_ms:.1f} ms"
+    # Over the bar: is it the version, or chance? Were its true P99 at the bar, the requests
+    # slower than it would be Binomial(n, 1%); the P99 of ten requests is their slowest one.
+    slow = c.requests_slower_than(s.max_p99_ms)
+    chance = binomial_tail(slow, c.requests, 0.01)
+    ok = chance >= P99_ALPHA
     return (
         Check.P99_LATENCY,
         ok,
-        f"P99 latency {p99:.1f} ms {'≤' if ok else '>'} max {s.max_p99_ms:.1f} ms",
+        f"P99 latency {p99:.1f} ms > max {s.max_p99_ms:.1f} ms: {slow} of {c.requests} requests "
+        f"slower, {'within' if ok else 'beyond'} chance (p={chance:.3g}, "
+        f"{'≥' if ok else '<'} {P99_ALPHA:g})",
     )
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X ≥ k) for X ~ Binomial(n, p)."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    below = sum(
+        math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+                 + i * log_p + (n - i) * log_q)
+        for i in range(k)
+    )  # fmt: skip
+    return max(0.0, 1.0 - below)
 
 
 def _quality_check(q: QualityWindow | None, s: RolloutSettings) -> tuple[Check, bool, str]:

@@ -121,6 +121,20 @@ class VersionWindow:
         n = self.observed_prediction_values
         return self.prediction_sum / n if n else None
 
+    def requests_slower_than(self, ms: float) -> int:
+        """Requests slower than ``ms``, from the histogram (a bucket that straddles ``ms``
+        counts in proportion to its part above it)."""
+        slower = 0.0
+        lower = 0.0
+        for i, n in enumerate(self.latency_counts):
+            upper = self.latency_bounds[i] if i < len(self.latency_bounds) else math.inf
+            if lower >= ms:
+                slower += n
+            elif upper > ms and n:
+                slower += n if math.isinf(upper) else n * (upper - ms) / (upper - lower)
+            lower = upper
+        return round(slower)
+
     def latency_quantile(self, q: float) -> float | None:
         """Latency quantile ``q`` in [0, 1] (ms), interpolated within its bucket."""
         return _quantile(q, self.latency_bounds, self.latency_counts)

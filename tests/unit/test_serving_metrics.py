@@ -74,6 +74,17 @@ def test_percentiles_interpolate_within_the_bucket(metrics):
     assert w.latency_quantile(0.0) == 0.0
 
 
+def test_requests_slower_than_a_latency(metrics):
+    for ms in (10.0, 90.0, 120.0, 180.0, 2000.0):
+        metrics.observe("v1", ms, 1, None)
+    w = metrics.snapshot()["v1"]
+    assert w.requests_slower_than(100.0) == 3  # a bucket edge: exact
+    assert w.requests_slower_than(5000.0) == 1  # the +Inf bucket has no upper edge
+    assert w.requests_slower_than(0.0) == 5
+    # 175 ms sits inside the 150-200 bucket: half of its one request counts (rounded).
+    assert w.requests_slower_than(175.0) in (1, 2)
+
+
 def test_percentiles_on_two_clusters(metrics):
     for _ in range(50):
         metrics.observe("v1", 15.0, 1, None)  # bucket (10, 20]
