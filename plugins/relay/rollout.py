@@ -42,6 +42,8 @@ from relay.settings import RolloutSettings
 _STATUS = {True: "PASS", False: "FAIL"}
 #: A P99 over the bar rolls back when chance would give that many slow requests this rarely.
 P99_ALPHA = 0.01
+#: Requests a window needs before its P99 means anything: a 1% tail holds one in a hundred.
+P99_MIN_REQUESTS = 100
 _EPS = 1e-9
 
 #: The default canary steps (shares of traffic), as in :class:`RolloutSettings`.
@@ -216,6 +218,15 @@ def _p99_check(c: VersionWindow, s: RolloutSettings) -> tuple[Check, bool, str]:
         return Check.P99_LATENCY, True, "P99 latency: no requests in the window, not judged"
     if p99 <= s.max_p99_ms:
         return Check.P99_LATENCY, True, f"P99 latency {p99:.1f} ms ≤ max {s.max_p99_ms:.1f} ms"
+    enough = max(s.min_requests, P99_MIN_REQUESTS)
+    if c.requests < enough:
+        # A share that just grew queues for a moment: a few slow requests of the step's first
+        # second are not the version's P99.
+        return (
+            Check.P99_LATENCY,
+            True,
+            f"P99 latency {p99:.1f} ms over {c.requests} requests < {enough}, not judged yet",
+        )
     # Over the bar: is it the version, or chance? Were its true P99 at the bar, the requests
     # slower than it would be Binomial(n, 1%); the P99 of ten requests is their slowest one.
     slow = c.requests_slower_than(s.max_p99_ms)

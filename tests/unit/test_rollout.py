@@ -81,18 +81,24 @@ def test_rolls_back_on_error_rate():
     _only_failure(verdict, "error_rate", "error rate 2.00%")
 
 
-def test_one_slow_request_of_ten_is_chance_two_are_not():
-    # The "P99" of ten requests is the slowest one: a single 150 ms outlier is what a version
-    # with a true P99 of 100 ms shows one time in ten, two of them one time in 230.
+def test_p99_needs_a_hundred_requests_then_slow_requests_must_be_beyond_chance():
     _, stable = _pair(0.01)
-    one = _window("v2", 10, slow=1, slow_ms=150.0, seconds=30.0)
-    verdict = decide(one, stable, SETTINGS, step_share=0.01, healthy_for_s=1.0)
-    assert "p99_latency" not in verdict.failed_checks, verdict.summary()
-    assert "1 of 10 requests slower, within chance" in verdict.summary()
-    two = _window("v2", 10, slow=2, slow_ms=150.0, seconds=30.0)
-    verdict = decide(two, stable, SETTINGS, step_share=0.01, healthy_for_s=1.0)
-    assert verdict.action is Action.ROLLBACK and "p99_latency" in verdict.failed_checks
-    assert "2 of 10 requests slower, beyond chance" in verdict.summary()
+
+    def verdict(n: int, slow: int):
+        cand = _window("v2", n, slow=slow, slow_ms=150.0, seconds=30.0)
+        return decide(cand, stable, SETTINGS, step_share=0.01, healthy_for_s=1.0)
+
+    # Three slow of the first eight requests after a share grew: not a P99 yet.
+    early = verdict(8, 3)
+    assert "p99_latency" not in early.failed_checks, early.summary()
+    assert "over 8 requests < 100, not judged yet" in early.summary()
+    # Of 200: three slow is what a true P99 of 100 ms gives one time in three; eight is not.
+    chance = verdict(200, 3)
+    assert "p99_latency" not in chance.failed_checks, chance.summary()
+    assert "3 of 200 requests slower, within chance" in chance.summary()
+    slow = verdict(200, 8)
+    assert slow.action is Action.ROLLBACK and "p99_latency" in slow.failed_checks
+    assert "8 of 200 requests slower, beyond chance" in slow.summary()
 
 
 def test_binomial_tail():
