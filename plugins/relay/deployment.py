@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -273,11 +274,13 @@ def live_quality(
     served = served[served["requested_at"] >= since]
     joined = join_actuals(served, actuals)
     err = joined["error_minutes"].abs().groupby(joined["model_version"])
-    mae, counts = err.mean(), err.size()
+    mae, counts, var = err.mean(), err.size(), err.var(ddof=1)
     if candidate not in mae.index or stable not in mae.index:
         return None
+    se = math.sqrt(var[candidate] / counts[candidate] + var[stable] / counts[stable])
     return QualityWindow(
         candidate_mae=float(mae[candidate]),
         stable_mae=float(mae[stable]),
         n_labelled=int(counts[candidate]),
+        diff_se=se if math.isfinite(se) else None,
     )

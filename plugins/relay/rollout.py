@@ -44,6 +44,8 @@ _STATUS = {True: "PASS", False: "FAIL"}
 P99_ALPHA = 0.01
 #: Requests a window needs before its P99 means anything: a 1% tail holds one in a hundred.
 P99_MIN_REQUESTS = 100
+#: One-sided z for a live MAE regression past the margin (2.326: 1% by chance).
+QUALITY_Z = 2.326
 _EPS = 1e-9
 
 #: The default canary steps (shares of traffic), as in :class:`RolloutSettings`.
@@ -82,11 +84,15 @@ class QualityWindow:
         candidate_mae: the candidate's mean absolute error (minutes) on the labelled orders.
         stable_mae: the stable version's MAE over the same period.
         n_labelled: how many of the candidate's predictions have an actual yet.
+        diff_se: standard error of ``candidate_mae - stable_mae`` (the two versions answer
+            different orders: ``sqrt(sd_c²/n_c + sd_s²/n_s)``); None when unknown, and then
+            any regression past the margin fails.
     """
 
     candidate_mae: float
     stable_mae: float
     n_labelled: int
+    diff_se: float | None = None
 
 
 @dataclass(frozen=True)
@@ -266,12 +272,19 @@ def _quality_check(q: QualityWindow | None, s: RolloutSettings) -> tuple[Check, 
             f"quality: {q.n_labelled} labelled < min {s.min_labelled}, not judged",
         )
     change = _relative_change(q.candidate_mae, q.stable_mae)
-    ok = change <= s.max_mae_regression
+    within = change <= s.max_mae_regression
+    excess = q.candidate_mae - q.stable_mae * (1 + s.max_mae_regression)
+    # Ten labelled orders carry a standard error of a minute or more: a regression past the
+    # margin rolls back only when it is also past chance (one-sided, z = QUALITY_Z).
+    ok = within or (q.diff_se is not None and excess <= QUALITY_Z * q.diff_se)
+    noise = ""
+    if not within and q.diff_se is not None:
+        noise = f", {'within' if ok else 'beyond'} noise {QUALITY_Z:g} × SE {q.diff_se:.2f}"
     return (
         Check.QUALITY,
         ok,
         f"quality: MAE {q.candidate_mae:.2f} vs stable {q.stable_mae:.2f} min "
-        f"({change:+.1%} {'≤' if ok else '>'} {s.max_mae_regression:.1%}, "
+        f"({change:+.1%} {'≤' if within else '>'} {s.max_mae_regression:.1%}{noise}, "
         f"{q.n_labelled} labelled)",
     )
 

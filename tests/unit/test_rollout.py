@@ -124,6 +124,20 @@ def test_rolls_back_on_quality():
     _only_failure(verdict, "quality", "quality: MAE 8.80 vs stable 8.00")
 
 
+def test_a_live_quality_regression_within_noise_holds_and_beyond_it_rolls_back():
+    cand, stable = _pair(0.10)
+    # Sixty labelled orders: +6.9% is 0.11 min past the margin, with a standard error of 0.5.
+    noisy = QualityWindow(candidate_mae=5.84, stable_mae=5.46, n_labelled=60, diff_se=0.5)
+    verdict = decide(cand, stable, SETTINGS, step_share=0.10, healthy_for_s=1.0, quality=noisy)
+    assert "quality" not in verdict.failed_checks, verdict.summary()
+    assert "within noise 2.326 × SE 0.50" in verdict.summary()
+    # The bad model of `make demo`: twice the error, measured well enough to be sure.
+    bad = QualityWindow(candidate_mae=11.0, stable_mae=5.4, n_labelled=60, diff_se=0.9)
+    verdict = decide(cand, stable, SETTINGS, step_share=0.10, healthy_for_s=1.0, quality=bad)
+    _only_failure(verdict, "quality", "quality: MAE 11.00 vs stable 5.40")
+    assert "beyond noise" in verdict.summary()
+
+
 def test_quality_within_the_margin_or_too_thin_is_no_reason_to_roll_back():
     cand, stable = _pair(0.10)
     for quality in (
