@@ -180,7 +180,7 @@ def decide(
     s = settings
     checks: list[tuple[Check, bool, str]] = [
         _error_rate_check(candidate, s),
-        _p99_check(candidate, s),
+        _p99_check(candidate, stable, s),
         _quality_check(quality, s),
         _throughput_check(candidate, stable, step_share, s),
         _evidence_check(candidate, s),
@@ -218,7 +218,9 @@ def _error_rate_check(c: VersionWindow, s: RolloutSettings) -> tuple[Check, bool
     )
 
 
-def _p99_check(c: VersionWindow, s: RolloutSettings) -> tuple[Check, bool, str]:
+def _p99_check(
+    c: VersionWindow, stable: VersionWindow, s: RolloutSettings
+) -> tuple[Check, bool, str]:
     p99 = c.p99_ms
     if p99 is None:
         return Check.P99_LATENCY, True, "P99 latency: no requests in the window, not judged"
@@ -233,17 +235,23 @@ def _p99_check(c: VersionWindow, s: RolloutSettings) -> tuple[Check, bool, str]:
             True,
             f"P99 latency {p99:.1f} ms over {c.requests} requests < {enough}, not judged yet",
         )
-    # Over the bar: is it the version, or chance? Were its true P99 at the bar, the requests
-    # slower than it would be Binomial(n, 1%); the P99 of ten requests is their slowest one.
+    # Over the bar: is it the version, or chance, or the platform? Were the candidate as fast
+    # as the bar (1% slower than it) or as the stable version beside it on the same machines,
+    # its slow requests would be Binomial(n, that share): rolling back a version that is no
+    # slower than stable fixes nothing, and the P99 of ten requests is their slowest one.
     slow = c.requests_slower_than(s.max_p99_ms)
-    chance = binomial_tail(slow, c.requests, 0.01)
+    stable_share = (
+        stable.requests_slower_than(s.max_p99_ms) / stable.requests if stable.requests else 0.0
+    )
+    baseline = max(0.01, stable_share)
+    chance = binomial_tail(slow, c.requests, baseline)
     ok = chance >= P99_ALPHA
     return (
         Check.P99_LATENCY,
         ok,
         f"P99 latency {p99:.1f} ms > max {s.max_p99_ms:.1f} ms: {slow} of {c.requests} requests "
-        f"slower, {'within' if ok else 'beyond'} chance (p={chance:.3g}, "
-        f"{'≥' if ok else '<'} {P99_ALPHA:g})",
+        f"slower (stable {stable_share:.1%}), {'within' if ok else 'beyond'} chance "
+        f"(p={chance:.3g}, {'≥' if ok else '<'} {P99_ALPHA:g})",
     )
 
 

@@ -95,10 +95,18 @@ def test_p99_needs_a_hundred_requests_then_slow_requests_must_be_beyond_chance()
     # Of 200: three slow is what a true P99 of 100 ms gives one time in three; eight is not.
     chance = verdict(200, 3)
     assert "p99_latency" not in chance.failed_checks, chance.summary()
-    assert "3 of 200 requests slower, within chance" in chance.summary()
+    assert "3 of 200 requests slower (stable 0.0%), within chance" in chance.summary()
     slow = verdict(200, 8)
     assert slow.action is Action.ROLLBACK and "p99_latency" in slow.failed_checks
-    assert "8 of 200 requests slower, beyond chance" in slow.summary()
+    assert "8 of 200 requests slower (stable 0.0%), beyond chance" in slow.summary()
+    # A machine that is slow for both versions is not the candidate's fault.
+    busy = _window("v1", 2000, slow=80, slow_ms=150.0, seconds=30.0)  # stable: 4% slow
+    cand = _window("v2", 200, slow=8, slow_ms=150.0, seconds=30.0)
+    same = decide(cand, busy, SETTINGS, step_share=0.01, healthy_for_s=1.0)
+    assert "p99_latency" not in same.failed_checks, same.summary()
+    cand = _window("v2", 200, slow=30, slow_ms=150.0, seconds=30.0)  # 15%: its own problem
+    worse = decide(cand, busy, SETTINGS, step_share=0.01, healthy_for_s=1.0)
+    assert "p99_latency" in worse.failed_checks, worse.summary()
 
 
 def test_binomial_tail():
