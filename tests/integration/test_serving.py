@@ -226,7 +226,10 @@ def test_rollback_under_load_loses_no_request_and_stalls_none(served):
         t.join()
     statuses = Counter(s for s, _, _ in results)
     assert statuses == {200: len(results)}, statuses
-    assert max(lat for _, lat, _ in results) < 1.0
+    # A rollback that redeploys the router stalls every request for 4.6 s here; the actor split
+    # must not stall at all. Four client threads on 2 cores alone reach ~1.75 s at worst, so
+    # the bound sits between the two.
+    assert max(lat for _, lat, _ in results) < 3.0
     assert {v for _, _, vs in results[:switched_at] for v in vs} == {served["v1"], served["v2"]}
     assert {v for _, _, vs in results[-20:] for v in vs} == {served["v1"]}
 
