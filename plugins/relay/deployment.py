@@ -175,11 +175,14 @@ def run_rollout(
     ep.deploy_model(version, s)
     steps: list[dict[str, Any]] = []
     share = next_step(0.0, r.steps)
+    reference: VersionWindow | None = None  # stable's last window, for the 100% step
     while share is not None:
         ep.set_traffic(TrafficSplit(stable, version, share), s)
         _mark_serving(reg, version, f"canary at {share:.0%}")
         emit(f"step {share:.0%}: {version} takes {share:.0%} of orders, {stable} the rest")
-        verdict = _judge_step(ep, s, stable, version, share, emit, clock, wait, poll_s)
+        verdict, reference = _judge_step(
+            ep, s, stable, version, share, emit, clock, wait, poll_s, reference
+        )
         steps.append(verdict.to_dict())
         emit(verdict.summary())
         if verdict.action is Action.ROLLBACK:
@@ -207,7 +210,10 @@ def _judge_step(
     clock: Callable[[], float],
     wait: Callable[[float], None],
     poll_s: float,
-) -> RolloutVerdict:
+    reference: VersionWindow | None = None,
+) -> tuple[RolloutVerdict, VersionWindow | None]:
+    """Judge one step until it stops holding; returns the verdict and stable's window over
+    the step (the next step's latency reference when stable takes no traffic in it)."""
     start = clock()
     started_at = dt.datetime.now(dt.UTC)
     first = _windows(ep.live_metrics(s), [stable, candidate], time.time())
@@ -229,6 +235,7 @@ def _judge_step(
             step_share=share,
             healthy_for_s=clock() - healthy_since,
             quality=quality,
+            stable_reference=reference,
         )
         if verdict.action is not last_action:
             emit(
@@ -237,7 +244,7 @@ def _judge_step(
             )
             last_action = verdict.action
         if verdict.action is not Action.HOLD:
-            return verdict
+            return verdict, (stab if stab.requests else reference)
         if clock() - start > s.rollout.step_timeout_s:
             return RolloutVerdict(
                 action=Action.ROLLBACK,
@@ -251,7 +258,7 @@ def _judge_step(
                 failed_checks=[*verdict.failed_checks, "timeout"],
                 candidate=candidate,
                 stable=stable,
-            )
+            ), reference
 
 
 def live_quality(

@@ -153,6 +153,7 @@ def decide(
     step_share: float,
     healthy_for_s: float,
     quality: QualityWindow | None = None,
+    stable_reference: VersionWindow | None = None,
 ) -> RolloutVerdict:
     """Judge the candidate's window at its current step.
 
@@ -163,6 +164,8 @@ def decide(
         step_share: the candidate's traffic share during the window, in (0, 1].
         healthy_for_s: how long the candidate has been healthy at this step, in seconds.
         quality: MAE against actuals for both versions, when labels have arrived.
+        stable_reference: stable's window from the step before, the latency baseline when
+            stable serves nothing in this one (the 100% step).
 
     Returns:
         The verdict: rollback if any rollback rule fails, else hold, advance or promote.
@@ -180,7 +183,7 @@ def decide(
     s = settings
     checks: list[tuple[Check, bool, str]] = [
         _error_rate_check(candidate, s),
-        _p99_check(candidate, stable, s),
+        _p99_check(candidate, stable if stable.requests else stable_reference, s),
         _quality_check(quality, s),
         _throughput_check(candidate, stable, step_share, s),
         _evidence_check(candidate, s),
@@ -219,7 +222,7 @@ def _error_rate_check(c: VersionWindow, s: RolloutSettings) -> tuple[Check, bool
 
 
 def _p99_check(
-    c: VersionWindow, stable: VersionWindow, s: RolloutSettings
+    c: VersionWindow, stable: VersionWindow | None, s: RolloutSettings
 ) -> tuple[Check, bool, str]:
     p99 = c.p99_ms
     if p99 is None:
@@ -240,9 +243,9 @@ def _p99_check(
     # its slow requests would be Binomial(n, that share): rolling back a version that is no
     # slower than stable fixes nothing, and the P99 of ten requests is their slowest one.
     slow = c.requests_slower_than(s.max_p99_ms)
-    stable_share = (
-        stable.requests_slower_than(s.max_p99_ms) / stable.requests if stable.requests else 0.0
-    )
+    stable_share = 0.0
+    if stable is not None and stable.requests:
+        stable_share = stable.requests_slower_than(s.max_p99_ms) / stable.requests
     baseline = max(0.01, stable_share)
     chance = binomial_tail(slow, c.requests, baseline)
     ok = chance >= P99_ALPHA

@@ -109,6 +109,19 @@ def test_p99_needs_a_hundred_requests_then_slow_requests_must_be_beyond_chance()
     assert "p99_latency" in worse.failed_checks, worse.summary()
 
 
+def test_at_the_last_step_stable_latency_comes_from_the_step_before():
+    cand = _window("v2", 400, slow=20, slow_ms=150.0, seconds=30.0)  # 5% slow at 100%
+    idle = _window("v1", 0, seconds=30.0)  # stable serves nothing at 100%
+    before = _window("v1", 200, slow=10, slow_ms=150.0, seconds=30.0)  # 5% slow at 50%
+    alone = decide(cand, idle, SETTINGS, step_share=1.0, healthy_for_s=1.0)
+    assert "p99_latency" in alone.failed_checks, alone.summary()
+    judged = decide(
+        cand, idle, SETTINGS, step_share=1.0, healthy_for_s=1.0, stable_reference=before
+    )
+    assert "p99_latency" not in judged.failed_checks, judged.summary()
+    assert "(stable 5.0%)" in judged.summary()
+
+
 def test_binomial_tail():
     from relay.rollout import binomial_tail
 
