@@ -42,6 +42,8 @@ class Endpoint(Protocol):
 
     def live_metrics(self, settings: Settings | None = None) -> dict[str, Any]: ...
 
+    def remove_model(self, version: str) -> None: ...
+
 
 @dataclass
 class RolloutOutcome:
@@ -187,6 +189,9 @@ def run_rollout(
         emit(verdict.summary())
         if verdict.action is Action.ROLLBACK:
             ep.set_traffic(TrafficSplit(stable=stable), s)
+            # Free its replicas: a rolled-back version left running holds CPUs the next
+            # training job waits for (seen in `make demo`).
+            ep.remove_model(version)
             failed = ", ".join(verdict.failed_checks)
             reg.transition(version, ModelState.DEGRADED, f"canary rolled back ({failed})")
             emit(f"ROLLED BACK: all traffic on {stable}")

@@ -53,6 +53,7 @@ class FakeEndpoint:
         self.rate = rate
         self.error_rates = error_rates or {}
         self.deployed: list[str] = []
+        self.removed: list[str] = []
         self.splits: list[TrafficSplit] = []
         self.counts: dict[str, list[float]] = {}  # version → [requests, errors]
         self.hide_unobserved = False  # like the router: a version shows once it served
@@ -75,6 +76,9 @@ class FakeEndpoint:
         self.deployed.append(version)
         self.counts.setdefault(version, [0.0, 0.0])
         return version
+
+    def remove_model(self, version: str) -> None:
+        self.removed.append(version)
 
     def set_traffic(self, split: TrafficSplit, settings: Settings | None = None) -> TrafficSplit:
         self._advance()
@@ -294,6 +298,7 @@ def test_candidate_with_errors_is_rolled_back_at_the_first_step(world):
         TrafficSplit(w.stable, w.candidate, 0.01),
         TrafficSplit(stable=w.stable),
     ]
+    assert w.ep.removed == [w.candidate]  # its replicas freed
     cand = w.reg.get(w.candidate)
     assert cand.state is ModelState.DEGRADED
     assert "error_rate" in cand.history[-1].reason
