@@ -82,19 +82,16 @@ def _endpoint() -> Endpoint:
 def _windows(
     metrics: Mapping[str, Any], versions: list[str], now: float
 ) -> dict[str, VersionWindow]:
-    out = {}
-    seen = [window_from_dict(d) for d in metrics.values() if isinstance(d, Mapping) and d]
-    for v in versions:
-        data = metrics.get(v)
-        if data:
-            out[v] = window_from_dict(data)
-        elif seen:
-            # Not observed yet (a candidate just deployed): empty counters on the router's
-            # clock, so the step's later snapshot diffs against them over the step alone.
-            out[v] = VersionWindow(version=v, since=seen[0].since, until=seen[0].until)
-        else:
-            out[v] = VersionWindow(version=v, since=now, until=now)
-    return out
+    # Not observed yet (a candidate just deployed): empty counters on the router's clock,
+    # borrowed from any version it reports, so the step's later snapshot diffs over the step.
+    clock = next((d for d in metrics.values() if isinstance(d, Mapping) and d), None)
+    since, until = (clock["since"], clock["until"]) if clock else (now, now)
+    return {
+        v: window_from_dict(metrics[v])
+        if metrics.get(v)
+        else VersionWindow(version=v, since=since, until=until)
+        for v in versions
+    }
 
 
 def _step_window(later: VersionWindow, earlier: VersionWindow) -> VersionWindow:

@@ -12,7 +12,7 @@ deliveries than happen.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -219,19 +219,26 @@ def slice_metrics(
             "they must be aligned row for row"
         )
     out: dict[str, dict[str, Metrics]] = {}
+    for name, masks in _slice_masks(frame, slices):
+        per_value: dict[str, Metrics] = {}
+        for value, mask in masks:
+            m = compute_metrics(true[mask], pred[mask])
+            per_value[value] = dataclasses.replace(m, too_small=m.n < min_rows)
+        out[name] = per_value
+    return out
+
+
+def _slice_masks(
+    frame: pd.DataFrame, slices: Mapping[str, SliceSpec] | None
+) -> Iterator[tuple[str, list[tuple[str, np.ndarray]]]]:
+    """Each slice's name with (value key, row mask) per value, in slice-value order."""
     for name, spec in (DEFAULT_SLICES if slices is None else slices).items():
         keys = _column(frame, spec, name) if isinstance(spec, str) else spec(frame)
         if len(keys) != len(frame):
             raise ValueError(f"slice {name!r} gave {len(keys)} keys for {len(frame)} rows")
         # sort=True keeps categorical order (hour bands) and sorts everything else.
         codes, uniques = pd.factorize(keys, sort=True, use_na_sentinel=False)
-        per_value: dict[str, Metrics] = {}
-        for code, value in enumerate(uniques):
-            mask = codes == code
-            m = compute_metrics(true[mask], pred[mask])
-            per_value[_key(value)] = dataclasses.replace(m, too_small=m.n < min_rows)
-        out[name] = per_value
-    return out
+        yield name, [(_key(value), codes == code) for code, value in enumerate(uniques)]
 
 
 def paired_slice_se(
@@ -257,14 +264,13 @@ def paired_slice_se(
     if not len(frame) == len(diff):
         raise ValueError(f"frame has {len(frame)} rows, predictions {len(diff)}")
     out: dict[str, dict[str, float]] = {}
-    for name, spec in (DEFAULT_SLICES if slices is None else slices).items():
-        keys = _column(frame, spec, name) if isinstance(spec, str) else spec(frame)
-        codes, uniques = pd.factorize(keys, sort=True, use_na_sentinel=False)
+    for name, masks in _slice_masks(frame, slices):
         per_value: dict[str, float] = {}
-        for code, value in enumerate(uniques):
-            d = diff[codes == code]
-            se = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
-            per_value[_key(value)] = se
+        for value, mask in masks:
+            d = diff[mask]
+            per_value[value] = (
+                float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
+            )
         out[name] = per_value
     return out
 
