@@ -73,6 +73,13 @@ def _pipeline():  # type: ignore[no-untyped-def]
         "force_deploy": Param(
             False, type="boolean", description="Deploy as canary even if the gate rejects it"
         ),
+        "slice_margin": Param(
+            None,
+            type=["null", "number"],
+            minimum=0,
+            description="Largest slice regression the gate allows (0.05 = 5%); "
+            "empty: RELAY_GATE__SLICE_MARGIN. Drift retrains use the drift margin.",
+        ),
         "reason": Param("scheduled", type="string", description="Why this run (monitoring)"),
     },
 )
@@ -169,6 +176,7 @@ def eta_training() -> None:
             tset["uri"],
             tset["partitions"],
             force=bool((params or {}).get("force_deploy")),
+            slice_margin=(params or {}).get("slice_margin"),
         )
 
     @task.branch

@@ -52,21 +52,32 @@ def run_monitoring(end: dt.datetime, settings: Settings | None = None) -> dict[s
     log.info("%s\ndrift report: %s", verdict.summary(), result.report_path)
     out = verdict.to_dict()
     out["action"] = verdict.action.value  # plain strings for XCom
-    out["conf"] = training_conf(verdict.to_conf()["reason"], end)
+    out["conf"] = training_conf(verdict.to_conf()["reason"], end, s.gate.drift_slice_margin)
     out["quality_report_path"] = result.quality_report_path
     return out
 
 
-def training_conf(reason: str, end: dt.datetime) -> dict[str, Any]:
+def training_conf(
+    reason: str, end: dt.datetime, slice_margin: float | None = None
+) -> dict[str, Any]:
     """The ``eta_training`` conf of a retrain: the day before ``end`` (the last whole day of
-    orders), the run's reason, production's hyperparameters.
+    orders), the run's reason, production's hyperparameters and, when given, the gate's slice
+    margin (``GateSettings.drift_slice_margin``).
 
     Drift asks for a model of the new data, not a new architecture: refitting production's
     configuration on the fresh window answers in minutes and changes one thing at a time, so
     the gate compares like with like. The daily run keeps searching.
     """
     day = (end - dt.timedelta(days=1)).date().isoformat()
-    return {"reason": reason[:500], "start_date": day, "end_date": day, "skip_tuning": True}
+    conf: dict[str, Any] = {
+        "reason": reason[:500],
+        "start_date": day,
+        "end_date": day,
+        "skip_tuning": True,
+    }
+    if slice_margin is not None:
+        conf["slice_margin"] = slice_margin
+    return conf
 
 
 def _quiet(reason: str) -> dict[str, Any]:

@@ -24,6 +24,14 @@ def connect(settings: Settings | None = None, require_running: bool = False) -> 
         # Serving must outlive this process: join a running cluster (`ray start --head`).
         ray.init(address=s.ray.address or "auto", namespace="relay")
     else:
-        # The dashboard stays on: without it Train/Tune never release finished placement groups.
-        ray.init(num_cpus=s.ray.num_cpus, include_dashboard=True)
+        try:
+            # The dashboard stays on: without it Train/Tune never release finished placement
+            # groups.
+            ray.init(num_cpus=s.ray.num_cpus, include_dashboard=True)
+        except ValueError as err:
+            # A head on this machine (`make up`) is found without an address; ray.init refuses
+            # sizing a cluster it did not start, so join that one as it is.
+            if "existing cluster" not in str(err):
+                raise
+            ray.init(address="auto", namespace="relay")
     return ray

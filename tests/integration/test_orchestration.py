@@ -257,6 +257,22 @@ def test_operator_stops_the_job_when_the_task_is_killed(stack: dict[str, Any]) -
     assert len(errors) == 1 and isinstance(errors[0], RayJobFailed)
 
 
+def test_cli_without_an_address_joins_the_head_make_up_started(stack: dict[str, Any]) -> None:
+    # `relay train` after `make up`, no RELAY_RAY__ADDRESS set: ray.init refused to size a
+    # cluster it had not started ("When connecting to an existing cluster, num_cpus ...").
+    env = {k: v for k, v in os.environ.items() if k not in ("RELAY_RAY__ADDRESS", "RAY_ADDRESS")}
+    code = (
+        "from relay.raycluster import connect; ray = connect(); "
+        "print('gcs', ray.get_runtime_context().gcs_address); ray.shutdown()"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    port = stack["settings"].ray.gcs_port
+    assert re.search(rf"^gcs \S+:{port}$", res.stdout, re.M), res.stdout
+
+
 # --- eta_training end to end -------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from relay.monitor_run import training_conf
-from relay.pipeline import run_days, run_dir
+from relay.pipeline import gate_settings, run_days, run_dir
 from relay.settings import Settings
 
 D = dt.date(2026, 11, 21)
@@ -137,3 +137,26 @@ def test_training_conf_truncates_the_reason_to_500_characters():
     assert len(conf["reason"]) == 500
     assert conf["reason"] == "x" * 499 + "y"
     assert training_conf("short", MIDNIGHT)["reason"] == "short"
+
+
+def test_training_conf_carries_the_drift_slice_margin_for_the_gate():
+    conf = training_conf("drift", MIDNIGHT, slice_margin=0.15)
+    assert conf["slice_margin"] == 0.15
+    assert "slice_margin" not in training_conf("drift", MIDNIGHT)
+
+
+# gate_settings ---------------------------------------------------------------------------------
+
+
+def test_gate_settings_puts_a_runs_slice_margin_over_the_configured_one():
+    base = Settings()
+    s = gate_settings(0.15, base)
+    assert s.gate.slice_margin == 0.15
+    assert s.gate.max_mae_minutes == base.gate.max_mae_minutes
+    assert base.gate.slice_margin == 0.05  # the configured settings are left alone
+    assert gate_settings(None, base) is base
+
+
+def test_gate_settings_refuses_a_negative_margin():
+    with pytest.raises(ValueError, match="slice_margin"):
+        gate_settings(-0.1, Settings())
