@@ -677,7 +677,7 @@ def stack_up(
             "order_id": "o-1",
             "courier_id": "C00012",
             "merchant_id": "M00042",
-            "zone_id": "Z03",
+            "zone_id": "Z001",
             "distance_km": 3.2,
         },
         separators=(",", ":"),
