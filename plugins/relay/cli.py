@@ -43,6 +43,15 @@ console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
 REJECTED_EXIT_CODE = 3
+#: The order in ``make up``'s curl line: a courier and a merchant of that zone in the
+#: generated world, so every online feature is found.
+EXAMPLE_ORDER = {
+    "order_id": "o-1",
+    "courier_id": "C00012",
+    "merchant_id": "M00012",
+    "zone_id": "Z001",
+    "distance_km": 3.2,
+}
 """Exit code of ``relay evaluate`` when the gate rejects the version (errors exit 1)."""
 
 T = TypeVar("T")
@@ -672,16 +681,7 @@ def stack_up(
     if state and state != "success":
         console.print(f"[bold red]first eta_training run {state}[/]: see the Airflow UI")
     host, port = s.serving.host, s.serving.port
-    body = json.dumps(
-        {
-            "order_id": "o-1",
-            "courier_id": "C00012",
-            "merchant_id": "M00042",
-            "zone_id": "Z001",
-            "distance_km": 3.2,
-        },
-        separators=(",", ":"),
-    )
+    body = json.dumps(EXAMPLE_ORDER, separators=(",", ":"))
     out.print(
         f"\nAirflow      {s.airflow.api_url}  (login admin / {stack.admin_password(s)})"
         f"\nRay          {s.ray.dashboard_url}"

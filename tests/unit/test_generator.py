@@ -9,6 +9,7 @@ import pytest
 from relay.data.generate import generate_orders
 from relay.data.scenarios import CORRUPTIONS, DRIFTS, scenario_batch
 from relay.data.schema import ORDER_COLUMNS
+from relay.settings import Settings
 
 DAY = dt.date(2026, 11, 20)
 N = 20_000
@@ -124,3 +125,17 @@ def test_corruptions_break_what_they_claim(normal):
 def test_rush_hour_curve_is_smooth_and_bounded(normal):
     by_hour = normal.groupby(normal["created_at"].dt.hour)["delivery_minutes"].mean()
     assert np.all(by_hour.between(20, 80))
+
+
+def test_make_ups_example_order_names_a_courier_and_merchant_of_its_zone():
+    # The curl line `make up` prints: an unknown zone answered with every zone feature missing.
+    from relay.cli import EXAMPLE_ORDER
+    from relay.data.generate import make_world
+
+    s = Settings().data
+    w = make_world(s.seed, s.n_zones, s.n_merchants, s.n_couriers)
+    zone = list(w.zone_ids).index(EXAMPLE_ORDER["zone_id"])
+    merchant = list(w.merchant_ids).index(EXAMPLE_ORDER["merchant_id"])
+    courier = list(w.courier_ids).index(EXAMPLE_ORDER["courier_id"])
+    assert w.merchant_zone[merchant] == zone
+    assert w.courier_zone[courier] == zone
