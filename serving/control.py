@@ -178,6 +178,22 @@ def remove_model(version: str) -> None:
     serve.delete(model_app_name(version))
 
 
+def deployed_models() -> list[str]:
+    """The versions with a model app on this cluster's Serve; none when Serve is not running."""
+    import ray
+    from ray import serve
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:  # serve.status() would start a Serve controller on a cluster that only trains
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return []
+    prefix = model_app_name("")
+    return sorted(
+        name.removeprefix(prefix) for name in serve.status().applications if name.startswith(prefix)
+    )
+
+
 def _require(split: TrafficSplit | None) -> TrafficSplit:
     if split is None:
         raise ValueError("nothing is deployed: run `relay serve deploy --version V` first")

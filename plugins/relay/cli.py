@@ -252,12 +252,20 @@ def tune(
     from relay.raycluster import connect
 
     connect()
+    _free_idle_serving()
     res = run_tune(training_set, output, trials, epochs)
     for t in res.trials:
         note = "stopped early by ASHA" if t.stopped_early else "ran to the end"
         console.print(f"trial: {t.epochs} epochs, val_loss {t.val_loss}, {note}: {t.config}")
     console.print(f"best config -> {res.best_config_path}")
     typer.echo(res.best_config_path)
+
+
+def _free_idle_serving() -> None:
+    # Serve replicas of a version that takes no traffic hold CPUs the workers wait for.
+    from relay.deployment import free_idle_models
+
+    free_idle_models(emit=console.print)
 
 
 @app.command()
@@ -279,6 +287,7 @@ def train(
     from relay.raycluster import connect
 
     connect()
+    _free_idle_serving()
     hp = json.loads(config.read_text()) if config else {}
     res = run_training(
         TrainRequest(

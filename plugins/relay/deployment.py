@@ -44,6 +44,8 @@ class Endpoint(Protocol):
 
     def remove_model(self, version: str) -> None: ...
 
+    def deployed_models(self) -> list[str]: ...
+
 
 @dataclass
 class RolloutOutcome:
@@ -128,6 +130,28 @@ def deploy_stable(
     split = ep.set_traffic(TrafficSplit(stable=version), s)
     _mark_serving(reg, version, "serving all traffic")
     return split
+
+
+def free_idle_models(
+    endpoint: Endpoint | None = None, emit: Callable[[str], None] = print
+) -> list[str]:
+    """Delete the deployed model versions that take no traffic; returns them.
+
+    A promotion keeps the replaced version running so that a rollback that day is quick; the
+    next training run calls this first, because on a small cluster those replicas hold the CPUs
+    its workers need (`make demo` waited forever for 1 CPU with two versions deployed).
+    """
+    ep = endpoint or _endpoint()
+    deployed = ep.deployed_models()
+    if not deployed:  # asking for the split would start Serve on a cluster without it
+        return []
+    split = ep.current_traffic()
+    keep = set(split.versions()) if split else set(deployed)
+    idle = [v for v in deployed if v not in keep]
+    for version in idle:
+        ep.remove_model(version)
+        emit(f"freed {version}: deployed, no traffic")
+    return idle
 
 
 def _mark_serving(reg: Registry, version: str, reason: str) -> None:

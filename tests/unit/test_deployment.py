@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import relay.deployment
-from relay.deployment import RolloutOutcome, deploy_stable, run_rollout
+from relay.deployment import RolloutOutcome, deploy_stable, free_idle_models, run_rollout
 from relay.registry import Lineage, ModelState, Registry, Stage
 from relay.rollout import QualityWindow
 from relay.serving_metrics import LATENCY_BUCKETS_MS, VersionWindow
@@ -79,6 +79,10 @@ class FakeEndpoint:
 
     def remove_model(self, version: str) -> None:
         self.removed.append(version)
+
+    def deployed_models(self) -> list[str]:
+        live = [*([self.split.stable] if self.split else []), *self.deployed]
+        return [v for v in dict.fromkeys(live) if v not in self.removed]
 
     def set_traffic(self, split: TrafficSplit, settings: Settings | None = None) -> TrafficSplit:
         self._advance()
@@ -384,3 +388,33 @@ def test_quality_regression_from_live_quality_rolls_back(world, monkeypatch):
     assert "error_rate" not in out.steps[0]["failed_checks"]
     assert seen[0] == (w.stable, w.candidate)
     assert w.reg.get(w.candidate).state is ModelState.DEGRADED
+
+
+# free_idle_models ------------------------------------------------------------------------------
+
+
+def test_training_frees_versions_that_take_no_traffic():
+    # v1 stayed deployed after v2's promotion (a quick rollback that day); training frees it.
+    ep = FakeEndpoint(FakeClock(), "v2")
+    ep.deployed = ["v1", "v2"]
+    assert free_idle_models(ep, emit=lambda _: None) == ["v1"]
+    assert ep.removed == ["v1"]
+    assert ep.deployed_models() == ["v2"]
+
+
+def test_a_canary_and_its_stable_are_never_freed():
+    ep = FakeEndpoint(FakeClock(), "v1")
+    ep.deployed = ["v0", "v2"]
+    ep.split = TrafficSplit("v1", "v2", 0.1)
+    assert free_idle_models(ep, emit=lambda _: None) == ["v0"]
+    assert set(ep.deployed_models()) == {"v1", "v2"}
+
+
+def test_nothing_deployed_frees_nothing_and_never_asks_for_the_split():
+    ep = FakeEndpoint(FakeClock())
+
+    def no_split(settings: Settings | None = None) -> TrafficSplit | None:
+        raise AssertionError("would start Serve on a cluster that only trains")
+
+    ep.current_traffic = no_split  # type: ignore[method-assign]
+    assert free_idle_models(ep, emit=lambda _: None) == []
