@@ -133,7 +133,9 @@ def deploy_stable(
 
 
 def free_idle_models(
-    endpoint: Endpoint | None = None, emit: Callable[[str], None] = print
+    endpoint: Endpoint | None = None,
+    settings: Settings | None = None,
+    emit: Callable[[str], None] = print,
 ) -> list[str]:
     """Delete the deployed model versions that take no traffic; returns them.
 
@@ -145,7 +147,7 @@ def free_idle_models(
     deployed = ep.deployed_models()
     if not deployed:  # asking for the split would start Serve on a cluster without it
         return []
-    split = ep.current_traffic()
+    split = ep.current_traffic(settings)
     keep = set(split.versions()) if split else set(deployed)
     idle = [v for v in deployed if v not in keep]
     for version in idle:

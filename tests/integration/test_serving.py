@@ -265,3 +265,17 @@ def test_metrics_are_exposed_per_version(served):
     text = urllib.request.urlopen(served["url"] + "/metrics").read().decode()
     assert f'relay_requests_total{{version="{served["v1"]}"}}' in text
     assert "relay_request_latency_ms_bucket" in text
+
+
+def test_training_frees_the_version_without_traffic_and_v1_keeps_answering(served):
+    # Last in the module: it deletes v2. Training calls this before asking Ray for workers.
+    from relay.deployment import free_idle_models
+    from serving import control
+
+    s = served["settings"]
+    control.set_traffic(TrafficSplit(stable=served["v1"]), s)
+    assert set(control.deployed_models()) == {served["v1"], served["v2"]}
+    assert free_idle_models(control, s, emit=lambda _: None) == [served["v2"]]
+    assert control.deployed_models() == [served["v1"]]
+    status, body = _post(served["url"], _order(served["orders"].iloc[3], "after-free"))
+    assert status == 200 and body["predictions"][0]["model_version"] == served["v1"]
