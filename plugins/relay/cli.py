@@ -43,6 +43,7 @@ console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
 REJECTED_EXIT_CODE = 3
+"""Exit code of ``relay evaluate`` when the gate rejects the version (errors exit 1)."""
 #: The order in ``make up``'s curl line: a courier and a merchant of that zone in the
 #: generated world, so every online feature is found.
 EXAMPLE_ORDER = {
@@ -52,7 +53,6 @@ EXAMPLE_ORDER = {
     "zone_id": "Z001",
     "distance_km": 3.2,
 }
-"""Exit code of ``relay evaluate`` when the gate rejects the version (errors exit 1)."""
 
 T = TypeVar("T")
 
