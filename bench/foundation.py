@@ -83,9 +83,9 @@ def main() -> None:
     rows: list[tuple[str, str]] = []
     try:
         from relay.data.generate import generate_orders
+        from relay.data.lake import FEATURE_TABLES, VALIDATED_ORDERS, Lake
         from relay.features import store
         from relay.features.tables import compute_feature_tables
-        from relay.lake import FEATURE_TABLES, VALIDATED_ORDERS, Lake
         from relay.settings import get_settings
 
         generate_orders(DAY, 1000)  # warm imports

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import json
 import os
 import time
 import uuid
@@ -30,28 +29,22 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 
-from relay.api_models import ETAResponse, Order, OrderBatch, Prediction, feature_row
+from relay.serve.answer import Unprocessable, answer_rows, parse_orders
+from relay.serve.schemas import ETAResponse, Prediction, feature_row
 
 VERSION_ENV = "RELAY_BENCH_MODEL_VERSION"
-
-
-def _unprocessable(msg: str, loc: list[Any], kind: str) -> JSONResponse:
-    detail = [{"loc": loc, "msg": msg, "type": kind}]
-    return JSONResponse(status_code=422, content={"detail": detail})
 
 
 def create_app(version: str | None = None) -> FastAPI:
     """The app for one registry version (default: ``$RELAY_BENCH_MODEL_VERSION``)."""
     import torch
 
+    from relay.data.lake import Lake
     from relay.features.store import OnlineFeatures
-    from relay.lake import Lake
     from relay.model.bundle import ModelBundle
-    from relay.model.preprocess import NUMERIC, WEATHER
     from relay.registry import Registry
-    from relay.serving_log import ServingLogWriter
+    from relay.serve.log import ServingLogWriter
     from relay.settings import get_settings
 
     torch.set_num_threads(1)  # one worker per core; Ray gives its replicas one thread too
@@ -62,7 +55,6 @@ def create_app(version: str | None = None) -> FastAPI:
     serving_log = ServingLogWriter(
         Lake(s), max_batch=s.serving.log_max_batch, max_delay_s=s.serving.log_max_delay_s
     )
-    checked = (*NUMERIC, WEATHER)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -75,52 +67,22 @@ def create_app(version: str | None = None) -> FastAPI:
     async def eta(request: Request) -> JSONResponse:
         t0 = time.perf_counter()
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return _unprocessable(f"invalid JSON: {exc}", ["body"], "json_invalid")
-        try:
-            if isinstance(body, dict) and "orders" in body:
-                orders = OrderBatch.model_validate(body).orders
-            else:
-                orders = [Order.model_validate(body)]
-        except ValidationError as exc:
-            detail = [
-                {"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
-                for e in exc.errors()
-            ]
-            return JSONResponse(status_code=422, content={"detail": detail})
+            orders = parse_orders(await request.body())
+        except Unprocessable as exc:
+            return JSONResponse(status_code=422, content={"detail": exc.detail})
         now = dt.datetime.now(dt.UTC)
         rows = [feature_row(o, now) for o in orders]
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         feats = features.read(rows)
         preds = bundle.predict(feats)
         latency_ms = (time.perf_counter() - t0) * 1000
-        answers, records = [], []
-        for i, row in enumerate(rows):
-            missing = [f for f in checked if feats[f][i] is None]
-            value = round(float(preds[i]), 3)
-            answers.append(
-                Prediction(
-                    order_id=row["order_id"],
-                    eta_minutes=value,
-                    model_version=model_version,
-                    missing_features=missing,
-                )
-            )
-            records.append(
-                {
-                    "request_id": request_id,
-                    "order_id": row["order_id"],
-                    "requested_at": now,
-                    "model_version": model_version,
-                    "features": {k: feats[k][i] for k in feats},
-                    "eta_minutes": value,
-                    "latency_ms": latency_ms,
-                    "missing_features": missing,
-                }
-            )
+        answers, records = answer_rows(
+            model_version, rows, [request_id] * len(rows), feats, preds, latency_ms, now
+        )
         serving_log.log(records)
-        response = ETAResponse(predictions=answers, latency_ms=round(latency_ms, 3))
+        response = ETAResponse(
+            predictions=[Prediction(**a) for a in answers], latency_ms=round(latency_ms, 3)
+        )
         return JSONResponse(content=response.model_dump())
 
     @app.get("/healthz")

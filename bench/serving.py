@@ -13,8 +13,8 @@ fixed connection counts, with single-order and 32-order requests:
     ceiling of the HTTP path on this machine;
 
 (b)-(d) once with Serve's default Python HTTP proxy and once with the HAProxy ingress as
-``serving.control.HAPROXY_ENV`` sets it up (HAProxy + ``RAY_SERVE_THROUGHPUT_OPTIMIZED``), each in
-its own process, since Serve reads those variables when Ray starts; ``--ingress`` adds two more
+``relay.serve.control.HAPROXY_ENV`` sets it up (HAProxy + ``RAY_SERVE_THROUGHPUT_OPTIMIZED``), each
+in its own process, since Serve reads those variables when Ray starts; ``--ingress`` adds two more
 variants (HAProxy alone; throughput-optimized with routers in the caller's loop). Load comes
 from ``wrk`` (one thread, a Lua script cycling through 64 bodies), or a bounded aiohttp client
 when wrk is missing; either way it runs on the same cores as the servers.
@@ -52,10 +52,10 @@ PAYLOADS = (1, 32)  # orders per request
 BODIES_PER_PAYLOAD = 64
 P99_SLO_MS = 50.0
 NOOP_VERSION = "noop"
-# --ingress key -> (label, Ray environment); "haproxy" is serving.control.HAPROXY_ENV.
+# --ingress key -> (label, Ray environment); "haproxy" is relay.serve.control.HAPROXY_ENV.
 SERVE_MODES: dict[str, tuple[str, dict[str, str]]] = {
     "default": ("default proxy", {}),
-    "haproxy": ("HAProxy (HAPROXY_ENV)", {}),  # filled from serving.control in _serve_modes
+    "haproxy": ("HAProxy (HAPROXY_ENV)", {}),  # filled from relay.serve.control in _serve_modes
     "haproxy-bare": ("HAProxy alone", {"RAY_SERVE_ENABLE_HA_PROXY": "1"}),
     "haproxy-same-loop": (
         "HAProxy + throughput-optimized, routers in the caller's loop",
@@ -102,7 +102,7 @@ class Point:
 
 
 def _serve_modes() -> dict[str, tuple[str, dict[str, str]]]:
-    from serving.control import HAPROXY_ENV
+    from relay.serve.control import HAPROXY_ENV
 
     return {**SERVE_MODES, "haproxy": (SERVE_MODES["haproxy"][0], dict(HAPROXY_ENV))}
 
@@ -136,10 +136,11 @@ def _prepare(orders_per_day: int, epochs: int, home: Path) -> dict[str, Any]:
     import pandas as pd
     import torch
 
+    from relay.data.lake import VALIDATED_ORDERS, Lake
     from relay.features.store import apply, materialize, training_frame, write_feature_tables
-    from relay.ingest import land_generated_batch, validate_partition
-    from relay.lake import VALIDATED_ORDERS, Lake
+    from relay.ingest.landing import land_generated_batch, validate_partition
     from relay.model.preprocess import Preprocessor
+    from relay.model.registration import register_trained
     from relay.model.training import (
         build_model,
         model_inputs,
@@ -147,7 +148,6 @@ def _prepare(orders_per_day: int, epochs: int, home: Path) -> dict[str, Any]:
         tensor_batches,
         train_epoch,
     )
-    from relay.packaging import register_trained
 
     for day in DAYS:
         land_generated_batch(day, orders_per_day)
@@ -372,7 +372,7 @@ def _noop_app(settings: Any) -> Any:
     """A deployment with the model deployment's name and ``predict`` that answers constants."""
     from ray import serve
 
-    from serving.app import MODEL_DEPLOYMENT
+    from relay.serve.traffic_state import MODEL_DEPLOYMENT
 
     @serve.deployment(name=MODEL_DEPLOYMENT)
     class NoopModel:
@@ -401,10 +401,10 @@ def _serve_child(config_path: Path) -> None:
     import ray
     from ray import serve
 
+    from relay.serve import control
+    from relay.serve.traffic import TrafficSplit
+    from relay.serve.traffic_state import model_app_name
     from relay.settings import get_settings
-    from relay.traffic import TrafficSplit
-    from serving import control
-    from serving.app import model_app_name
 
     cfg = json.loads(config_path.read_text())
     args = argparse.Namespace(**cfg["args"])

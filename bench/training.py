@@ -18,9 +18,9 @@ DAY = dt.date(2026, 11, 20)
 
 
 def _training_set(orders_per_day: int, home: Path) -> str:
+    from relay.data.lake import VALIDATED_ORDERS, Lake
     from relay.features import store
-    from relay.ingest import land_generated_batch, validate_partition
-    from relay.lake import VALIDATED_ORDERS, Lake
+    from relay.ingest.landing import land_generated_batch, validate_partition
 
     for day in (DAY - dt.timedelta(days=1), DAY):
         land_generated_batch(day, orders_per_day)

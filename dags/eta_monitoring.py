@@ -7,7 +7,7 @@ times that have landed, writes an Evidently report (HTML, path in the task log) 
 * **retrain**: features or predictions drifted: trigger ``eta_training`` with the reason;
 * **rollback**: production's live accuracy is down against the previous version: restore it.
 
-The decision is :func:`relay.monitoring.decide` (pure, thresholds in ``RELAY_MONITORING__*``).
+The decision is :func:`relay.monitor.rules.decide` (pure, thresholds in ``RELAY_MONITORING__*``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ DRIFT_REPORTS = Asset(name="relay_drift_reports", uri="relay://reports/drift")
 def eta_monitoring() -> None:
     @task(outlets=[DRIFT_REPORTS])
     def drift_report(data_interval_end: dt.datetime | None = None) -> dict:
-        from relay.monitor_run import run_monitoring
+        from relay.flows.eta_monitoring import run_monitoring
 
         end = data_interval_end or dt.datetime.now(dt.UTC)
         verdict = run_monitoring(end)

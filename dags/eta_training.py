@@ -1,6 +1,6 @@
 """Daily ETA training: data → features → tune → train → gate → canary → production.
 
-Each step calls :mod:`relay.pipeline` (or submits a Ray job); this file only wires them.
+Each step calls :mod:`relay.flows.eta_training` (or submits a Ray job); this file only wires them.
 Trigger it from the UI with **Trigger DAG w/ config** to pick the days, skip tuning or force a
 rejected model into canary. The monitoring DAG triggers it with ``reason`` in the conf.
 
@@ -27,7 +27,7 @@ TRAINING_SET = "{{ ti.xcom_pull(task_ids='training_set')['uri'] }}"
 
 def _pipeline():  # type: ignore[no-untyped-def]
     # Imported when a task runs, not when the scheduler parses this file.
-    from relay import pipeline
+    from relay.flows import eta_training as pipeline
 
     return pipeline
 

@@ -9,7 +9,7 @@ from feast.data_format import ParquetFormat
 from feast.field import Field
 from feast.types import Float64, Int64
 
-from relay.lake import COURIER_STATS, MERCHANT_STATS, ZONE_STATS, Lake
+from relay.data.lake import COURIER_STATS, MERCHANT_STATS, ZONE_STATS, Lake
 from relay.settings import get_settings
 
 _lake = Lake()

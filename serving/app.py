@@ -1,6 +1,6 @@
 """The Ray Serve ETA application: a FastAPI router in front of one deployment per model version.
 
-Nothing runs on import; ``serving.control`` deploys. Each model version is its own Serve
+Nothing runs on import; ``relay.serve.control`` deploys. Each model version is its own Serve
 application (no HTTP route); the router is the HTTP ingress. The traffic split lives in a small
 named Ray actor that every router replica watches, so moving traffic never redeploys anything:
 redeploying a deployment from Python replaces its replicas (Serve gives each ``serve.run`` a new
@@ -10,9 +10,7 @@ code version), and that stalled requests for 4-6 s here.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -21,68 +19,28 @@ from typing import Any
 import ray
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from relay.api_models import (
+from relay.serve.answer import Unprocessable, answer_rows, parse_orders
+from relay.serve.schemas import (
     ETAResponse,
     ModelsResponse,
-    Order,
-    OrderBatch,
     Prediction,
     ServingVersion,
     feature_row,
 )
-from relay.traffic import TrafficSplit
+from relay.serve.traffic import TrafficSplit
+from relay.serve.traffic_state import (
+    MODEL_DEPLOYMENT,
+    ROUTER_DEPLOYMENT,
+    model_app_name,
+    traffic_state,
+)
 
 log = logging.getLogger(__name__)
 
-MODEL_DEPLOYMENT = "ETAModel"
-ROUTER_DEPLOYMENT = "Router"
-TRAFFIC_ACTOR = "relay-eta-traffic"
-TRAFFIC_NAMESPACE = "relay"
 TRAFFIC_POLL_S = 0.1
-
-
-@ray.remote(num_cpus=0)
-class TrafficState:
-    """The current split and a generation number; routers poll it, control sets it."""
-
-    def __init__(self) -> None:
-        self.generation = 0
-        self.config: dict[str, Any] | None = None
-
-    def set(self, config: dict[str, Any]) -> int:
-        self.generation += 1
-        self.config = config
-        return self.generation
-
-    def get(self) -> tuple[int, dict[str, Any] | None]:
-        return self.generation, self.config
-
-    def seed(self, config: dict[str, Any]) -> int:
-        return self.generation if self.config is not None else self.set(config)
-
-
-def traffic_state() -> Any:
-    """The cluster's traffic actor, created on first use (detached: it outlives the caller)."""
-    return TrafficState.options(
-        name=TRAFFIC_ACTOR,
-        namespace=TRAFFIC_NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-    ).remote()
-
-
-def model_app_name(version: str) -> str:
-    return f"eta-model-{version}"
-
-
-def relay_env() -> dict[str, str]:
-    """RELAY_* and AWS_* variables, handed to replicas so they read the same settings."""
-    keep = ("RELAY_", "AWS_")
-    return {k: v for k, v in os.environ.items() if k.startswith(keep)}
 
 
 @serve.deployment(name=MODEL_DEPLOYMENT)
@@ -90,11 +48,11 @@ class ETAModel:
     """One registry version: online features for the whole batch, then one forward pass."""
 
     def __init__(self, version: str, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+        from relay.data.lake import Lake
         from relay.features.store import OnlineFeatures
-        from relay.lake import Lake
         from relay.model.bundle import ModelBundle
         from relay.registry import Registry
-        from relay.serving_log import ServingLogWriter
+        from relay.serve.log import ServingLogWriter
         from relay.settings import get_settings
 
         s = get_settings()
@@ -112,7 +70,7 @@ class ETAModel:
         # Serve sends traffic only once __init__ returns: pay the first online-store read
         # (connection, registry) and the first forward pass here, not on a canary's first
         # requests, where a 1 s outlier would be judged as the version's P99.
-        from relay.api_models import Order, feature_row
+        from relay.serve.schemas import Order, feature_row
 
         order = Order(
             order_id="warm-up",
@@ -128,50 +86,25 @@ class ETAModel:
     async def predict(self, rows: list[dict[str, Any]], request_id: str) -> list[dict[str, Any]]:
         return await self.predict_batch((rows, request_id))
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.010)
+    @serve.batch  # size and wait set in __init__ from the settings
     async def predict_batch(
         self, calls: list[tuple[list[dict[str, Any]], str]]
     ) -> list[list[dict[str, Any]]]:
-        from relay.model.preprocess import NUMERIC, WEATHER
-
         t0 = time.perf_counter()
         flat = [row for rows, _ in calls for row in rows]
+        request_ids = [request_id for rows, request_id in calls for _ in rows]
         feats = self.features.read(flat)  # one online-store read for the whole batch
         preds = self.bundle.predict(feats)
         elapsed_ms = (time.perf_counter() - t0) * 1000
-        served_at = dt.datetime.now(dt.UTC)
-        checked = (*NUMERIC, WEATHER)
-        out: list[list[dict[str, Any]]] = []
-        records = []
-        i = 0
-        for rows, request_id in calls:
-            answers = []
-            for row in rows:
-                missing = [f for f in checked if feats[f][i] is None]
-                value = round(float(preds[i]), 3)
-                answers.append(
-                    {
-                        "order_id": row["order_id"],
-                        "eta_minutes": value,
-                        "model_version": self.version,
-                        "missing_features": missing,
-                    }
-                )
-                records.append(
-                    {
-                        "request_id": request_id,
-                        "order_id": row["order_id"],
-                        "requested_at": served_at,
-                        "model_version": self.version,
-                        "features": {k: feats[k][i] for k in feats},
-                        "eta_minutes": value,
-                        "latency_ms": elapsed_ms,
-                        "missing_features": missing,
-                    }
-                )
-                i += 1
-            out.append(answers)
+        answers, records = answer_rows(
+            self.version, flat, request_ids, feats, preds, elapsed_ms, dt.datetime.now(dt.UTC)
+        )
         self.log.log(records)  # buffered; written off the request path
+        out: list[list[dict[str, Any]]] = []
+        i = 0
+        for rows, _ in calls:
+            out.append(answers[i : i + len(rows)])
+            i += len(rows)
         return out
 
     def flush_log(self) -> int:
@@ -192,21 +125,13 @@ api = FastAPI(
 )
 
 
-def _unprocessable(errors: list[dict[str, Any]]) -> JSONResponse:
-    detail = [
-        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-        for e in errors
-    ]
-    return JSONResponse(status_code=422, content={"detail": detail})
-
-
 @serve.deployment(name=ROUTER_DEPLOYMENT)
 @serve.ingress(api)
 class Router:
     """HTTP ingress: validates, splits orders between versions by order id, merges answers."""
 
     def __init__(self, initial: dict[str, Any] | None = None) -> None:
-        from relay.serving_metrics import LiveMetrics
+        from relay.serve.metrics import LiveMetrics
 
         self.metrics = LiveMetrics()
         self.split: TrafficSplit | None = None
@@ -234,11 +159,7 @@ class Router:
             time.sleep(TRAFFIC_POLL_S)
 
     def _apply(self, config: dict[str, Any]) -> None:
-        split = TrafficSplit(
-            stable=config["stable"],
-            candidate=config.get("candidate"),
-            candidate_share=float(config.get("candidate_share", 0.0)),
-        )
+        split = TrafficSplit.from_config(config)
         handles = {
             v: self.handles.get(v)
             or serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=model_app_name(v))
@@ -251,18 +172,9 @@ class Router:
     async def eta(self, request: Request) -> JSONResponse:
         t0 = time.perf_counter()
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return _unprocessable(
-                [{"loc": ["body"], "msg": f"invalid JSON: {exc}", "type": "json_invalid"}]
-            )
-        try:
-            if isinstance(body, dict) and "orders" in body:
-                orders = OrderBatch.model_validate(body).orders
-            else:
-                orders = [Order.model_validate(body)]
-        except ValidationError as exc:
-            return _unprocessable([{**e, "loc": ["body", *e["loc"]]} for e in exc.errors()])
+            orders = parse_orders(await request.body())
+        except Unprocessable as exc:
+            return JSONResponse(status_code=422, content={"detail": exc.detail})
         split, handles = self.split, self.handles
         if split is None:
             return JSONResponse(status_code=503, content={"detail": "no model deployed"})
@@ -336,19 +248,39 @@ class Router:
         return {v: w.to_dict() for v, w in self.metrics.snapshot().items()}
 
 
-def build_model_app(args: dict[str, Any]) -> Any:
-    """``serve deploy`` builder for one model version: ``args: {version: …}``."""
+def model_application(version: str, settings: Any = None) -> Any:
+    """One model version's Serve application, sized from the settings (``relay.serve.control``
+    deploys it; ``serve deploy`` reaches it through :func:`build_model_app`)."""
+    from relay.serve.traffic_state import relay_env
     from relay.settings import get_settings
 
-    sv = get_settings().serving
-    return ETAModel.bind(
-        str(args["version"]),
-        int(args.get("max_batch_size", sv.max_batch_size)),
-        float(args.get("batch_wait_timeout_s", sv.batch_wait_timeout_s)),
-    )
+    sv = (settings or get_settings()).serving
+    return ETAModel.options(
+        num_replicas=sv.model_replicas,
+        max_ongoing_requests=sv.max_ongoing_requests,
+        ray_actor_options={"num_cpus": sv.model_cpus, "runtime_env": {"env_vars": relay_env()}},
+    ).bind(version, sv.max_batch_size, sv.batch_wait_timeout_s)
+
+
+def router_application(settings: Any = None, initial: dict[str, Any] | None = None) -> Any:
+    """The router's Serve application; ``initial`` seeds the split only when none is set yet."""
+    from relay.serve.traffic_state import relay_env
+    from relay.settings import get_settings
+
+    sv = (settings or get_settings()).serving
+    return Router.options(
+        num_replicas=sv.router_replicas,
+        max_ongoing_requests=sv.max_ongoing_requests,
+        ray_actor_options={"num_cpus": sv.router_cpus, "runtime_env": {"env_vars": relay_env()}},
+    ).bind(initial)
+
+
+def build_model_app(args: dict[str, Any]) -> Any:
+    """``serve deploy`` builder for one model version: ``args: {version: …}``."""
+    return model_application(str(args["version"]))
 
 
 def build_router_app(args: dict[str, Any]) -> Any:
     """``serve deploy`` builder for the router: ``args: {stable, candidate, candidate_share}``
     seed the traffic split when none is set yet."""
-    return Router.bind(dict(args))
+    return router_application(initial=dict(args))

@@ -135,7 +135,7 @@ class RolloutSettings(BaseModel):
     """Canary rollout: the traffic steps and the rules that advance, hold or roll back a step.
 
     The thresholds follow the field's automatic-rollback rules (error rate > 1%, P99 > 100 ms,
-    accuracy down > 5%, QPS down > 30%); :func:`relay.rollout.decide` applies them.
+    accuracy down > 5%, QPS down > 30%); :func:`relay.rollout.rules.decide` applies them.
     """
 
     steps: tuple[float, ...] = Field(
@@ -185,6 +185,8 @@ class ServingSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     app_name: str = "eta"
+    # Import path of the Serve application (its builders), as `serve deploy` would take it.
+    app_module: str = "serving.app"
     max_batch_size: int = 32
     batch_wait_timeout_s: float = 0.010
     # Must exceed batch size x concurrent batches, or batches never fill (Serve's default is 5).
@@ -198,7 +200,7 @@ class ServingSettings(BaseModel):
 
 
 class MonitoringSettings(BaseModel):
-    """Drift and live-quality monitoring of the production model (:mod:`relay.monitoring`).
+    """Drift and live-quality monitoring of the production model (:mod:`relay.monitor.rules`).
 
     PSI bands follow the field's convention: below 0.1 stable, 0.1-0.2 moderate, above 0.2 high.
     Weather moves every day, and a rainy day is no reason to retrain a model that takes weather

@@ -25,7 +25,7 @@ def _free_port() -> int:
 def lake_days() -> tuple[dt.date, ...]:
     """Two validated days with feature tables in the test lake."""
     from relay.features.store import write_feature_tables
-    from relay.ingest import land_generated_batch, validate_partition
+    from relay.ingest.landing import land_generated_batch, validate_partition
 
     for day in DAYS:
         land_generated_batch(day, ORDERS_PER_DAY)

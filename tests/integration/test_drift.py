@@ -18,14 +18,14 @@ import pandas as pd
 import pytest
 
 from relay.data.generate import generate_orders
+from relay.data.lake import ACTUALS, SERVING_LOG, Lake
 from relay.data.scenarios import DRIFTS
-from relay.drift import DriftResult, NoServingTraffic, monitor_window
 from relay.features.store import entity_frame
 from relay.features.tables import compute_feature_tables
-from relay.lake import ACTUALS, SERVING_LOG, Lake
 from relay.model.preprocess import NUMERIC, WEATHER_LEVELS
-from relay.monitoring import Action, decide
-from relay.serving_log import to_frame, to_row
+from relay.monitor.drift import DriftResult, NoServingTraffic, monitor_window
+from relay.monitor.rules import Action, decide
+from relay.serve.log import to_frame, to_row
 from relay.settings import Settings
 
 pytestmark = pytest.mark.integration

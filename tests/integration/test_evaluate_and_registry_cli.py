@@ -26,12 +26,13 @@ import pandas as pd
 import pytest
 import torch
 
-from relay.challenger import VersionEvaluation, evaluate_version
 from relay.data.generate import generate_orders
+from relay.evaluate.challenger import VersionEvaluation, evaluate_version
 from relay.features.store import entity_frame
 from relay.features.tables import compute_feature_tables
 from relay.model.bundle import ModelBundle
 from relay.model.preprocess import Preprocessor
+from relay.model.registration import UNKNOWN_COMMIT, config_hash, register_trained
 from relay.model.training import (
     build_model,
     model_inputs,
@@ -40,7 +41,6 @@ from relay.model.training import (
     tensor_batches,
 )
 from relay.model.training import train_epoch as run_epoch
-from relay.packaging import UNKNOWN_COMMIT, config_hash, register_trained
 from relay.registry import IllegalTransition, ModelState, Registry, Stage
 from relay.settings import GateSettings, Settings
 

@@ -5,9 +5,9 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
+from relay.data.lake import COURIER_STATS, MERCHANT_STATS, VALIDATED_ORDERS, ZONE_STATS, Lake
 from relay.features.store import entity_frame, get_store, online_features, training_frame
 from relay.features.tables import COURIER_FEATURES, MERCHANT_FEATURES, ZONE_FEATURES
-from relay.lake import COURIER_STATS, MERCHANT_STATS, VALIDATED_ORDERS, ZONE_STATS, Lake
 
 
 def _latest(lake: Lake, ds, key: str) -> pd.DataFrame:

@@ -6,8 +6,8 @@ import boto3
 import pytest
 
 from relay.data.generate import generate_orders
+from relay.data.lake import RAW_ORDERS, Lake
 from relay.errors import PartitionNotFound
-from relay.lake import RAW_ORDERS, Lake
 from relay.settings import Settings
 
 

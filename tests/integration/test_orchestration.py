@@ -49,7 +49,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A Ray head and an Airflow home of their own, like ``make up`` sets them up."""
-    from relay import stack as st
+    from relay.infra import stack as st
 
     home = tmp_path_factory.mktemp("orchestration")
     dash = _free_port()
@@ -177,7 +177,7 @@ print(json.dumps({"parse_s": out, "heavy": heavy}))
     assert {"tune", "train"} <= {t.task_id for t in training.tasks if t.pool == "ray_gpu"}
     assert set(training.params) >= {"start_date", "skip_tuning", "tune_trials", "force_deploy"}
     # The scheduled run (catchup off) learns from the day that just ended, not the new one.
-    from relay.pipeline import run_days
+    from relay.flows.eta_training import run_days
 
     info = training.timetable.next_dagrun_info(
         last_automated_data_interval=None,
@@ -204,7 +204,7 @@ def test_operator_streams_job_logs_and_fails_with_the_job(
     stack: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     from relay.airflow.operators import RayJobOperator
-    from relay.rayjobs import RayJobFailed
+    from relay.infra.rayjobs import RayJobFailed
 
     op = RayJobOperator(
         task_id="failing",
@@ -224,9 +224,9 @@ def test_operator_streams_job_logs_and_fails_with_the_job(
 
 
 def test_operator_stops_the_job_when_the_task_is_killed(stack: dict[str, Any]) -> None:
-    from relay import rayjobs
     from relay.airflow.operators import RayJobOperator
-    from relay.rayjobs import RayJobFailed
+    from relay.infra import rayjobs
+    from relay.infra.rayjobs import RayJobFailed
 
     op = RayJobOperator(
         task_id="long",
@@ -262,7 +262,7 @@ def test_cli_without_an_address_joins_the_head_make_up_started(stack: dict[str, 
     # cluster it had not started ("When connecting to an existing cluster, num_cpus ...").
     env = {k: v for k, v in os.environ.items() if k not in ("RELAY_RAY__ADDRESS", "RAY_ADDRESS")}
     code = (
-        "from relay.raycluster import connect; ray = connect(); "
+        "from relay.infra.cluster import connect; ray = connect(); "
         "print('gcs', ray.get_runtime_context().gcs_address); ray.shutdown()"
     )
     res = subprocess.run(
@@ -295,7 +295,7 @@ def trained(stack: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.e2e
 def test_training_dag_leaves_a_registered_model_serving(trained: dict[str, Any]) -> None:
-    from relay.lake import RAW_ORDERS, Lake
+    from relay.data.lake import RAW_ORDERS, Lake
     from relay.registry import Registry
 
     states = _task_states("eta_training", trained["run_id"])
@@ -350,12 +350,12 @@ def _serve_log(
     """Log what the endpoint serves for ``day``'s orders under ``scenario`` at hour ``at``:
     features as the training set computes them (point in time), the version's predictions,
     and the actual delivery times landed afterwards."""
+    from relay.data.lake import ACTUALS, SERVING_LOG, Lake
     from relay.data.scenarios import scenario_batch
     from relay.features.store import training_frame
-    from relay.lake import ACTUALS, SERVING_LOG, Lake
     from relay.model.bundle import ModelBundle
     from relay.registry import Registry
-    from relay.serving_log import to_frame, to_row
+    from relay.serve.log import to_frame, to_row
 
     s = get_settings()
     # The world the pipeline landed (same seed); a sample from the whole day, as traffic is.
@@ -442,9 +442,9 @@ def _bad_copy_of(version_id: str, home: Path) -> str:
     """Register a copy of ``version_id`` whose ETAs run ~late, forced past the gate."""
     import torch
 
-    from relay.challenger import evaluate_version
-    from relay.drift import reference_uri_of
-    from relay.packaging import register_trained
+    from relay.evaluate.challenger import evaluate_version
+    from relay.model.registration import register_trained
+    from relay.monitor.drift import reference_uri_of
     from relay.registry import Registry
 
     run = next(p for p in (home / "runs").iterdir() if (p / "model" / "model.pt").exists())
@@ -496,7 +496,7 @@ def test_rest_api_trigger_on_postgresql(stack: dict[str, Any], trained: dict[str
     triggered through the REST API as the UI does it."""
     import psycopg2
 
-    from relay import stack as st
+    from relay.infra import stack as st
     from relay.registry import Registry
 
     production = Registry().stage_version("production")

@@ -23,11 +23,14 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from relay.api_models import Order, OrderBatch
 from relay.cli import app
+from relay.data.lake import ACTUALS, Lake
 from relay.data.scenarios import scenario_batch
-from relay.lake import ACTUALS, Lake
-from relay.replay import (
+from relay.serve.log import read_actuals
+from relay.serve.schemas import Order, OrderBatch
+from relay.serve.traffic import TrafficSplit
+from relay.settings import Settings, reset_settings
+from relay.sim.replay import (
     EndpointUnreachable,
     NotLoopback,
     ReplayConfig,
@@ -35,9 +38,6 @@ from relay.replay import (
     replay,
     request_chunks,
 )
-from relay.serving_log import read_actuals
-from relay.settings import Settings, reset_settings
-from relay.traffic import TrafficSplit
 
 pytestmark = pytest.mark.integration
 

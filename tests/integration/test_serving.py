@@ -18,15 +18,15 @@ import pandas as pd
 import pytest
 import torch
 
+from relay.data.lake import VALIDATED_ORDERS, Lake
 from relay.features.store import OnlineFeatures, apply, materialize, training_frame
-from relay.lake import VALIDATED_ORDERS, Lake
 from relay.model.bundle import ModelBundle
 from relay.model.preprocess import Preprocessor
+from relay.model.registration import register_trained
 from relay.model.training import build_model, model_inputs, save_run, tensor_batches, train_epoch
-from relay.packaging import register_trained
 from relay.registry import Registry
+from relay.serve.traffic import TrafficSplit
 from relay.settings import get_settings
-from relay.traffic import TrafficSplit
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ def served(lake_days, tmp_path_factory):
     import ray
     from ray import serve
 
-    from serving import control
+    from relay.serve import control
 
     apply()
     end = dt.datetime.combine(lake_days[-1] + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
@@ -170,7 +170,7 @@ def test_unknown_courier_gets_defaults_and_a_flag(served):
 
 
 def test_canary_at_ten_percent_is_deterministic_by_order_id(served):
-    from serving import control
+    from relay.serve import control
 
     control.set_traffic(TrafficSplit(served["v1"], served["v2"], 0.10), served["settings"])
     row = served["orders"].iloc[4]
@@ -193,7 +193,7 @@ def test_canary_at_ten_percent_is_deterministic_by_order_id(served):
 
 
 def test_rollback_under_load_loses_no_request_and_stalls_none(served):
-    from serving import control
+    from relay.serve import control
 
     control.set_traffic(TrafficSplit(served["v1"], served["v2"], 0.5), served["settings"])
     row = served["orders"].iloc[5]
@@ -237,8 +237,8 @@ def test_rollback_under_load_loses_no_request_and_stalls_none(served):
 def test_serving_log_holds_every_answered_prediction(served):
     from ray import serve
 
-    from relay.serving_log import read_serving_log
-    from serving.app import MODEL_DEPLOYMENT, model_app_name
+    from relay.serve.log import read_serving_log
+    from relay.serve.traffic_state import MODEL_DEPLOYMENT, model_app_name
 
     rows = served["orders"].iloc[10:30]
     ids = [f"logged-{i}" for i in range(len(rows))]
@@ -269,8 +269,8 @@ def test_metrics_are_exposed_per_version(served):
 
 def test_training_frees_the_version_without_traffic_and_v1_keeps_answering(served):
     # Last in the module: it deletes v2. Training calls this before asking Ray for workers.
-    from relay.deployment import free_idle_models
-    from serving import control
+    from relay.rollout.driver import free_idle_models
+    from relay.serve import control
 
     s = served["settings"]
     control.set_traffic(TrafficSplit(stable=served["v1"]), s)

@@ -8,8 +8,8 @@ import boto3
 import pandas as pd
 import pytest
 
-from relay.lake import SERVING_LOG, Lake
-from relay.serving_log import ServingLogWriter, read_serving_log
+from relay.data.lake import SERVING_LOG, Lake
+from relay.serve.log import ServingLogWriter, read_serving_log
 from relay.settings import Settings
 
 DAY = dt.date(2026, 11, 20)

@@ -32,8 +32,8 @@ def ray_cluster() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def training_set(lake_days, tmp_path_factory) -> str:
     """A real training set from the Feast pipeline (point-in-time join on the test lake)."""
+    from relay.data.lake import VALIDATED_ORDERS, Lake
     from relay.features.store import apply, training_frame
-    from relay.lake import VALIDATED_ORDERS, Lake
 
     apply()
     orders = Lake().read_range(VALIDATED_ORDERS, lake_days[0], lake_days[-1])

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from relay.data.lake import RAW_ORDERS, VALIDATED_ORDERS, Lake
 from relay.data.scenarios import CORRUPTIONS, DRIFTS, scenario_batch
 from relay.errors import DataValidationFailed
-from relay.ingest import land_generated_batch, validate_partition
-from relay.lake import RAW_ORDERS, VALIDATED_ORDERS, Lake
-from relay.validation import require_valid, validate_orders
+from relay.ingest.landing import land_generated_batch, validate_partition
+from relay.ingest.validation import require_valid, validate_orders
 
 DAY = dt.date(2026, 11, 10)
 N = 4000

@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-import relay.deployment
-from relay.deployment import RolloutOutcome, deploy_stable, free_idle_models, run_rollout
+import relay.rollout.driver
 from relay.registry import Lineage, ModelState, Registry, Stage
-from relay.rollout import QualityWindow
-from relay.serving_metrics import LATENCY_BUCKETS_MS, VersionWindow
+from relay.rollout.driver import RolloutOutcome, deploy_stable, free_idle_models, run_rollout
+from relay.rollout.rules import QualityWindow
+from relay.serve.metrics import LATENCY_BUCKETS_MS, VersionWindow
+from relay.serve.traffic import TrafficSplit
 from relay.settings import Settings
-from relay.traffic import TrafficSplit
 
 NOW = dt.datetime(2026, 11, 21, 14, 2, tzinfo=dt.UTC)
 STEPS = (0.01, 0.10, 0.50, 1.0)
@@ -140,7 +140,7 @@ def _validated(reg: Registry) -> str:
 @pytest.fixture
 def no_lake(monkeypatch):
     """live_quality reads the lake; these tests have none."""
-    monkeypatch.setattr(relay.deployment, "live_quality", lambda *a, **k: None)
+    monkeypatch.setattr(relay.rollout.driver, "live_quality", lambda *a, **k: None)
 
 
 @dataclass
@@ -379,7 +379,7 @@ def test_quality_regression_from_live_quality_rolls_back(world, monkeypatch):
         seen.append((st, cand))
         return QualityWindow(candidate_mae=9.0, stable_mae=6.0, n_labelled=500)
 
-    monkeypatch.setattr(relay.deployment, "live_quality", bad_quality)
+    monkeypatch.setattr(relay.rollout.driver, "live_quality", bad_quality)
     w.s.rollout.quality_every_s = 1.0
     out, _ = w.rollout(w.candidate)
     assert out.outcome == "rolled_back"

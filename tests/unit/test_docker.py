@@ -219,7 +219,7 @@ def test_env_example_names_every_variable_and_holds_no_secret(compose, env_examp
 
 
 def test_ray_nodes_share_token_auth_and_the_haproxy_ingress(services):
-    tree = ast.parse((ROOT / "serving" / "control.py").read_text())
+    tree = ast.parse((ROOT / "plugins" / "relay" / "serve" / "control.py").read_text())
     haproxy = next(
         ast.literal_eval(node.value)
         for node in tree.body

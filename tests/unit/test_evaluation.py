@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from markupsafe import escape
 
-from relay.evaluation import (
+from relay.evaluate.gate import decide
+from relay.evaluate.metrics import (
     Evaluation,
     Metrics,
     compute_metrics,
@@ -22,7 +23,6 @@ from relay.evaluation import (
     slice_metrics,
     write_report,
 )
-from relay.gates import decide
 from relay.settings import GateSettings
 
 SEED = 11

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from relay.evaluation import Evaluation, Metrics, evaluate
-from relay.gates import decide
+from relay.evaluate.gate import decide
+from relay.evaluate.metrics import Evaluation, Metrics, evaluate
 from relay.settings import GateSettings
 
 SEED = 23
@@ -112,7 +112,7 @@ def test_a_slice_regression_within_paired_noise_passes():
 
 
 def test_paired_noise_keeps_a_retrained_twin_and_still_catches_a_broken_zone():
-    from relay.evaluation import paired_slice_se
+    from relay.evaluate.metrics import paired_slice_se
 
     # Thirty zones of ~200 orders: two fits of one model differ by chance in a few of them.
     rng = np.random.default_rng(0)

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 
-from relay.drift import DriftResult, FeatureDrift, PredictionDrift, VersionQuality, psi
-from relay.monitoring import Action, Check, decide, registered_mae
+from relay.monitor.drift import DriftResult, FeatureDrift, PredictionDrift, VersionQuality, psi
+from relay.monitor.rules import Action, Check, decide, registered_mae
 from relay.settings import MonitoringSettings, Settings
 
 SETTINGS = MonitoringSettings()
@@ -335,7 +335,7 @@ def test_psi_needs_values_on_both_sides():
 
 
 def test_the_reference_of_a_version_is_the_training_set_it_was_registered_with():
-    from relay.drift import ReferenceUnusable, reference_uri_of
+    from relay.monitor.drift import ReferenceUnusable, reference_uri_of
     from relay.registry import HistoryEntry, Lineage, ModelState, ModelVersion
 
     uri = "s3://lake/eta/training/eta_20261114_20261120/date=2026-11-20/part-0.parquet"

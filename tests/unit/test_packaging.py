@@ -8,10 +8,15 @@ import math
 import pandas as pd
 import pytest
 
-from relay.challenger import REQUIRED_COLUMNS, HoldoutError, check_holdout, transition_reason
-from relay.gates import GateVerdict
+from relay.evaluate.challenger import (
+    REQUIRED_COLUMNS,
+    HoldoutError,
+    check_holdout,
+    transition_reason,
+)
+from relay.evaluate.gate import GateVerdict
 from relay.model.bundle import ModelBundle, ModelBundleError
-from relay.packaging import config_hash, numeric_metrics
+from relay.model.registration import config_hash, numeric_metrics
 
 
 def test_numeric_metrics_keep_finite_numbers_only():

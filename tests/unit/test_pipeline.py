@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from relay.monitor_run import training_conf
-from relay.pipeline import gate_settings, run_days, run_dir
+from relay.flows.eta_monitoring import training_conf
+from relay.flows.eta_training import gate_settings, run_days, run_dir
 from relay.settings import Settings
 
 D = dt.date(2026, 11, 21)

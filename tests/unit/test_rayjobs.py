@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from relay.rayjobs import (
+from relay.infra.rayjobs import (
     JobFollower,
     JobSpec,
     RayJobFailed,

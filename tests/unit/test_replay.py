@@ -9,10 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from relay.api_models import Order, OrderBatch
 from relay.data.scenarios import scenario_batch
-from relay.ingest import land_generated_batch
-from relay.replay import (
+from relay.ingest.landing import land_generated_batch
+from relay.serve.log import ACTUAL_COLUMNS
+from relay.serve.schemas import Order, OrderBatch
+from relay.settings import Settings
+from relay.sim.replay import (
     REQUEST_FIELDS,
     NotLoopback,
     Pacer,
@@ -28,8 +30,6 @@ from relay.replay import (
     request_chunks,
     require_loopback,
 )
-from relay.serving_log import ACTUAL_COLUMNS
-from relay.settings import Settings
 
 DAY = dt.date(2026, 11, 21)
 

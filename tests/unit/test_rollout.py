@@ -7,8 +7,8 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from relay.rollout import Action, QualityWindow, decide, next_step
-from relay.serving_metrics import LiveMetrics, VersionWindow
+from relay.rollout.rules import Action, QualityWindow, decide, next_step
+from relay.serve.metrics import LiveMetrics, VersionWindow
 from relay.settings import RolloutSettings, Settings
 
 SETTINGS = RolloutSettings(step_duration_s=0.5)
@@ -123,7 +123,7 @@ def test_at_the_last_step_stable_latency_comes_from_the_step_before():
 
 
 def test_binomial_tail():
-    from relay.rollout import binomial_tail
+    from relay.rollout.rules import binomial_tail
 
     assert binomial_tail(0, 10, 0.01) == 1.0 and binomial_tail(11, 10, 0.01) == 0.0
     assert binomial_tail(1, 10, 0.01) == pytest.approx(1 - 0.99**10)

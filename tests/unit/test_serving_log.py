@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from relay.data.lake import ACTUALS, SERVING_LOG, Lake
 from relay.errors import PartitionNotFound
-from relay.lake import ACTUALS, SERVING_LOG, Lake
-from relay.serving_log import (
+from relay.serve.log import (
     InvalidServingRecord,
     ServingLogClosed,
     ServingLogWriter,
@@ -259,7 +259,7 @@ def test_overflow_drops_the_oldest_and_counts_them(lake, make_writer, caplog):
     w = make_writer(max_pending=10, **QUIET)
     w.log([record(i) for i in range(25)])
     assert (w.dropped, w.pending) == (15, 10)
-    with caplog.at_level(logging.WARNING, logger="relay.serving_log"):
+    with caplog.at_level(logging.WARNING, logger="relay.serve.log"):
         assert w.flush() == 10
     assert "dropped the 15 oldest" in caplog.text
     df = read_serving_log(lake, DAY, DAY)

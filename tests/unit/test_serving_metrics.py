@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from relay.serving_metrics import LATENCY_BUCKETS_MS, LiveMetrics, VersionWindow, diff
+from relay.serve.metrics import LATENCY_BUCKETS_MS, LiveMetrics, VersionWindow, diff
 
 
 class FakeClock:

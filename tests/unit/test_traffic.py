@@ -2,7 +2,7 @@
 
 import pytest
 
-from relay.traffic import TrafficSplit, bucket
+from relay.serve.traffic import TrafficSplit, bucket
 
 
 def test_split_sends_its_share_and_is_deterministic():

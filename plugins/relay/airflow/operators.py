@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from airflow.sdk import BaseOperator
 
-from relay import rayjobs
+from relay.infra import rayjobs
 
 
 class RayJobOperator(BaseOperator):

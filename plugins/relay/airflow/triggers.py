@@ -8,7 +8,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from relay import rayjobs
+from relay.infra import rayjobs
 
 
 class RayJobTrigger(BaseTrigger):

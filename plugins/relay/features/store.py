@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from relay.data.lake import FEATURE_TABLES, TRAINING_SETS, VALIDATED_ORDERS, Dataset, Lake
 from relay.errors import FeatureStoreError, PartitionNotFound
 from relay.features.tables import compute_feature_tables
-from relay.lake import FEATURE_TABLES, TRAINING_SETS, VALIDATED_ORDERS, Dataset, Lake
 from relay.settings import Settings, get_settings
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from relay.lake import VALIDATED_ORDERS, Lake, date_range
+from relay.data.lake import VALIDATED_ORDERS, Lake, date_range
 from relay.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,8 @@ def ingest(
     """Land each day's batch of orders in ``raw/orders`` (the generator stands in for the
     order service's export). A day already landed is kept as it is (the export lands once;
     ``overwrite`` lands it again). Returns the partition URIs."""
-    from relay.ingest import land_generated_batch
-    from relay.lake import RAW_ORDERS
+    from relay.data.lake import RAW_ORDERS
+    from relay.ingest.landing import land_generated_batch
 
     lake = Lake(settings)
     uris = []
@@ -96,7 +96,7 @@ def validate(days: list[dt.date]) -> list[str]:
     Returns the Data Docs pages. Raises ``DataValidationFailed`` (its message names the failed
     expectations and the Data Docs page) at the first bad day, before anything downstream.
     """
-    from relay.ingest import validate_partition
+    from relay.ingest.landing import validate_partition
 
     docs = []
     for day in days:
@@ -202,8 +202,8 @@ def register_and_gate(
     the registry records that the gate failed and that the deployment was forced.
     ``slice_margin`` replaces ``GateSettings.slice_margin`` for this run (a drift retrain's).
     """
-    from relay.challenger import evaluate_version
-    from relay.packaging import register_trained
+    from relay.evaluate.challenger import evaluate_version
+    from relay.model.registration import register_trained
 
     version = register_trained(
         Path(model_dir), training_set_uri=training_set_uri, data_partitions=partitions

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
+from relay.data.lake import RAW_ORDERS, VALIDATED_ORDERS, Lake
 from relay.data.scenarios import scenario_batch
-from relay.lake import RAW_ORDERS, VALIDATED_ORDERS, Lake
+from relay.ingest.validation import Verdict, require_valid, validate_orders
 from relay.settings import Settings, get_settings
-from relay.validation import Verdict, require_valid, validate_orders
 
 
 def land_generated_batch(

@@ -3,7 +3,7 @@
 These drivers join the registry (which version is where) and the Serve endpoint (which version
 answers). They run where Ray is reachable: as Ray jobs submitted by the DAGs
 (``python -m ray_jobs.rollout …``) or from the ``relay serve`` CLI. Decisions stay pure in
-:func:`relay.rollout.decide`; this module only measures, asks and acts.
+:func:`relay.rollout.rules.decide`; this module only measures, asks and acts.
 
 The registry records every move: a version entering canary or production starts Deploying and
 becomes Serving once the endpoint answers with it; a candidate rolled back by live metrics
@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from relay.registry import ModelState, Registry
-from relay.rollout import Action, QualityWindow, RolloutVerdict, decide, next_step
-from relay.serving_metrics import VersionWindow, diff, window_from_dict
+from relay.rollout.rules import Action, QualityWindow, RolloutVerdict, decide, next_step
+from relay.serve.metrics import VersionWindow, diff, window_from_dict
+from relay.serve.traffic import TrafficSplit
 from relay.settings import Settings, get_settings
-from relay.traffic import TrafficSplit
 
 
 class Endpoint(Protocol):
-    """What the drivers need of the Serve endpoint (``serving.control`` provides it)."""
+    """What the drivers need of the Serve endpoint (``relay.serve.control`` provides it)."""
 
     def current_traffic(self, settings: Settings | None = None) -> TrafficSplit | None: ...
 
@@ -76,7 +76,7 @@ class RolloutOutcome:
 
 
 def _endpoint() -> Endpoint:
-    from serving import control
+    from relay.serve import control
 
     return control
 
@@ -176,7 +176,7 @@ def run_rollout(
 
     With nothing serving yet, the version simply becomes stable. Otherwise it is deployed
     beside the stable version and walks through ``settings.rollout.steps``. At each step the
-    live windows of both versions since the step began go to :func:`relay.rollout.decide`;
+    live windows of both versions since the step began go to :func:`relay.rollout.rules.decide`;
     an advance moves to the next share, a promotion makes it stable, a rollback sends all
     traffic back to stable at once. A step that holds for longer than
     ``settings.rollout.step_timeout_s`` (too little traffic to judge) is rolled back: a
@@ -294,9 +294,9 @@ def live_quality(
 ) -> QualityWindow | None:
     """Both versions' MAE on the predictions served since ``since`` whose actual delivery
     times have landed (serving log joined with actuals); None until both have labels."""
+    from relay.data.lake import Lake
     from relay.errors import RelayError
-    from relay.lake import Lake
-    from relay.serving_log import join_actuals, read_actuals, read_serving_log
+    from relay.serve.log import join_actuals, read_actuals, read_serving_log
 
     s = settings or get_settings()
     lake = Lake(s)

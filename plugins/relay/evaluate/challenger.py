@@ -1,8 +1,8 @@
 """Champion/challenger evaluation: score a new model and the serving one on the same holdout.
 
 :func:`evaluate_challenger` is the computation: both models predict the same rows, each gets an
-:class:`~relay.evaluation.Evaluation` (overall and per zone, hour band and weather), the gate
-(:func:`relay.gates.decide`, pure) judges the pair, and an HTML report is written.
+:class:`~relay.evaluate.metrics.Evaluation` (overall and per zone, hour band and weather), the gate
+(:func:`relay.evaluate.gate.decide`, pure) judges the pair, and an HTML report is written.
 :func:`evaluate_version` is the registry step around it: it loads the challenger and the
 production champion from the registry (artifacts verified), moves the challenger
 Trained → Evaluating → Validated or Failed, and records the gate's reasons in its history.
@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from relay.errors import RelayError
-from relay.evaluation import Evaluation, evaluate, paired_slice_se, write_report
-from relay.gates import GateVerdict, decide
+from relay.evaluate.gate import GateVerdict, decide
+from relay.evaluate.metrics import Evaluation, evaluate, paired_slice_se, write_report
 from relay.model.bundle import ModelBundle
 from relay.model.preprocess import DISTANCE, HASHED, LABEL, NUMERIC, VOCAB, WEATHER
 from relay.registry import ModelState, ModelVersion, Registry, Stage, check_transition
@@ -238,7 +238,7 @@ def read_holdout(uri: str | Path, settings: Settings | None = None) -> pd.DataFr
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    from relay.lake import filesystem
+    from relay.data.lake import filesystem
 
     fs, path = filesystem(str(uri), settings)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:

@@ -48,7 +48,7 @@ class Traffic:
         self.sent = 0
 
     def _run(self) -> None:
-        from relay.replay import ReplayConfig, load_orders, replay
+        from relay.sim.replay import ReplayConfig, load_orders, replay
 
         day_orders = len(load_orders(self.day, self.scenario)[0])
         skip = self.start % day_orders
@@ -96,7 +96,7 @@ def _run_and_wait(
 def _wait_run(
     client: Any, dag_id: str, run_id: str, emit: Callable[[str], None], timeout_s: float
 ) -> tuple[str, dict[str, str]]:
-    from relay.stack import task_progress
+    from relay.infra.stack import task_progress
 
     state = client.wait(dag_id, run_id, timeout_s, task_progress(emit, dag_id))
     return state, client.task_states(dag_id, run_id)
@@ -105,7 +105,7 @@ def _wait_run(
 def _outcome(settings: Settings, run_id: str) -> dict[str, Any]:
     import json
 
-    from relay.pipeline import run_dir
+    from relay.flows.eta_training import run_dir
 
     path = run_dir(run_id, settings) / "rollout.json"
     return dict(json.loads(path.read_text())) if path.exists() else {}
@@ -113,8 +113,8 @@ def _outcome(settings: Settings, run_id: str) -> dict[str, Any]:
 
 def play(settings: Settings | None = None, emit: Callable[[str], None] = print) -> dict[str, Any]:
     """Play the whole life cycle on a running stack (``relay stack up`` first)."""
-    from relay import stack
-    from relay.pipeline import ingest, publish_features, validate
+    from relay.flows.eta_training import ingest, publish_features, validate
+    from relay.infra import stack
     from relay.registry import Registry
 
     s = settings or get_settings()
@@ -135,7 +135,7 @@ def play(settings: Settings | None = None, emit: Callable[[str], None] = print) 
     ingest([yesterday], scenario=DRIFT_SCENARIO, overwrite=True, settings=s)
     validate([yesterday])
     publish_features([yesterday])
-    from relay.replay import ReplayConfig, replay
+    from relay.sim.replay import ReplayConfig, replay
 
     res = replay(
         ReplayConfig(

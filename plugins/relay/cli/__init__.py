@@ -124,7 +124,7 @@ def generate(
 ) -> None:
     """Generate synthetic orders and land them in the lake's raw layer."""
     from relay.data.scenarios import SCENARIOS
-    from relay.ingest import land_generated_batch
+    from relay.ingest.landing import land_generated_batch
 
     if scenario not in SCENARIOS:
         raise typer.BadParameter(f"choose one of {', '.join(SCENARIOS)}", param_hint="--scenario")
@@ -139,7 +139,7 @@ def generate(
 @app.command()
 def validate(date: DateOpt, days: DaysOpt = 1) -> None:
     """Validate raw partitions with Great Expectations; valid ones move to the validated layer."""
-    from relay.ingest import validate_partition
+    from relay.ingest.landing import validate_partition
 
     with _progress() as p:
         task = p.add_task("validating", total=days)
@@ -209,7 +209,7 @@ def pipeline(
 ) -> None:
     """Run what exists end to end: generate, validate, features, materialize, training set."""
     from relay.features.store import apply, build_training_set, materialize, write_feature_tables
-    from relay.ingest import land_generated_batch, validate_partition
+    from relay.ingest.landing import land_generated_batch, validate_partition
     from relay.settings import get_settings
 
     span = _days(date, days)
@@ -248,8 +248,8 @@ def tune(
     epochs: Annotated[int, typer.Option(min=1, help="Epochs per trial (ASHA's max_t)")] = 6,
 ) -> None:
     """Search hyperparameters with Ray Tune (Optuna TPE + ASHA); Ray shows trial progress."""
+    from relay.infra.cluster import connect
     from relay.model.ray_tune import run_tune
-    from relay.raycluster import connect
 
     connect()
     _free_idle_serving()
@@ -263,7 +263,7 @@ def tune(
 
 def _free_idle_serving() -> None:
     # Serve replicas of a version that takes no traffic hold CPUs the workers wait for.
-    from relay.deployment import free_idle_models
+    from relay.rollout.driver import free_idle_models
 
     free_idle_models(emit=console.print)
 
@@ -283,8 +283,8 @@ def train(
     ] = None,
 ) -> None:
     """Train the ETA model with Ray Train (data-parallel, checkpoint per epoch)."""
+    from relay.infra.cluster import connect
     from relay.model.ray_train import TrainRequest, run_training
-    from relay.raycluster import connect
 
     connect()
     _free_idle_serving()
@@ -328,7 +328,7 @@ def register(
     ] = None,
 ) -> None:
     """Register a finished training run as the model's next version (state trained)."""
-    from relay.packaging import register_trained
+    from relay.model.registration import register_trained
 
     parts = [p.strip() for item in partitions or [] for p in item.split(",") if p.strip()]
     version = _run(
@@ -355,7 +355,7 @@ def evaluate(
     ] = None,
 ) -> None:
     """Gate a version against the production champion; exit 3 when the gate rejects it."""
-    from relay.challenger import evaluate_version
+    from relay.evaluate.challenger import evaluate_version
 
     with console.status(f"evaluating {version}"):
         outcome = _run(lambda: evaluate_version(version, holdout, report_path=report))
@@ -467,9 +467,9 @@ def models_lineage(version: VersionArg, as_json: JsonOpt = False) -> None:
 
 
 def _serving() -> Any:
-    """Join the running Ray cluster (serving must outlive the CLI) and return serving.control."""
-    from relay.raycluster import connect
-    from serving import control
+    """Join the running Ray cluster (serving must outlive the CLI); return relay.serve.control."""
+    from relay.infra.cluster import connect
+    from relay.serve import control
 
     try:
         connect(require_running=True)
@@ -496,7 +496,7 @@ def _print_split(split: Any) -> None:
 def serve_up() -> None:
     """Deploy the production version from the registry as the stable model."""
     from relay.registry import Registry
-    from relay.traffic import TrafficSplit
+    from relay.serve.traffic import TrafficSplit
 
     control = _serving()
     version = _run(lambda: Registry().stage_version("production"))
@@ -560,7 +560,7 @@ def serve_rollout(
 
     Exits 0 whether the candidate was promoted or rolled back; the outcome says which.
     """
-    from relay.deployment import run_rollout
+    from relay.rollout.driver import run_rollout
 
     _serving()
     res = _run(lambda: run_rollout(version, emit=lambda m: console.print(m, markup=False)))
@@ -577,7 +577,7 @@ def serve_restore(
     ] = "",
 ) -> None:
     """Serve an earlier version with all traffic and point production at it (a rollback)."""
-    from relay.deployment import deploy_stable
+    from relay.rollout.driver import deploy_stable
 
     _serving()
     split = _run(lambda: deploy_stable(version, reason=reason or f"restored {version}"))
@@ -632,8 +632,8 @@ def replay(
     """Replay a day's orders against the ETA endpoint at --rate requests/s, then land their
     actual delivery times in serving/actuals."""
     from relay.data.scenarios import SCENARIOS
-    from relay.replay import ReplayConfig, ReplayProgress
-    from relay.replay import replay as run_replay
+    from relay.sim.replay import ReplayConfig, ReplayProgress
+    from relay.sim.replay import replay as run_replay
 
     if scenario is not None and scenario not in SCENARIOS:
         raise typer.BadParameter(f"choose one of {', '.join(SCENARIOS)}", param_hint="--scenario")
@@ -679,7 +679,7 @@ def stack_up(
 ) -> None:
     """Start Ray (dashboard, Jobs API, Serve), Airflow (api-server, scheduler, dag-processor,
     triggerer), then trigger a first eta_training run and wait for it."""
-    from relay import stack
+    from relay.infra import stack
     from relay.settings import get_settings
 
     s = get_settings()
@@ -708,7 +708,7 @@ def stack_up(
 @stack_app.command("down")
 def stack_down() -> None:
     """Stop every process `relay stack up` started (by PID)."""
-    from relay import stack
+    from relay.infra import stack
 
     stopped = stack.stop_all()
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
@@ -718,7 +718,7 @@ def stack_down() -> None:
 def demo() -> None:
     """Play the life cycle on the running stack: drift → retrain → canary → promoted; a bad
     model stopped by the gate, then rolled back by live metrics when forced into canary."""
-    from relay.demo import play
+    from relay.sim.demo import play
 
     summary = _run(lambda: play(emit=lambda m: out.print(m, markup=False, highlight=False)))
     ok = (
@@ -729,7 +729,3 @@ def demo() -> None:
     if not ok:
         console.print(f"[bold red]demo did not end as expected:[/] {summary}")
         raise typer.Exit(1)
-
-
-if __name__ == "__main__":  # pragma: no cover, entry point
-    app()

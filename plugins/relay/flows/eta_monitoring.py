@@ -3,7 +3,7 @@
 ``dags/eta_monitoring.py`` calls :func:`run_monitoring` hourly and acts on its ``action``:
 ``ok`` (nothing), ``retrain`` (trigger ``eta_training`` with :func:`training_conf`) or
 ``rollback`` (restore ``previous_version``). Gathering the inputs is here; the decision is the
-pure :func:`relay.monitoring.decide`.
+pure :func:`relay.monitor.rules.decide`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ def run_monitoring(end: dt.datetime, settings: Settings | None = None) -> dict[s
         The verdict as a dict (``action``, ``reasons``, ``production_version``,
         ``previous_version``, ``report_path``, …) plus ``conf`` for a retrain run.
     """
-    from relay.drift import NoServingTraffic, monitor_window, reference_uri_of
     from relay.model.bundle import ModelBundle
-    from relay.monitoring import decide, registered_mae
+    from relay.monitor.drift import NoServingTraffic, monitor_window, reference_uri_of
+    from relay.monitor.rules import decide, registered_mae
     from relay.registry import Registry
 
     s = settings or get_settings()

@@ -19,7 +19,7 @@ reads the reference (the training set the production model learned from) and cal
 
 The run key comes from the window's end, so running the same interval again overwrites the same
 folder. Frames above ``max_rows`` are sampled (seeded), so a run takes seconds. Nothing here
-decides anything: :func:`relay.monitoring.decide` turns a :class:`DriftResult` into a verdict.
+decides anything: :func:`relay.monitor.rules.decide` turns a :class:`DriftResult` into a verdict.
 
 Evidently takes ~9 s to import: it is imported inside the functions that use it.
 """
@@ -40,11 +40,11 @@ import pandas as pd
 
 from relay.errors import PartitionNotFound, RelayError
 from relay.model.preprocess import DISTANCE, HASHED, NUMERIC, VOCAB, WEATHER
-from relay.serving_log import features_of, join_actuals, read_actuals, read_serving_log
+from relay.serve.log import features_of, join_actuals, read_actuals, read_serving_log
 from relay.settings import Settings, get_settings
 
 if TYPE_CHECKING:  # pragma: no cover, typing only
-    from relay.lake import Lake
+    from relay.data.lake import Lake
     from relay.registry import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -337,7 +337,7 @@ def build_report(
         reference: the training set (feature columns by name, ``delivery_minutes``) or any
             frame with the feature columns; an ``eta_minutes`` column is taken as the model's
             predictions on it.
-        current: serving-log rows (:func:`relay.serving_log.read_serving_log`: ``f_<feature>``
+        current: serving-log rows (:func:`relay.serve.log.read_serving_log`: ``f_<feature>``
             columns, ``model_version``, ``eta_minutes``), optionally left-joined with actuals
             (``actual_minutes``; null where none landed yet).
         out_dir: folder for ``report.html``, ``quality.html`` and ``summary.json``; created.
@@ -636,7 +636,7 @@ def read_reference(uri: str, settings: Settings | None = None) -> pd.DataFrame:
     """
     import pyarrow.parquet as pq
 
-    from relay.lake import filesystem
+    from relay.data.lake import filesystem
 
     fs, path = filesystem(uri.removeprefix("file://"), settings)
     try:
@@ -707,7 +707,7 @@ def monitor_window(
         NoServingTraffic: no prediction was logged in the window.
         ReferenceUnusable: the reference cannot be read or lacks the monitored features.
     """
-    from relay.lake import Lake
+    from relay.data.lake import Lake
 
     s = settings or get_settings()
     end = _utc(end)

@@ -3,7 +3,7 @@
 The Serve deployment calls :meth:`ServingLogWriter.log` on the request path; that only appends
 to an in-memory buffer. A background thread writes the buffer to
 ``serving/predictions/date=YYYY-MM-DD/part-<timestamp>-<uuid>.parquet`` (one new file per day
-per flush, :meth:`relay.lake.Lake.append`) when ``max_batch`` records are waiting or the oldest
+per flush, :meth:`relay.data.lake.Lake.append`) when ``max_batch`` records are waiting or the oldest
 has waited ``max_delay_s``. A record lands in the partition of the UTC date of its
 ``requested_at``.
 
@@ -49,8 +49,8 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from relay.data.lake import ACTUALS, SERVING_LOG, Lake
 from relay.errors import RelayError
-from relay.lake import ACTUALS, SERVING_LOG, Lake
 
 log = logging.getLogger(__name__)
 

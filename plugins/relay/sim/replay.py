@@ -12,8 +12,8 @@ comes first, and it only talks to a loopback address (``127.0.0.1``, ``localhost
 
 Then the labels: the actual delivery times of the orders that got an answer land in the
 lake's ``serving/actuals`` dataset (``order_id``, ``delivered_at``, ``actual_minutes``) with
-:meth:`relay.lake.Lake.append`. The endpoint logs the ``order_id`` it was sent, so the
-monitoring job joins the two on it (:func:`relay.serving_log.join_actuals`). By default an
+:meth:`relay.data.lake.Lake.append`. The endpoint logs the ``order_id`` it was sent, so the
+monitoring job joins the two on it (:func:`relay.serve.log.join_actuals`). By default an
 order's label lands in the partition of the UTC date its answer came back, which is the
 partition the serving log files that prediction under (its ``requested_at`` is the time the
 replica served it, not the order's ``created_at``). With ``label_delay_s`` labels land while
@@ -43,11 +43,11 @@ from urllib.parse import urlsplit
 import numpy as np
 import pandas as pd
 
-from relay.api_models import MAX_ORDERS_PER_REQUEST, Order
+from relay.data.lake import ACTUALS, RAW_ORDERS, Lake
 from relay.data.scenarios import scenario_batch
 from relay.errors import RelayError
-from relay.lake import ACTUALS, RAW_ORDERS, Lake
-from relay.serving_log import ACTUAL_COLUMNS
+from relay.serve.log import ACTUAL_COLUMNS
+from relay.serve.schemas import MAX_ORDERS_PER_REQUEST, Order
 from relay.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Canary rollout: advance, hold, promote or roll back a candidate model version.
 
 :func:`decide` is pure: the candidate's and the stable version's live windows (see
-:mod:`relay.serving_metrics`; take both from the same pair of snapshots so they cover the same
+:mod:`relay.serve.metrics`; take both from the same pair of snapshots so they cover the same
 interval), optional quality against actuals, and the rollout settings in, a
 :class:`RolloutVerdict` out. Every check is listed in the verdict, passing or failing.
 
@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from relay.serving_metrics import VersionWindow
+from relay.serve.metrics import VersionWindow
 from relay.settings import RolloutSettings
 
 _STATUS = {True: "PASS", False: "FAIL"}

@@ -1,20 +1,21 @@
 """Deploying and moving traffic: what ``relay serve …`` and the DAGs call.
 
 Each model version runs as its own Serve application; the router application holds the
-traffic split. Promote and rollback only change the router's ``user_config``, between
-versions that are already running.
+traffic split, kept in a named actor (:mod:`relay.serve.traffic_state`). Promote and rollback
+only change that actor, between versions that are already running.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 import urllib.request
 from typing import Any
 
+from relay.serve.traffic import TrafficSplit
+from relay.serve.traffic_state import model_app_name, traffic_state
 from relay.settings import Settings, get_settings
-from relay.traffic import TrafficSplit
-from serving.app import ETAModel, Router, model_app_name, relay_env, traffic_state
 
 HAPROXY_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
@@ -70,19 +71,19 @@ def _cluster_env(keys: list[str]) -> dict[str, str | None]:
     return ray.get(read.remote(keys), timeout=120)
 
 
+def _serve_app(settings: Settings) -> Any:
+    """The Serve application module (``RELAY_SERVING__APP_MODULE``), found by import path as
+    ``serve deploy`` finds it: the library deploys it but does not import it by name."""
+    return importlib.import_module(settings.serving.app_module)
+
+
 def deploy_model(version: str, settings: Settings | None = None) -> str:
     """Start (or keep) the deployment of one registry version; returns its app name."""
     from ray import serve
 
     s = settings or get_settings()
-    sv = s.serving
-    app = ETAModel.options(
-        num_replicas=sv.model_replicas,
-        max_ongoing_requests=sv.max_ongoing_requests,
-        ray_actor_options={"num_cpus": sv.model_cpus, "runtime_env": {"env_vars": relay_env()}},
-    ).bind(version, sv.max_batch_size, sv.batch_wait_timeout_s)
     name = model_app_name(version)
-    serve.run(app, name=name, route_prefix=None)
+    serve.run(_serve_app(s).model_application(version, s), name=name, route_prefix=None)
     return name
 
 
@@ -98,23 +99,9 @@ def set_traffic(
     from ray import serve
 
     s = settings or get_settings()
-    sv = s.serving
-    config = {
-        "stable": split.stable,
-        "candidate": split.candidate,
-        "candidate_share": split.candidate_share,
-    }
-    generation = ray.get(traffic_state().set.remote(config))
-    if sv.app_name not in serve.status().applications:
-        app = Router.options(
-            num_replicas=sv.router_replicas,
-            max_ongoing_requests=sv.max_ongoing_requests,
-            ray_actor_options={
-                "num_cpus": sv.router_cpus,
-                "runtime_env": {"env_vars": relay_env()},
-            },
-        ).bind()
-        serve.run(app, name=sv.app_name, route_prefix="/")
+    generation = ray.get(traffic_state().set.remote(split.to_config()))
+    if s.serving.app_name not in serve.status().applications:
+        serve.run(_serve_app(s).router_application(s), name=s.serving.app_name, route_prefix="/")
     _wait_for_generation(generation, s, timeout_s)
     return split
 
@@ -132,21 +119,14 @@ def _wait_for_generation(generation: int, settings: Settings, timeout_s: float) 
 
 
 def current_traffic(settings: Settings | None = None) -> TrafficSplit | None:
-    """The router's split, as it reports it over HTTP; None when nothing is deployed yet."""
+    """The split in the traffic actor (what every router applies); None before the first deploy."""
+    import ray
     from ray import serve
 
     if (settings or get_settings()).serving.app_name not in serve.status().applications:
         return None
-    models = _get("/v1/models", settings)["versions"]
-    if not models:
-        return None
-    stable = next(m for m in models if m["role"] == "stable")
-    cand = next((m for m in models if m["role"] == "candidate"), None)
-    return TrafficSplit(
-        stable=stable["version"],
-        candidate=cand["version"] if cand else None,
-        candidate_share=cand["traffic_share"] if cand else 0.0,
-    )
+    _, config = ray.get(traffic_state().get.remote())
+    return None if config is None else TrafficSplit.from_config(config)
 
 
 def canary(version: str, share: float, settings: Settings | None = None) -> TrafficSplit:

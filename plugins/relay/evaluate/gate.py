@@ -12,8 +12,8 @@ Rules:
   ``min_slice_rows`` orders, the challenger's MAE may be at most ``slice_margin`` worse.
   A model that wins on average by getting one zone badly wrong is rejected.
 * with the paired standard errors of the slices (both models on the same orders,
-  :func:`relay.evaluation.paired_slice_se`), a slice fails only when its excess over the margin
-  is more than ``slice_significance_z`` standard errors: forty slices of a few hundred orders
+  :func:`relay.evaluate.metrics.paired_slice_se`), a slice fails only when its excess over the
+  margin is more than ``slice_significance_z`` standard errors: forty slices of a few hundred orders
   each always hold a few that look 5% worse by chance, and rejecting on those would reject
   every retrain.
 """
@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from relay.evaluation import Evaluation
+from relay.evaluate.metrics import Evaluation
 from relay.settings import GateSettings
 
 _STATUS = {True: "PASS", False: "FAIL"}

@@ -220,7 +220,7 @@ def _http_ok(url: str, headers: Mapping[str, str] | None = None) -> bool:
 
 def start_ray(settings: Settings | None = None) -> int:
     """A Ray head with its dashboard (Jobs API), Serve's HAProxy ingress enabled."""
-    from serving.control import HAPROXY_ENV
+    from relay.serve.control import HAPROXY_ENV
 
     s = settings or get_settings()
     dash = urllib.parse.urlparse(s.ray.dashboard_url)
@@ -238,7 +238,7 @@ def start_ray(settings: Settings | None = None) -> int:
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**HAPROXY_ENV, "RELAY_HOME": str(s.home), "PATH": path}
     pid = start_process("ray", argv, env, s, daemonizes=True)
-    from relay.rayjobs import auth_headers
+    from relay.infra.rayjobs import auth_headers
 
     url = f"{s.ray.dashboard_url}/api/version"
     wait_until(lambda: _http_ok(url, auth_headers()), "Ray dashboard", 180)
@@ -447,7 +447,7 @@ def restore_serving(
     version: str, settings: Settings | None = None, emit: Callable[[str], None] = print
 ) -> str:
     """Deploy ``version`` with all traffic through a Ray job (as ``eta_rollback`` does)."""
-    from relay import rayjobs
+    from relay.infra import rayjobs
 
     s = settings or get_settings()
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")

@@ -2,8 +2,9 @@
 
 :func:`compute_metrics` scores one set of predictions; :func:`slice_metrics` scores it per value
 of each slice (zone, hour band, weather); :func:`evaluate` bundles both in an
-:class:`Evaluation` for one model version, which the gate (:mod:`relay.gates`) compares with the
-champion's. :func:`write_report` renders a self-contained HTML page a person can open offline.
+:class:`Evaluation` for one model version, which the gate (:mod:`relay.evaluate.gate`) compares
+with the champion's. :func:`write_report` renders a self-contained HTML page a person can open
+offline.
 
 Errors are ``prediction - actual`` in minutes: a positive bias means the model promises later
 deliveries than happen.
@@ -26,7 +27,7 @@ from relay.data.schema import LABEL
 if TYPE_CHECKING:  # pragma: no cover, typing only
     import plotly.graph_objects as go
 
-    from relay.gates import GateVerdict
+    from relay.evaluate.gate import GateVerdict
 
 WITHIN_MINUTES = 5.0
 DEFAULT_MIN_SLICE_ROWS = 50

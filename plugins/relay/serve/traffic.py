@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 BUCKETS = 10_000
 
@@ -32,6 +33,19 @@ class TrafficSplit:
             raise ValueError(f"candidate_share must be within [0, 1], got {self.candidate_share}")
         if self.candidate is None and self.candidate_share > 0:
             raise ValueError("a candidate share needs a candidate version")
+
+    def to_config(self) -> dict[str, Any]:
+        """The split as the traffic actor keeps it and ``/v1/models`` reports it (plain JSON)."""
+        return asdict(self)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> TrafficSplit:
+        """The inverse of :meth:`to_config` (a missing candidate means none)."""
+        return cls(
+            stable=config["stable"],
+            candidate=config.get("candidate"),
+            candidate_share=float(config.get("candidate_share", 0.0)),
+        )
 
     def version_for(self, order_id: str) -> str:
         if self.candidate and bucket(order_id) < round(self.candidate_share * BUCKETS):

@@ -1,6 +1,6 @@
 """What to do about the production model after a monitoring window: nothing, retrain, roll back.
 
-:func:`decide` is pure: a :class:`relay.drift.DriftResult`, the versions to compare and the
+:func:`decide` is pure: a :class:`relay.monitor.drift.DriftResult`, the versions to compare and the
 monitoring settings in, a :class:`MonitoringVerdict` out. Every check is listed in the verdict.
 
 Rules, every threshold in :class:`~relay.settings.MonitoringSettings`:
@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
-from relay.drift import DriftResult
+from relay.monitor.drift import DriftResult
 from relay.settings import MonitoringSettings
 
 _STATUS = {True: "PASS", False: "FAIL"}
@@ -152,7 +152,7 @@ def decide(
     """Judge one monitoring window.
 
     Args:
-        result: what the drift job measured (:func:`relay.drift.monitor_window`).
+        result: what the drift job measured (:func:`relay.monitor.drift.monitor_window`).
         settings: the thresholds (``Settings.monitoring``).
         production_version: the version the production stage points to (as it appears in the
             serving log's ``model_version``); None: quality is not judged.

@@ -1,0 +1,1 @@
+"""The Airflow-free steps of each DAG, one module per DAG, named after it."""

@@ -1,0 +1,1 @@
+"""Running things: the local stack, the Ray cluster connection and the Ray Jobs client."""

@@ -1,0 +1,1 @@
+"""Landing raw order batches and validating them (Great Expectations) before anything reads them."""

@@ -1,0 +1,1 @@
+"""Watching production: drift and live quality of what the endpoint served, and the verdict."""
