@@ -1,1 +1,1 @@
-"""Judging a model offline: holdout metrics and slices, the HTML report, the champion/challenger gate."""
+"""Judging a model offline: holdout metrics and slices, the report, the champion/challenger gate."""

@@ -1,1 +1,1 @@
-"""The ETA endpoint: request schemas, the traffic split, answers, the serving log, live metrics, control."""
+"""The ETA endpoint: request schemas, traffic split, answers, serving log, live metrics, control."""
