@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relay.errors import ConfigError
+from relay.features.catalog import psi_thresholds as _catalog_psi_thresholds
 
 
 class Profile(StrEnum):
@@ -223,8 +224,9 @@ class MonitoringSettings(BaseModel):
         0.2, gt=0, description="PSI above this on any monitored feature triggers a retrain"
     )
     psi_thresholds: dict[str, float] = Field(
-        default_factory=lambda: {"zone_weather": 2.0, "zone_mean_delivery_24h": 0.5},
-        description="Per-feature PSI thresholds that replace psi_threshold (JSON in the env)",
+        default_factory=lambda: _catalog_psi_thresholds(),
+        description="Per-feature PSI thresholds that replace psi_threshold (JSON in the env); "
+        "default: those the feature catalog declares",
     )
     prediction_drift_threshold: float = Field(
         0.2, gt=0, description="PSI of the predictions above this triggers a retrain"

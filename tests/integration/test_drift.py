@@ -20,9 +20,10 @@ import pytest
 from relay.data.generate import generate_orders
 from relay.data.lake import ACTUALS, SERVING_LOG, Lake
 from relay.data.scenarios import DRIFTS
+from relay.features.catalog import NUMERIC
 from relay.features.store import entity_frame
 from relay.features.tables import compute_feature_tables
-from relay.model.preprocess import NUMERIC, WEATHER_LEVELS
+from relay.model.preprocess import WEATHER_LEVELS
 from relay.monitor.drift import DriftResult, NoServingTraffic, monitor_window
 from relay.monitor.rules import Action, decide
 from relay.serve.log import to_frame, to_row

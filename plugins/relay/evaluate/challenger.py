@@ -20,14 +20,14 @@ import pandas as pd
 from relay.errors import RelayError
 from relay.evaluate.gate import GateVerdict, decide
 from relay.evaluate.metrics import Evaluation, evaluate, paired_slice_se, write_report
+from relay.features.catalog import LABEL, WEATHER, model_inputs
 from relay.model.bundle import ModelBundle
-from relay.model.preprocess import DISTANCE, HASHED, LABEL, NUMERIC, VOCAB, WEATHER
 from relay.registry import ModelState, ModelVersion, Registry, Stage, check_transition
 from relay.settings import Settings, get_settings
 
 SLICE_COLUMNS = ("zone_id", "hour", WEATHER)
 """Columns the default slices read: zone, hour (banded) and the zone's weather."""
-REQUIRED_COLUMNS = (LABEL, *SLICE_COLUMNS, *NUMERIC, *VOCAB, *HASHED, DISTANCE)
+REQUIRED_COLUMNS = tuple(dict.fromkeys((LABEL, *SLICE_COLUMNS, *model_inputs())))
 
 
 class HoldoutError(RelayError):

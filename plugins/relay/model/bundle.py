@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from relay.errors import RelayError
-from relay.model.preprocess import HASHED, Preprocessor
+from relay.features.catalog import HASHED
+from relay.model.preprocess import Preprocessor
 
 if TYPE_CHECKING:  # pragma: no cover, typing only
     from relay.model.network import ETANet

@@ -17,23 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-NUMERIC = (
-    "courier_deliveries_24h",
-    "courier_mean_delivery_24h",
-    "courier_orders_1h",
-    "merchant_mean_prep_24h",
-    "merchant_orders_1h",
-    "merchant_orders_24h",
-    "zone_orders_1h",
-    "zone_mean_delivery_24h",
-)
-VOCAB = ("zone_id", "order_hour", "order_weekday")
-HASHED = ("courier_id", "merchant_id")
-DISTANCE = "order_distance_km"
-WEATHER = "zone_weather"
+from relay.features.catalog import DISTANCE, HASHED, LABEL, NUMERIC, VOCAB, WEATHER
+
 # Ordered from fastest to slowest; an unknown report counts as cloudy.
 WEATHER_LEVELS = {"clear": 0, "cloudy": 1, "rain": 2, "storm": 3, "unknown": 1}
-LABEL = "delivery_minutes"
 
 
 @dataclass

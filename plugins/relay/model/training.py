@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from relay.features.catalog import LABEL
 from relay.model.network import ETANet, NetConfig, huber_loss
-from relay.model.preprocess import LABEL, Preprocessor
+from relay.model.preprocess import Preprocessor
 
 INPUTS = ("numeric", "categorical", "distance", "weather")
 

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from relay.errors import PartitionNotFound, RelayError
-from relay.model.preprocess import DISTANCE, HASHED, NUMERIC, VOCAB, WEATHER
+from relay.features import catalog
 from relay.serve.log import features_of, join_actuals, read_actuals, read_serving_log
 from relay.settings import Settings, get_settings
 
@@ -49,20 +49,16 @@ if TYPE_CHECKING:  # pragma: no cover, typing only
 
 log = logging.getLogger(__name__)
 
-#: Every input the model reads (:mod:`relay.model.preprocess`).
-MODEL_FEATURES: tuple[str, ...] = (*NUMERIC, *VOCAB, *HASHED, DISTANCE, WEATHER)
-#: Model inputs left out of drift: a 24-hour window holds one or two weekdays, so it always
-#: "drifts" from a multi-day training set; courier and merchant ids number in the thousands
-#: (the model hashes them) and their volume already shows in the ``*_orders_*`` features.
-NOT_MONITORED: frozenset[str] = frozenset({"order_weekday", *HASHED})
-#: The features monitored by default.
-MONITORED_FEATURES: tuple[str, ...] = tuple(f for f in MODEL_FEATURES if f not in NOT_MONITORED)
+#: Every input the model reads, and the ones monitored by default (the feature catalog says
+#: which are left out, and why).
+MODEL_FEATURES: tuple[str, ...] = catalog.model_inputs()
+MONITORED_FEATURES: tuple[str, ...] = catalog.monitored()
 #: Features compared as categories (the others as numbers).
-CATEGORICAL_FEATURES: frozenset[str] = frozenset({"zone_id", WEATHER, *HASHED})
+CATEGORICAL_FEATURES: frozenset[str] = catalog.categorical()
 
 PREDICTION = "eta_minutes"
 ACTUAL = "actual_minutes"
-LABEL = "delivery_minutes"
+LABEL = catalog.LABEL
 PSI_BINS = 10
 PSI_EPS = 1e-4
 DEFAULT_SEED = 0

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from relay.model.preprocess import NUMERIC, WEATHER
+from relay.features.catalog import NUMERIC, WEATHER
 from relay.serve.schemas import Order, OrderBatch
 
 CHECKED_FEATURES: tuple[str, ...] = (*NUMERIC, WEATHER)
