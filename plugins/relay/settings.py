@@ -199,6 +199,14 @@ class ServingSettings(BaseModel):
     log_max_batch: int = 1000
     log_max_delay_s: float = 1.0
 
+    @property
+    def url(self) -> str:
+        """The endpoint's base URL for a client on this machine (a wildcard host means loopback)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(  # noqa: S104
+            self.host, self.host
+        )
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
 
 class MonitoringSettings(BaseModel):
     """Drift and live-quality monitoring of the production model (:mod:`relay.monitor.rules`).

@@ -181,8 +181,7 @@ def _require(split: TrafficSplit | None) -> TrafficSplit:
 
 
 def endpoint(settings: Settings | None = None) -> str:
-    s = (settings or get_settings()).serving
-    return f"http://{s.host}:{s.port}"
+    return (settings or get_settings()).serving.url
 
 
 def _get(path: str, settings: Settings | None = None) -> Any:

@@ -235,11 +235,7 @@ def default_concurrency(rate: float) -> int:
 
 def endpoint_url(settings: Settings | None = None) -> str:
     """The ETA endpoint of the configured Serve HTTP proxy (a wildcard host means loopback)."""
-    sv = (settings or get_settings()).serving
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(sv.host, sv.host)  # noqa: S104
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{sv.port}/v1/eta"
+    return f"{(settings or get_settings()).serving.url}/v1/eta"
 
 
 def require_loopback(url: str) -> str:
