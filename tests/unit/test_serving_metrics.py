@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from relay.serve.metrics import LATENCY_BUCKETS_MS, LiveMetrics, VersionWindow, diff
+from relay.serve.metrics import LiveMetrics
+from relay.serve.windows import LATENCY_BUCKETS_MS, VersionWindow, diff
 
 
 class FakeClock:

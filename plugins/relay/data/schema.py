@@ -22,5 +22,4 @@ ORDER_COLUMNS: dict[str, str] = {
     "delivery_minutes": "float64",
 }
 
-ENTITY_COLUMNS = ("courier_id", "merchant_id", "zone_id")
 LABEL = "delivery_minutes"

@@ -3,6 +3,7 @@
 Start with :class:`Registry`; the other names are its inputs, outputs and errors.
 """
 
+from relay.registry.backends import open_store
 from relay.registry.errors import (
     ArtifactIntegrityError,
     ArtifactNotFound,
@@ -27,6 +28,7 @@ from relay.registry.models import (
     ServingRequirements,
     StagePointer,
     TrainingInfo,
+    TrainingSetRef,
 )
 from relay.registry.registry import Registry
 from relay.registry.s3_store import S3Store
@@ -38,7 +40,7 @@ from relay.registry.states import (
     is_legal,
     legal_targets,
 )
-from relay.registry.store import ArtifactStore, Tagged, open_store
+from relay.registry.store import ArtifactStore, Tagged
 from relay.registry.versions import (
     BumpKind,
     SemVer,
@@ -77,6 +79,7 @@ __all__ = [
     "StagePointer",
     "Tagged",
     "TrainingInfo",
+    "TrainingSetRef",
     "VersionConflict",
     "VersionId",
     "VersionNotFound",

@@ -48,11 +48,22 @@ class ServingRequirements(_Frozen):
     qps_limit: int = Field(100, gt=0, description="Requests per second per replica")
 
 
+class TrainingSetRef(_Frozen):
+    """The training set a version learned from; the drift job's reference."""
+
+    uri: str = Field(description="The training-set Parquet (file or folder, local or s3://)")
+    start_date: dt.date | None = Field(None, description="First day of orders in it, if known")
+    end_date: dt.date | None = Field(None, description="Last day of orders in it, if known")
+
+
 class Lineage(_Frozen):
     """Where the version came from: features, data, code, config and parent model."""
 
     feature_service: str = Field(description="Feast feature service name and version, e.g. eta_v1")
     data_partitions: list[str] = Field(default_factory=list, description="Lake partitions read")
+    training_set: TrainingSetRef | None = Field(
+        None, description="What it was trained on; None for versions registered before this field"
+    )
     code_commit: str | None = Field(None, description="git commit of the training code")
     config_hash: str | None = Field(None, description="Hash of the training configuration")
     parent_version_id: str | None = Field(None, description="Version this one was trained from")

@@ -1,9 +1,10 @@
 """Where the registry keeps its bytes: a key-value artifact store with compare-and-set.
 
 Two backends share this interface: a local folder (:mod:`relay.registry.local_store`) and S3 or
-MinIO (:mod:`relay.registry.s3_store`). Keys are ``/``-separated and relative to the store's
-root. Every write replaces a whole object atomically: a reader sees the old bytes or the new
-ones, never a mix. Names starting with a dot are reserved for the store's own temp and lock files.
+MinIO (:mod:`relay.registry.s3_store`); :func:`relay.registry.backends.open_store` picks one.
+Keys are ``/``-separated and relative to the store's root. Every write replaces a whole object
+atomically: a reader sees the old bytes or the new ones, never a mix. Names starting with a dot
+are reserved for the store's own temp and lock files.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from relay.errors import ConfigError
 from relay.registry.errors import InvalidName
-from relay.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -99,23 +98,3 @@ def check_key(key: str, *, prefix: bool = False) -> str:
             f"or segments starting with '.'"
         )
     return key
-
-
-def open_store(uri: str, settings: Settings) -> ArtifactStore:
-    """The store for a registry root: ``s3://bucket/prefix`` or a local folder.
-
-    Raises:
-        ConfigError: The URI has a scheme other than ``s3://`` or ``file://``.
-    """
-    if uri.startswith("s3://"):
-        from relay.registry.s3_store import S3Store
-
-        return S3Store(uri, settings.s3)
-    if "://" in uri and not uri.startswith("file://"):
-        raise ConfigError(
-            f"registry URI {uri!r} is neither a local path nor s3://bucket/prefix; "
-            f"set RELAY_REGISTRY__URI to one of those"
-        )
-    from relay.registry.local_store import LocalStore
-
-    return LocalStore(uri.removeprefix("file://"))

@@ -5,231 +5,24 @@ model version: request latency (milliseconds) and predicted delivery time (minut
 thread-safe and does no I/O: the Serve app calls :meth:`LiveMetrics.observe` once per request,
 a ``/metrics`` route returns :meth:`LiveMetrics.to_prometheus`, and the rollout controller takes
 :meth:`LiveMetrics.snapshot` at intervals and judges the window between two snapshots with
-:func:`diff`.
-
-A :class:`VersionWindow` is a frozen view of one version's counters between ``since`` and
-``until`` (seconds on the metrics' clock). Percentiles are estimated from the histogram by
-linear interpolation within the bucket, as Prometheus's ``histogram_quantile`` does; a
-quantile that falls in the ``+Inf`` bucket is reported as the highest finite bound.
+:func:`relay.serve.windows.diff`.
 """
 
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import itertools
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
-#: Upper bounds (ms) of the latency buckets; a ``+Inf`` bucket follows.
-LATENCY_BUCKETS_MS: tuple[float, ...] = (
-    1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000,
-)  # fmt: skip
-#: Upper bounds (minutes) of the predicted-delivery-time buckets; a ``+Inf`` bucket follows.
-PREDICTION_BUCKETS_MIN: tuple[float, ...] = (
-    5, 10, 15, 20, 25, 30, 40, 50, 60, 75, 90, 120,
-)  # fmt: skip
-#: The ``Content-Type`` of :meth:`LiveMetrics.to_prometheus`'s text.
-PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
-
-@dataclass(frozen=True)
-class VersionWindow:
-    """One model version's counters over a window of time.
-
-    Attributes:
-        version: the model version the counters belong to.
-        since: start of the window (clock seconds): when the counters were last zeroed
-            (creation or :meth:`LiveMetrics.reset`), or the earlier snapshot's ``until`` for a
-            :func:`diff`.
-        until: end of the window: when the snapshot was taken.
-        requests: requests observed, failed ones included.
-        errors: requests that failed.
-        predictions: predictions returned (``n_predictions`` summed).
-        latency_bounds: finite upper bounds (ms) of the latency buckets.
-        latency_counts: requests per latency bucket, not cumulative; one more entry than
-            ``latency_bounds``, the last being the ``+Inf`` bucket.
-        latency_sum_ms: total latency of the requests.
-        prediction_bounds: finite upper bounds (minutes) of the prediction buckets.
-        prediction_counts: prediction values per bucket, not cumulative, ``+Inf`` last. Only
-            values passed to ``observe`` (and finite) are here, so their total may be below
-            ``predictions``.
-        prediction_sum: total of those prediction values (minutes).
-        first_observed: clock time of the window's first request; None when there was none,
-            or for a :func:`diff` whose earlier side had requests already (it is not known).
-        last_observed: clock time of the window's last request; None when there was none.
-    """
-
-    version: str
-    since: float
-    until: float
-    requests: int = 0
-    errors: int = 0
-    predictions: int = 0
-    latency_bounds: tuple[float, ...] = LATENCY_BUCKETS_MS
-    latency_counts: tuple[int, ...] = (0,) * (len(LATENCY_BUCKETS_MS) + 1)
-    latency_sum_ms: float = 0.0
-    prediction_bounds: tuple[float, ...] = PREDICTION_BUCKETS_MIN
-    prediction_counts: tuple[int, ...] = (0,) * (len(PREDICTION_BUCKETS_MIN) + 1)
-    prediction_sum: float = 0.0
-    first_observed: float | None = None
-    last_observed: float | None = None
-
-    @property
-    def duration_s(self) -> float:
-        """Length of the window in seconds."""
-        return max(self.until - self.since, 0.0)
-
-    @property
-    def qps(self) -> float:
-        """Requests per second over the window (0.0 for an empty or zero-length window)."""
-        d = self.duration_s
-        return self.requests / d if d > 0 else 0.0
-
-    @property
-    def error_rate(self) -> float:
-        """Errors per request (0.0 without requests)."""
-        return self.errors / self.requests if self.requests else 0.0
-
-    @property
-    def mean_latency_ms(self) -> float | None:
-        """Mean request latency, or None without requests."""
-        return self.latency_sum_ms / self.requests if self.requests else None
-
-    @property
-    def p50_ms(self) -> float | None:
-        """Median latency estimated from the histogram, or None without requests."""
-        return self.latency_quantile(0.5)
-
-    @property
-    def p99_ms(self) -> float | None:
-        """99th-percentile latency estimated from the histogram, or None without requests."""
-        return self.latency_quantile(0.99)
-
-    @property
-    def observed_prediction_values(self) -> int:
-        """How many prediction values the histogram holds."""
-        return sum(self.prediction_counts)
-
-    @property
-    def mean_prediction(self) -> float | None:
-        """Mean predicted delivery time (minutes), or None when no values were observed."""
-        n = self.observed_prediction_values
-        return self.prediction_sum / n if n else None
-
-    def requests_slower_than(self, ms: float) -> int:
-        """Requests slower than ``ms``, from the histogram (a bucket that straddles ``ms``
-        counts in proportion to its part above it)."""
-        slower = 0.0
-        lower = 0.0
-        for i, n in enumerate(self.latency_counts):
-            upper = self.latency_bounds[i] if i < len(self.latency_bounds) else math.inf
-            if lower >= ms:
-                slower += n
-            elif upper > ms and n:
-                slower += n if math.isinf(upper) else n * (upper - ms) / (upper - lower)
-            lower = upper
-        return round(slower)
-
-    def latency_quantile(self, q: float) -> float | None:
-        """Latency quantile ``q`` in [0, 1] (ms), interpolated within its bucket."""
-        return _quantile(q, self.latency_bounds, self.latency_counts)
-
-    def prediction_quantile(self, q: float) -> float | None:
-        """Predicted-minutes quantile ``q`` in [0, 1], interpolated within its bucket."""
-        return _quantile(q, self.prediction_bounds, self.prediction_counts)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of the counters and the derived figures, ready for ``json.dumps``."""
-        return {
-            "version": self.version,
-            "since": self.since,
-            "until": self.until,
-            "duration_s": self.duration_s,
-            "requests": self.requests,
-            "errors": self.errors,
-            "predictions": self.predictions,
-            "qps": self.qps,
-            "error_rate": self.error_rate,
-            "mean_latency_ms": self.mean_latency_ms,
-            "latency_sum_ms": self.latency_sum_ms,
-            "prediction_sum": self.prediction_sum,
-            "p50_ms": self.p50_ms,
-            "p99_ms": self.p99_ms,
-            "mean_prediction": self.mean_prediction,
-            "latency_bounds": list(self.latency_bounds),
-            "latency_counts": list(self.latency_counts),
-            "prediction_bounds": list(self.prediction_bounds),
-            "prediction_counts": list(self.prediction_counts),
-            "first_observed": self.first_observed,
-            "last_observed": self.last_observed,
-        }
-
-
-def window_from_dict(data: Mapping[str, Any]) -> VersionWindow:
-    """The inverse of :meth:`VersionWindow.to_dict` (derived figures are recomputed)."""
-    names = {f.name for f in dataclasses.fields(VersionWindow)}
-    kwargs = {k: v for k, v in data.items() if k in names}
-    for key in ("latency_bounds", "latency_counts", "prediction_bounds", "prediction_counts"):
-        if key in kwargs:
-            kwargs[key] = tuple(kwargs[key])
-    return VersionWindow(**kwargs)
-
-
-def diff(later: VersionWindow, earlier: VersionWindow) -> VersionWindow:
-    """The window between two snapshots of the same version: ``later`` minus ``earlier``.
-
-    Args:
-        later: the version's window from the later snapshot.
-        earlier: the same version's window from an earlier snapshot of the same metrics.
-
-    Returns:
-        A window from ``earlier.until`` to ``later.until`` holding only what happened between.
-
-    Raises:
-        ValueError: the windows are of different versions or buckets, out of order, or the
-            counters were reset between the snapshots (their ``since`` differ).
-    """
-    if later.version != earlier.version:
-        raise ValueError(f"cannot diff version {later.version!r} against {earlier.version!r}")
-    if (later.latency_bounds, later.prediction_bounds) != (
-        earlier.latency_bounds,
-        earlier.prediction_bounds,
-    ):
-        raise ValueError("cannot diff windows with different histogram buckets")
-    if later.since != earlier.since:
-        raise ValueError(
-            f"counters of version {later.version!r} were reset between the snapshots; "
-            "take a new earlier snapshot after the reset"
-        )
-    if later.until < earlier.until:
-        raise ValueError("diff(later, earlier): the first argument is the earlier snapshot")
-    requests = later.requests - earlier.requests
-    if requests == 0:
-        first, last = None, None
-    else:
-        first = later.first_observed if earlier.requests == 0 else None
-        last = later.last_observed
-    return VersionWindow(
-        version=later.version,
-        since=earlier.until,
-        until=later.until,
-        requests=requests,
-        errors=later.errors - earlier.errors,
-        predictions=later.predictions - earlier.predictions,
-        latency_bounds=later.latency_bounds,
-        latency_counts=_sub(later.latency_counts, earlier.latency_counts),
-        latency_sum_ms=later.latency_sum_ms - earlier.latency_sum_ms,
-        prediction_bounds=later.prediction_bounds,
-        prediction_counts=_sub(later.prediction_counts, earlier.prediction_counts),
-        prediction_sum=later.prediction_sum - earlier.prediction_sum,
-        first_observed=first,
-        last_observed=last,
-    )
+from relay.serve.windows import LATENCY_BUCKETS_MS, PREDICTION_BUCKETS_MIN, VersionWindow
 
 
 class _Counters:
@@ -283,6 +76,10 @@ class LiveMetrics:
         self._versions: dict[str, _Counters] = {}
         self._origin = clock()
         self._origin_for: dict[str, float] = {}
+        # Its own registry, not prometheus_client's global one: every instance (a router
+        # replica, a test) exposes only its own counters.
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(_Exposition(self.snapshot))
 
     def observe(
         self,
@@ -366,33 +163,11 @@ class LiveMetrics:
                 self._origin_for[version] = now
 
     def to_prometheus(self) -> str:
-        """Every version's metrics in the Prometheus text exposition format 0.0.4.
+        """Every version's metrics in the Prometheus text exposition format.
 
-        Serve it with the ``Content-Type`` :data:`PROMETHEUS_CONTENT_TYPE`.
+        Serve it with the ``Content-Type`` ``prometheus_client.CONTENT_TYPE_LATEST``.
         """
-        windows = sorted(self.snapshot().values(), key=lambda w: w.version)
-        lines: list[str] = []
-        for name, help_text, attr in (
-            ("relay_requests_total", "Requests served, failed ones included.", "requests"),
-            ("relay_errors_total", "Requests that failed.", "errors"),
-            ("relay_predictions_total", "Predictions returned.", "predictions"),
-        ):
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
-            lines += [f"{name}{_labels(version=w.version)} {getattr(w, attr)}" for w in windows]
-        lines += _histogram(
-            "relay_request_latency_ms",
-            "Request latency in milliseconds.",
-            [(w.version, w.latency_bounds, w.latency_counts, w.latency_sum_ms) for w in windows],
-        )
-        lines += _histogram(
-            "relay_prediction_minutes",
-            "Predicted delivery time in minutes.",
-            [
-                (w.version, w.prediction_bounds, w.prediction_counts, w.prediction_sum)
-                for w in windows
-            ],
-        )
-        return "\n".join(lines) + "\n"
+        return generate_latest(self._registry).decode()
 
     def _counters(self, version: str) -> _Counters:
         c = self._versions.get(version)
@@ -444,58 +219,48 @@ def _check_bounds(bounds: Sequence[float], name: str) -> tuple[float, ...]:
     return out
 
 
-def _sub(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(x - y for x, y in zip(a, b, strict=True))
+_COUNTERS = (
+    ("relay_requests_total", "Requests served, failed ones included.", "requests"),
+    ("relay_errors_total", "Requests that failed.", "errors"),
+    ("relay_predictions_total", "Predictions returned.", "predictions"),
+)
+"""Counter name, help text and the :class:`VersionWindow` field it exposes."""
 
 
-def _quantile(q: float, bounds: tuple[float, ...], counts: tuple[int, ...]) -> float | None:
-    if not 0 <= q <= 1:
-        raise ValueError(f"quantile must lie in [0, 1], got {q}")
-    total = sum(counts)
-    if total == 0:
-        return None
-    rank = q * total
-    below = 0
-    for i, n in enumerate(counts):
-        if n and below + n >= rank:
-            if i == len(bounds):
-                # The +Inf bucket has no upper edge: report its lower one, as Prometheus does.
-                return bounds[-1]
-            lower = bounds[i - 1] if i else 0.0
-            return lower + (bounds[i] - lower) * (rank - below) / n
-        below += n
-    return bounds[-1]  # pragma: no cover, unreachable: the last non-empty bucket reaches rank
+class _Exposition(Collector):
+    """Every version's counters and histograms as Prometheus families, read at each scrape."""
+
+    def __init__(self, snapshot: Callable[[], Mapping[str, VersionWindow]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        """One family per metric, a sample set per version, from one consistent snapshot."""
+        windows = sorted(self._snapshot().values(), key=lambda w: w.version)
+        for name, help_text, attr in _COUNTERS:
+            counter = CounterMetricFamily(name, help_text, labels=["version"])
+            for w in windows:
+                counter.add_metric([w.version], getattr(w, attr))
+            yield counter
+        latency = HistogramMetricFamily(
+            "relay_request_latency_ms", "Request latency in milliseconds.", labels=["version"]
+        )
+        prediction = HistogramMetricFamily(
+            "relay_prediction_minutes", "Predicted delivery time in minutes.", labels=["version"]
+        )
+        for w in windows:
+            latency.add_metric(
+                [w.version], _cumulative(w.latency_bounds, w.latency_counts), w.latency_sum_ms
+            )
+            prediction.add_metric(
+                [w.version],
+                _cumulative(w.prediction_bounds, w.prediction_counts),
+                w.prediction_sum,
+            )
+        yield latency
+        yield prediction
 
 
-def _labels(**labels: str) -> str:
-    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-    return "{" + inner + "}"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if math.isnan(value):
-        return "NaN"
-    return repr(float(value))
-
-
-def _histogram(
-    name: str,
-    help_text: str,
-    series: list[tuple[str, tuple[float, ...], tuple[int, ...], float]],
-) -> list[str]:
-    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
-    for version, bounds, counts, total in series:
-        cumulative = 0
-        for bound, n in zip((*bounds, math.inf), counts, strict=True):
-            cumulative += n
-            labels = _labels(version=version, le=_number(bound))
-            lines.append(f"{name}_bucket{labels} {cumulative}")
-        lines.append(f"{name}_sum{_labels(version=version)} {_number(total)}")
-        lines.append(f"{name}_count{_labels(version=version)} {cumulative}")
-    return lines
+def _cumulative(bounds: tuple[float, ...], counts: tuple[int, ...]) -> list[tuple[str, float]]:
+    # Prometheus buckets count everything up to their bound; ours count their own range only.
+    upper = (*(floatToGoString(b) for b in bounds), "+Inf")
+    return list(zip(upper, itertools.accumulate(counts), strict=True))
