@@ -51,7 +51,7 @@ def create_app(version: str | None = None) -> FastAPI:
     s = get_settings()
     model_version = version or os.environ[VERSION_ENV]
     bundle = ModelBundle.from_registry(Registry(s), model_version)
-    features = OnlineFeatures(s)
+    features = OnlineFeatures(s, bundle.feature_service)  # the version's own service
     serving_log = ServingLogWriter(
         Lake(s), max_batch=s.serving.log_max_batch, max_delay_s=s.serving.log_max_delay_s
     )

@@ -1,42 +1,51 @@
-"""Where the feature tables live: date-partitioned Parquet in Relay's lake.
+"""Where the feature tables live (date-partitioned Parquet in Relay's lake) and what the request
+carries (distance, hour, weekday).
 
-Paths come from Relay's settings (RELAY_LAKE__URI), never from this file. The order itself
-(distance, hour, weekday) arrives with the request.
+The library passes each table's location (from ``RELAY_LAKE__URI``) and the S3 endpoint; this
+file holds no path.
 """
+
+from __future__ import annotations
+
+from collections.abc import Mapping
 
 from feast import FileSource, RequestSource
 from feast.data_format import ParquetFormat
 from feast.field import Field
 from feast.types import Float64, Int64
 
-from relay.data.lake import COURIER_STATS, MERCHANT_STATS, ZONE_STATS, Lake
-from relay.settings import get_settings
-
-_lake = Lake()
-_endpoint = get_settings().s3.endpoint_url
+from relay.features.catalog import VIEWS
 
 
-def _source(dataset, description: str) -> FileSource:
-    return FileSource(
-        name=f"{dataset.name}_source",
-        path=_lake.glob(dataset),
-        file_format=ParquetFormat(),
-        timestamp_field="event_timestamp",
-        s3_endpoint_override=_endpoint,
-        description=description,
+def file_sources(paths: Mapping[str, str], s3_endpoint: str | None) -> dict[str, FileSource]:
+    """One Parquet source per keyed view, by view name.
+
+    Args:
+        paths: View name -> glob over the feature table's partition files.
+        s3_endpoint: The S3 endpoint for an ``s3://`` lake; None for AWS or a local lake.
+    """
+    return {
+        v.name: FileSource(
+            name=f"{v.name}_source",
+            path=paths[v.name],
+            file_format=ParquetFormat(),
+            timestamp_field="event_timestamp",
+            s3_endpoint_override=s3_endpoint,
+            description=v.description,
+        )
+        for v in VIEWS
+        if v.entity is not None
+    }
+
+
+def order_request() -> RequestSource:
+    """The fields of the order known at request time (the on-demand view's inputs)."""
+    return RequestSource(
+        name="order_request",
+        schema=[
+            Field(name="distance_km", dtype=Float64),
+            Field(name="hour", dtype=Int64),
+            Field(name="weekday", dtype=Int64),
+        ],
+        description="Fields of the order known at request time",
     )
-
-
-courier_stats_source = _source(COURIER_STATS, "Hourly courier snapshots")
-merchant_stats_source = _source(MERCHANT_STATS, "Hourly merchant snapshots")
-zone_stats_source = _source(ZONE_STATS, "Hourly zone snapshots")
-
-order_request = RequestSource(
-    name="order_request",
-    schema=[
-        Field(name="distance_km", dtype=Float64),
-        Field(name="hour", dtype=Int64),
-        Field(name="weekday", dtype=Int64),
-    ],
-    description="Fields of the order known at request time",
-)

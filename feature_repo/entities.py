@@ -1,22 +1,29 @@
-"""Entities of the ETA domain: who delivers, who cooks, where."""
+"""Entities of the ETA domain: who delivers, who cooks, where (one per keyed view)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
 
 from feast import Entity, ValueType
 
-courier = Entity(
-    name="courier",
-    join_keys=["courier_id"],
-    value_type=ValueType.STRING,
-    description="A courier on the platform",
-)
-merchant = Entity(
-    name="merchant",
-    join_keys=["merchant_id"],
-    value_type=ValueType.STRING,
-    description="A restaurant or shop that prepares orders",
-)
-zone = Entity(
-    name="zone",
-    join_keys=["zone_id"],
-    value_type=ValueType.STRING,
-    description="A delivery zone",
-)
+from relay.features.catalog import CATALOG, VIEWS, Feature
+
+VALUE_TYPES = {"string": ValueType.STRING, "int64": ValueType.INT64}
+
+
+def entities(catalog: Iterable[Feature] = CATALOG) -> dict[str, Entity]:
+    """One entity per view keyed by an entity, by join key (``courier_id`` -> ``courier``).
+
+    The join key's type and description come from its ``entity`` feature in ``catalog``.
+    """
+    keys = {f.name: f for f in catalog if f.source == "entity"}
+    return {
+        v.entity: Entity(
+            name=v.entity.removesuffix("_id"),
+            join_keys=[v.entity],
+            value_type=VALUE_TYPES[keys[v.entity].dtype],
+            description=keys[v.entity].description,
+        )
+        for v in VIEWS
+        if v.entity is not None
+    }

@@ -1,75 +1,74 @@
-"""Feature views: courier, merchant and zone snapshots, and the order's own request features."""
+"""Feature views: courier, merchant and zone snapshots, and the order's own request features.
 
+Every view's schema is its features in the catalog (:mod:`relay.features.catalog`); only the
+on-demand view's computation is written here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
+from types import FunctionType
 from typing import Any
 
-from data_sources import (
-    courier_stats_source,
-    merchant_stats_source,
-    order_request,
-    zone_stats_source,
-)
-from entities import courier, merchant, zone
-from feast import FeatureView, Field
-from feast.on_demand_feature_view import on_demand_feature_view
+from feast import Entity, FeatureView, Field, FileSource, RequestSource
+from feast.on_demand_feature_view import OnDemandFeatureView, on_demand_feature_view
 from feast.types import Float64, Int64, String
+
+from relay.features.catalog import CATALOG, VIEWS, Feature, view_features
 
 # A snapshot older than two days says nothing about now: Feast returns null and the model
 # falls back to its defaults.
 TTL = timedelta(days=2)
-
-courier_stats = FeatureView(
-    name="courier_stats",
-    entities=[courier],
-    ttl=TTL,
-    schema=[
-        Field(name="courier_deliveries_24h", dtype=Int64),
-        Field(name="courier_mean_delivery_24h", dtype=Float64),
-        Field(name="courier_orders_1h", dtype=Int64),
-    ],
-    source=courier_stats_source,
-    tags={"owner": "eta", "layer": "features"},
-)
-
-merchant_stats = FeatureView(
-    name="merchant_stats",
-    entities=[merchant],
-    ttl=TTL,
-    schema=[
-        Field(name="merchant_mean_prep_24h", dtype=Float64),
-        Field(name="merchant_orders_1h", dtype=Int64),
-        Field(name="merchant_orders_24h", dtype=Int64),
-    ],
-    source=merchant_stats_source,
-    tags={"owner": "eta", "layer": "features"},
-)
-
-zone_stats = FeatureView(
-    name="zone_stats",
-    entities=[zone],
-    ttl=TTL,
-    schema=[
-        Field(name="zone_orders_1h", dtype=Int64),
-        Field(name="zone_mean_delivery_24h", dtype=Float64),
-        Field(name="zone_weather", dtype=String),
-    ],
-    source=zone_stats_source,
-    tags={"owner": "eta", "layer": "features"},
-)
+DTYPES = {"int64": Int64, "float64": Float64, "string": String}
 
 
-@on_demand_feature_view(
-    sources=[order_request],
-    schema=[
-        Field(name="order_distance_km", dtype=Float64),
-        Field(name="order_hour", dtype=Int64),
-        Field(name="order_weekday", dtype=Int64),
-        Field(name="order_is_weekend", dtype=Int64),
-        Field(name="order_is_rush_hour", dtype=Int64),
-    ],
-    # Python mode: pandas mode costs ~10 ms per online read here, python mode well under 1 ms.
-    mode="python",
-)
+def fields(view: str, catalog: Iterable[Feature] = CATALOG) -> list[Field]:
+    """The Feast schema of ``view``: its features in ``catalog``, in catalog order."""
+    return [Field(name=f.name, dtype=DTYPES[f.dtype]) for f in view_features(view, catalog)]
+
+
+def feature_views(
+    entities: Mapping[str, Entity],
+    sources: Mapping[str, FileSource],
+    request: RequestSource,
+    catalog: Iterable[Feature] = CATALOG,
+) -> list[FeatureView | OnDemandFeatureView]:
+    """Every view of :data:`~relay.features.catalog.VIEWS`, in that order.
+
+    Args:
+        entities: Join key -> entity (:func:`feature_repo.entities.entities`).
+        sources: View name -> its Parquet source (:func:`feature_repo.data_sources.file_sources`).
+        request: The request source the on-demand view reads.
+        catalog: The features whose ``source`` names a view make its schema.
+    """
+    catalog = tuple(catalog)
+    views: list[FeatureView | OnDemandFeatureView] = []
+    for v in VIEWS:
+        if v.entity is None:
+            # Python mode: pandas mode costs ~10 ms per online read here, python mode well
+            # under 1 ms.
+            odfv = on_demand_feature_view(
+                name=v.name, sources=[request], schema=fields(v.name, catalog), mode="python"
+            )
+            # A fresh function each build: Feast's decorator moves the one it gets to
+            # `__main__` (for dill), after which its source cannot be found again.
+            udf = FunctionType(order_features.__code__, order_features.__globals__, v.name)
+            views.append(odfv(udf))
+            continue
+        views.append(
+            FeatureView(
+                name=v.name,
+                entities=[entities[v.entity]],
+                ttl=TTL,
+                schema=fields(v.name, catalog),
+                source=sources[v.name],
+                tags={"owner": "eta", "layer": "features"},
+            )
+        )
+    return views
+
+
 def order_features(inputs: dict[str, Any]) -> dict[str, Any]:
     """Request-time features of the order: computed the same way online and offline.
 

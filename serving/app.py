@@ -19,6 +19,7 @@ from typing import Any
 import ray
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -58,7 +59,7 @@ class ETAModel:
         s = get_settings()
         self.version = version
         self.bundle = ModelBundle.from_registry(Registry(s), version)  # sha256 checked
-        self.features = OnlineFeatures(s)
+        self.features = OnlineFeatures(s, self.bundle.feature_service)  # what it was trained on
         self.log = ServingLogWriter(
             Lake(s), max_batch=s.serving.log_max_batch, max_delay_s=s.serving.log_max_delay_s
         )
@@ -238,9 +239,7 @@ class Router:
 
     @api.get("/metrics")
     async def metrics_text(self) -> PlainTextResponse:
-        return PlainTextResponse(
-            self.metrics.to_prometheus(), media_type="text/plain; version=0.0.4"
-        )
+        return PlainTextResponse(self.metrics.to_prometheus(), media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/v1/metrics")
     async def metrics_json(self) -> dict[str, Any]:

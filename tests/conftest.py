@@ -14,7 +14,7 @@ _HOME: Path | None = None
 
 def pytest_configure(config: pytest.Config) -> None:
     global _HOME
-    # Set before any relay import: the Feast definitions read the lake path at import.
+    # Set before any relay import: settings are read once, on first use.
     _HOME = Path(tempfile.mkdtemp(prefix="relay-test-"))
     os.environ["RELAY_HOME"] = str(_HOME)
     for key in [k for k in os.environ if k.startswith("RELAY_") and k != "RELAY_HOME"]:

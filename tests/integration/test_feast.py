@@ -4,9 +4,16 @@ import datetime as dt
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from relay.data.lake import COURIER_STATS, MERCHANT_STATS, VALIDATED_ORDERS, ZONE_STATS, Lake
-from relay.features.store import entity_frame, get_store, online_features, training_frame
+from relay.features.store import (
+    OnlineFeatures,
+    entity_frame,
+    get_store,
+    online_features,
+    training_frame,
+)
 from relay.features.tables import COURIER_FEATURES, MERCHANT_FEATURES, ZONE_FEATURES
 
 
@@ -38,6 +45,18 @@ def test_online_features_equal_latest_offline_values(feast_settings, lake_days):
     # Request-time features come from the order itself.
     np.testing.assert_allclose(online["order_distance_km"], orders["distance_km"])
     assert (online["order_hour"].to_numpy() == orders["created_at"].dt.hour.to_numpy()).all()
+
+
+def test_online_features_read_the_service_they_are_given(feast_settings, lake_days):
+    """Serving reads the service a model version was trained on, not the configured one."""
+    orders = Lake().read(VALIDATED_ORDERS, lake_days[-1]).head(3)
+    reader = OnlineFeatures(feast_settings, "eta_v1")
+    assert reader.service.name == "eta_v1"
+    assert len(reader.read_frame(orders)) == 3
+    from feast.errors import FeatureServiceNotFoundException
+
+    with pytest.raises(FeatureServiceNotFoundException, match="eta_v9"):
+        OnlineFeatures(feast_settings, "eta_v9")
 
 
 def test_unknown_entities_come_back_null(feast_settings, lake_days):

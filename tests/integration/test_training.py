@@ -1,4 +1,5 @@
-"""Ray Train on a real local Ray cluster: learning, resuming after a lost worker, behaviour."""
+"""Ray Train on a real local Ray cluster: learning on two workers, resuming after a lost worker,
+Tune. The model's behavioural tests run without Ray: tests/unit/test_model_behaviour.py."""
 
 from __future__ import annotations
 
@@ -85,32 +86,6 @@ def test_two_workers_beat_the_naive_baseline_on_holdout(trained):
     mae_naive = np.abs(_naive_baseline(train, holdout) - y).mean()
     assert mae_model < 0.8 * mae_naive, (mae_model, mae_naive)
     assert trained.metrics["epoch"] >= 1 and trained.metrics["restarts"] == 0
-
-
-def test_a_longer_distance_or_rain_never_lowers_the_prediction(trained):
-    prep, model = _load(trained.output_dir)
-    holdout = pd.read_parquet(trained.holdout_path).head(300)
-    base = predict(model, prep, holdout)
-    farther = holdout.assign(order_distance_km=holdout["order_distance_km"] * 1.5 + 0.5)
-    assert (predict(model, prep, farther) >= base - 1e-6).all()
-    for weather in ("clear", "cloudy"):
-        dry = predict(model, prep, holdout.assign(zone_weather=weather))
-        wet = predict(model, prep, holdout.assign(zone_weather="rain"))
-        assert (wet >= dry - 1e-6).all()
-
-
-def test_an_easy_order_is_predicted_within_a_few_minutes(trained):
-    prep, model = _load(trained.output_dir)
-    holdout = pd.read_parquet(trained.holdout_path)
-    # Short, dry, off-peak orders: the most predictable kind.
-    easy = holdout[
-        (holdout["order_distance_km"] < 2)
-        & (holdout["zone_weather"] == "clear")
-        & (holdout["order_is_rush_hour"] == 0)
-    ]
-    assert len(easy) >= 10
-    err = np.abs(predict(model, prep, easy) - easy["delivery_minutes"].to_numpy())
-    assert np.median(err) < 5.0
 
 
 def test_a_killed_worker_resumes_from_its_checkpoint(ray_cluster, training_set, tmp_path):

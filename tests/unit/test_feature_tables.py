@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from relay.data.generate import generate_orders
+from relay.features.catalog import VIEWS, names, view_features
 from relay.features.tables import compute_feature_tables
 
 DAY = dt.date(2026, 11, 20)
@@ -26,6 +27,15 @@ def test_snapshots_are_hourly_within_the_range():
         ts = df["event_timestamp"]
         assert ts.min() > START and ts.max() <= END
         assert (ts.dt.minute == 0).all()
+
+
+def test_tables_hold_the_features_the_catalog_declares():
+    tables = compute_feature_tables(_orders(), START, END)
+    keyed = [v for v in VIEWS if v.entity is not None]
+    assert sorted(tables) == sorted(v.name for v in keyed)
+    for v in keyed:
+        expected = [v.entity, "event_timestamp", *names(view_features(v.name))]
+        assert list(tables[v.name].columns) == expected, v.name
 
 
 def test_courier_window_matches_a_direct_count():

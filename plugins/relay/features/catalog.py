@@ -4,7 +4,7 @@ A :class:`Feature` says where an input comes from (a Feast feature view keyed by
 entity id itself, or the request), its type, how the model reads it, what an unknown entity
 gets, and whether and how drift watches it. Everything else derives from :data:`CATALOG`: the
 Feast fields (``feature_repo/``), the preprocessing lists (:mod:`relay.model.preprocess`), drift's
-monitored and categorical sets (:mod:`relay.monitor.drift`), the per-feature PSI thresholds'
+monitored and categorical sets (:mod:`relay.monitor.report`), the per-feature PSI thresholds'
 defaults (:class:`relay.settings.MonitoringSettings`) and the columns a holdout must have.
 
 Adding a feature: compute it (:mod:`relay.features.tables` for entity views, the on-demand view
@@ -108,10 +108,12 @@ CATALOG: tuple[Feature, ...] = (
     # Weather changes daily: ordinary days reached a PSI of 0.98, a storm day 5.0.
     Feature("zone_weather", "zone_stats", "string", "weather",
             "The zone's latest weather report (clear, cloudy, rain, storm)", psi_threshold=2.0),
-    Feature("zone_id", "entity", "string", "vocab", "The delivery zone"),
+    Feature("zone_id", "entity", "string", "vocab", "A delivery zone"),
     # Thousands of ids, hashed by the model; their volume shows in the *_orders_* features.
-    Feature("courier_id", "entity", "string", "hashed", "The courier", monitored=False),
-    Feature("merchant_id", "entity", "string", "hashed", "The merchant", monitored=False),
+    Feature("courier_id", "entity", "string", "hashed", "A courier on the platform",
+            monitored=False),
+    Feature("merchant_id", "entity", "string", "hashed",
+            "A restaurant or shop that prepares orders", monitored=False),
     Feature("order_distance_km", "order_features", "float64", "distance",
             "Straight-line distance from merchant to customer"),
     Feature("order_hour", "order_features", "int64", "vocab", "Hour of day the order was created"),

@@ -11,14 +11,19 @@ from __future__ import annotations
 import atexit
 import datetime as dt
 import functools
+import importlib
+import importlib.util
 import logging
 import sys
+from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from relay.data.lake import FEATURE_TABLES, TRAINING_SETS, VALIDATED_ORDERS, Dataset, Lake
 from relay.errors import FeatureStoreError, PartitionNotFound
+from relay.features.catalog import VIEWS
 from relay.features.tables import compute_feature_tables
 from relay.settings import Settings, get_settings
 
@@ -27,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ENTITY_KEYS = ("courier_id", "merchant_id", "zone_id")
+ENTITY_KEYS = tuple(v.entity for v in VIEWS if v.entity is not None)
 REQUEST_FIELDS = ("distance_km", "hour", "weekday")
 
 
@@ -84,30 +89,39 @@ def get_store(settings: Settings | None = None) -> FeatureStore:
     return FeatureStore(config=cfg, repo_path=str(cfg.repo_path))
 
 
-DEFINITION_MODULES = ("entities", "data_sources", "features", "feature_services")
+REPO_PACKAGE = "feature_repo"
+"""The name ``feature_repo/`` is imported under; its ``definitions`` module builds the objects."""
 
 
 def load_definitions(settings: Settings | None = None) -> list[Any]:
-    """The Feast objects defined in ``feature_repo/`` (entities, sources, views, services)."""
-    import importlib
-
-    from feast import Entity, FeatureService, FeatureView, OnDemandFeatureView
-    from feast.data_source import DataSource
-
+    """The Feast objects of ``feature_repo/`` (entities, sources, views, services), built over
+    the configured lake: each feature table's partition files and the S3 endpoint."""
     s = settings or get_settings()
-    repo = s.feast.repo_path
-    assert repo is not None
-    # The definition files import each other by module name, as `feast apply` runs them.
-    if str(repo) not in sys.path:
-        sys.path.insert(0, str(repo))
-    kinds = (Entity, DataSource, FeatureView, OnDemandFeatureView, FeatureService)
-    found: dict[tuple[str, str], Any] = {}
-    for name in DEFINITION_MODULES:
-        module = importlib.import_module(name)
-        for obj in vars(module).values():
-            if isinstance(obj, kinds):
-                found[(type(obj).__name__, obj.name)] = obj
-    return list(found.values())
+    if s.feast.repo_path is None:  # pragma: no cover, the settings validator fills it
+        raise FeatureStoreError("RELAY_FEAST__REPO_PATH is not set")
+    lake = Lake(s)
+    paths = {ds.name: lake.glob(ds) for ds in FEATURE_TABLES}
+    module = _repo_module(s.feast.repo_path, "definitions")
+    objects: list[Any] = module.definitions(paths, s.s3.endpoint_url)
+    return objects
+
+
+def _repo_module(repo: Path, name: str) -> ModuleType:
+    """``repo/<name>.py``, imported as a module of the package at ``repo`` (its files import
+    each other relatively), without putting ``repo`` on ``sys.path``."""
+    package = sys.modules.get(REPO_PACKAGE)
+    if package is None or Path(package.__path__[0]).resolve() != repo.resolve():
+        for loaded in [m for m in sys.modules if m.split(".")[0] == REPO_PACKAGE]:
+            del sys.modules[loaded]  # another folder's package and modules
+        spec = importlib.util.spec_from_file_location(
+            REPO_PACKAGE, repo / "__init__.py", submodule_search_locations=[str(repo)]
+        )
+        if spec is None or spec.loader is None:
+            raise FeatureStoreError(f"{repo} holds no feature repo (no __init__.py)")
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[REPO_PACKAGE] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"{REPO_PACKAGE}.{name}")
 
 
 def apply(settings: Settings | None = None) -> list[str]:
@@ -233,16 +247,24 @@ def build_training_set(
 
 
 class OnlineFeatures:
-    """Reads the feature service's latest values for batches of orders.
+    """Reads a feature service's latest values for batches of orders.
 
     Holds the store and the resolved feature service: looking the service up in the registry
     on every call costs more than the online read itself.
     """
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, service: str | None = None) -> None:
+        """Open the store and resolve the service.
+
+        Args:
+            settings: Relay's settings; :func:`get_settings` when None.
+            service: The feature service to read, e.g. the one a model version was trained on
+                (``lineage.feature_service``); None: the configured one
+                (``RELAY_FEAST__FEATURE_SERVICE``).
+        """
         s = settings or get_settings()
         self.store = get_store(s)
-        self.service = self.store.get_feature_service(s.feast.feature_service)
+        self.service = self.store.get_feature_service(service or s.feast.feature_service)
 
     def read(self, orders: list[dict[str, Any]]) -> dict[str, list[Any]]:
         """Feature columns for orders given as request rows (keys and request fields)."""

@@ -15,13 +15,15 @@ import numpy as np
 import pandas as pd
 
 from relay.data.schema import WEATHER
+from relay.features.catalog import names, view_features
 
 HOUR = pd.Timedelta(hours=1)
 WINDOW_HOURS = 24
 
-COURIER_FEATURES = ("courier_deliveries_24h", "courier_mean_delivery_24h", "courier_orders_1h")
-MERCHANT_FEATURES = ("merchant_mean_prep_24h", "merchant_orders_1h", "merchant_orders_24h")
-ZONE_FEATURES = ("zone_orders_1h", "zone_mean_delivery_24h", "zone_weather")
+# The columns of each table (besides its key and timestamp), as the catalog declares them.
+COURIER_FEATURES = names(view_features("courier_stats"))
+MERCHANT_FEATURES = names(view_features("merchant_stats"))
+ZONE_FEATURES = names(view_features("zone_stats"))
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 
 from relay.errors import RelayError
-from relay.features.catalog import HASHED
 from relay.model.preprocess import Preprocessor
 
 if TYPE_CHECKING:  # pragma: no cover, typing only
@@ -47,12 +46,15 @@ class ModelBundle:
         net_config: the network's config as saved (``NetConfig.to_dict()``).
         model: the network in eval mode.
         source: where it was loaded from: a folder, or the registry's version id.
+        feature_service: the Feast feature service the version was trained on (its
+            ``lineage.feature_service``), which serving must read; None for a run folder.
     """
 
     preprocessor: Preprocessor
     net_config: dict[str, Any]
     model: ETANet
     source: str = ""
+    feature_service: str | None = None
 
     @classmethod
     def from_parts(
@@ -61,6 +63,7 @@ class ModelBundle:
         net_config: Mapping[str, Any],
         preprocessor: Preprocessor,
         source: str = "",
+        feature_service: str | None = None,
     ) -> ModelBundle:
         """Rebuild the network from its weights and config.
 
@@ -75,7 +78,7 @@ class ModelBundle:
             raise ModelBundleError(
                 f"the weights of {source or 'the model'} do not fit its net_config.json: {err}"
             ) from err
-        return cls(preprocessor, dict(net_config), model, source)
+        return cls(preprocessor, dict(net_config), model, source, feature_service)
 
     @classmethod
     def from_dir(cls, path: Path | str) -> ModelBundle:
@@ -125,6 +128,7 @@ class ModelBundle:
             _json_object(config, f"{NET_CONFIG_FILE} of {version_id}"),
             _preprocessor(prep, f"{PREPROCESSOR_FILE} of {version_id}"),
             source=version_id,
+            feature_service=registry.get(version_id).lineage.feature_service,
         )
 
     def predict(self, frame: pd.DataFrame | Mapping[str, list[Any]]) -> np.ndarray:
@@ -137,7 +141,7 @@ class ModelBundle:
 def feature_count(prep: Preprocessor) -> int:
     """How many input features the model reads: numeric, vocabulary and hashed columns,
     distance and weather (a numeric feature's missing flag is not counted separately)."""
-    return len(prep.means) + len(prep.vocabs) + len(HASHED) + 2
+    return len(prep.inputs)
 
 
 def _preprocessor(text: str, what: str) -> Preprocessor:
