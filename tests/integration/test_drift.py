@@ -24,9 +24,10 @@ from relay.features.catalog import NUMERIC
 from relay.features.store import entity_frame
 from relay.features.tables import compute_feature_tables
 from relay.model.preprocess import WEATHER_LEVELS
-from relay.monitor.drift import DriftResult, NoServingTraffic, monitor_window
+from relay.monitor.drift import DriftResult, NoServingTraffic
 from relay.monitor.rules import Action, decide
-from relay.serve.log import to_frame, to_row
+from relay.monitor.window import monitor_window
+from relay.serve.log_schema import to_frame, to_row
 from relay.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from relay.data.lake import SERVING_LOG, Lake
-from relay.serve.log import ServingLogWriter, read_serving_log
+from relay.serve.log import ServingLogWriter
+from relay.serve.log_read import read_serving_log
 from relay.settings import Settings
 
 DAY = dt.date(2026, 11, 20)

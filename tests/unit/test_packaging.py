@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 
@@ -16,13 +17,21 @@ from relay.evaluate.challenger import (
 )
 from relay.evaluate.gate import GateVerdict
 from relay.model.bundle import ModelBundle, ModelBundleError
-from relay.model.registration import config_hash, numeric_metrics
+from relay.model.registration import config_hash, numeric_metrics, training_set_ref
 
 
 def test_numeric_metrics_keep_finite_numbers_only():
     metrics = {"val_mae": 4.2, "epoch": 3, "early_stopped": True, "best": math.inf, "x": "a"}
     metrics["nan"] = math.nan
     assert numeric_metrics(metrics) == {"val_mae": 4.2, "epoch": 3.0, "early_stopped": 1.0}
+
+
+def test_training_set_ref_spans_the_days_of_its_partitions():
+    ref = training_set_ref("s3://lake/t.parquet", ["2026-11-20", "2026-11-14", "2026-11-17"])
+    assert ref.uri == "s3://lake/t.parquet"
+    assert (ref.start_date, ref.end_date) == (dt.date(2026, 11, 14), dt.date(2026, 11, 20))
+    unknown = training_set_ref("t.parquet", ["latest"])
+    assert unknown.start_date is None and unknown.end_date is None
 
 
 def test_config_hash_ignores_key_order_and_sees_values():

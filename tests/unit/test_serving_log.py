@@ -13,15 +13,16 @@ import pytest
 
 from relay.data.lake import ACTUALS, SERVING_LOG, Lake
 from relay.errors import PartitionNotFound
-from relay.serve.log import (
-    InvalidServingRecord,
-    ServingLogClosed,
-    ServingLogWriter,
+from relay.serve.log import ServingLogClosed, ServingLogWriter
+from relay.serve.log_read import (
     features_of,
     join_actuals,
+    quality_by_version,
     read_actuals,
+    read_served,
     read_serving_log,
 )
+from relay.serve.log_schema import InvalidServingRecord
 from relay.settings import Settings
 
 DAY = dt.date(2026, 11, 20)
@@ -363,3 +364,41 @@ def test_join_actuals(lake, make_writer):
     assert left["actual_minutes"].isna().tolist() == [False, False, False, True]
     with pytest.raises(KeyError, match="actual_minutes"):
         join_actuals(log_df, actuals.drop(columns="actual_minutes"))
+
+
+def test_read_served_keeps_the_window_and_joins_what_landed(lake, make_writer):
+    w = make_writer(**QUIET)
+    w.log([record(i, at=NOON + dt.timedelta(minutes=10 * i)) for i in range(4)])  # 12:00..12:30
+    w.flush()
+    window = (NOON + dt.timedelta(minutes=5), NOON + dt.timedelta(minutes=30))
+    served = read_served(lake, *window)
+    assert served["order_id"].tolist() == ["O-1", "O-2"]
+    assert served["actual_minutes"].isna().all()  # no actuals landed yet: still every row
+
+    lake.append(
+        pd.DataFrame({"order_id": ["O-2"], "delivered_at": [NOON], "actual_minutes": [40.0]}),
+        ACTUALS,
+        DAY,
+    )
+    served = read_served(lake, *window)
+    assert served["actual_minutes"].tolist()[1] == 40.0
+    assert read_served(lake, window[0])["order_id"].tolist() == ["O-1", "O-2", "O-3"]
+    with pytest.raises(PartitionNotFound):
+        read_served(lake, NOON + dt.timedelta(days=3), NOON + dt.timedelta(days=4))
+
+
+def test_quality_by_version_scores_the_labelled_rows_only():
+    served = pd.DataFrame(
+        {
+            "model_version": ["v1", "v1", "v1", "v2", "v2"],
+            "eta_minutes": [30.0, 30.0, 30.0, 20.0, 20.0],
+            "actual_minutes": [28.0, 34.0, None, 21.0, None],
+        }
+    )
+    live, overall = quality_by_version(served)
+    assert set(live) == {"v1", "v2"}
+    assert (live["v1"].n, live["v1"].mae, live["v1"].bias) == (2, 3.0, -1.0)
+    assert live["v1"].mae_se == pytest.approx(1.0)  # sd of |2|, |4| is √2; over √2
+    assert live["v2"].n == 1 and live["v2"].mae_se is None
+    assert overall is not None and (overall.version, overall.n) == ("all", 3)
+    assert quality_by_version(served.drop(columns="actual_minutes")) == ({}, None)

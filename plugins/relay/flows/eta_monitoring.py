@@ -25,8 +25,9 @@ def run_monitoring(end: dt.datetime, settings: Settings | None = None) -> dict[s
         ``previous_version``, ``report_path``, …) plus ``conf`` for a retrain run.
     """
     from relay.model.bundle import ModelBundle
-    from relay.monitor.drift import NoServingTraffic, monitor_window, reference_uri_of
+    from relay.monitor.drift import NoServingTraffic
     from relay.monitor.rules import decide, registered_mae
+    from relay.monitor.window import monitor_window, reference_uri_of
     from relay.registry import Registry
 
     s = settings or get_settings()

@@ -4,12 +4,14 @@
 ``metrics.json`` in its output folder. :func:`register_trained` checks that the three model
 files load together, then registers all four (and an evaluation report, if given) as the next
 version in state Trained, with what the registry needs to answer "where did this come from?":
-the feature service, the data partitions, the code commit, a hash of the configuration and the
-production version it is meant to replace.
+the feature service, the training set and its data partitions, the code commit, a hash of the
+configuration and the production version it is meant to replace. The history's "trained on"
+line is a note for people; the drift job reads the lineage's ``training_set``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import math
@@ -35,6 +37,7 @@ from relay.registry import (
     Registry,
     Stage,
     TrainingInfo,
+    TrainingSetRef,
 )
 from relay.settings import Settings, get_settings
 
@@ -61,7 +64,8 @@ def register_trained(
     Args:
         output_dir: The run's output folder (``model.pt``, ``net_config.json``,
             ``preprocessor.json``, ``metrics.json``).
-        training_set_uri: The training-set Parquet the run read; recorded in the history.
+        training_set_uri: The training-set Parquet the run read; recorded in the lineage
+            (:func:`training_set_ref`), the drift job's reference.
         data_partitions: Lake partitions behind the training set, e.g. ``["2026-11-19"]``.
         settings: Relay's settings; :func:`get_settings` when None.
         parent: The version this one descends from; None: the current production version of
@@ -102,6 +106,7 @@ def register_trained(
         lineage=Lineage(
             feature_service=s.feast.feature_service,
             data_partitions=partitions,
+            training_set=training_set_ref(training_set_uri, partitions),
             code_commit=code_commit or git_commit(),
             config_hash=config_hash(hyperparameters, bundle.net_config),
             parent_version_id=parent,
@@ -118,6 +123,22 @@ def register_trained(
         state=ModelState.TRAINED,
         reason=f"trained on {training_set_uri}",
     )
+
+
+def training_set_ref(uri: str, partitions: Sequence[str] = ()) -> TrainingSetRef:
+    """The lineage's record of a training set: its URI and, when the partitions are days
+    (``2026-11-19``), the first and last of them."""
+    days = sorted(d for d in map(_day, partitions) if d is not None)
+    return TrainingSetRef(
+        uri=uri, start_date=days[0] if days else None, end_date=days[-1] if days else None
+    )
+
+
+def _day(partition: str) -> dt.date | None:
+    try:
+        return dt.date.fromisoformat(partition)
+    except ValueError:
+        return None
 
 
 def config_hash(hyperparameters: Mapping[str, Any], net_config: Mapping[str, Any]) -> str:

@@ -5,34 +5,12 @@ to an in-memory buffer. A background thread writes the buffer to
 ``serving/predictions/date=YYYY-MM-DD/part-<timestamp>-<uuid>.parquet`` (one new file per day
 per flush, :meth:`relay.data.lake.Lake.append`) when ``max_batch`` records are waiting or the oldest
 has waited ``max_delay_s``. A record lands in the partition of the UTC date of its
-``requested_at``.
-
-Record schema (one row per prediction; the columns of :data:`LOG_COLUMNS`, then features):
-
-=====================  =======================  ==================================================
-column                 type                     meaning
-=====================  =======================  ==================================================
-``request_id``         string                   the request's id (a uuid4 hex when not given)
-``order_id``           string                   the order the ETA is for; joins with actuals
-``requested_at``       timestamp[us, UTC]       when the request arrived; picks the partition
-``logged_at``          timestamp[us, UTC]       when :meth:`~ServingLogWriter.log` received it
-``model_version``      string                   the model version that served it
-``eta_minutes``        float64                  the prediction
-``latency_ms``         float64                  time to serve the request (null when not given)
-``missing_features``   string                   comma-separated names of features that were
-                                                missing and filled (``""`` when none)
-``f_<feature>``        float64 or string        one column per input feature
-=====================  =======================  ==================================================
-
-Features are stored as one column per feature, named ``f_`` + the feature name, so the drift
-job reads them as ordinary columns (:func:`features_of` strips the prefix). Within one file a
-feature column is float64 when every value is a number or a bool (or every value is missing),
-and string otherwise. Files of one partition may have different feature sets (a feature added
-in a new model version); :func:`read_serving_log` returns the union, nulls where absent.
+``requested_at``. The record format is :mod:`relay.serve.log_schema`; reading the log back,
+joined with the actual delivery times, is :mod:`relay.serve.log_read`.
 
 Delivery is at least once: a write that fails after the object landed is written again on the
-next flush. :func:`read_serving_log` drops repeated ``request_id`` rows, so readers see each
-prediction once.
+next flush. :func:`relay.serve.log_read.read_serving_log` drops repeated ``request_id`` rows, so
+readers see each prediction once.
 """
 
 from __future__ import annotations
@@ -40,147 +18,25 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import logging
-import math
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any
 
-import pandas as pd
-
-from relay.data.lake import ACTUALS, SERVING_LOG, Lake
+from relay.clock import utcnow
+from relay.data.lake import SERVING_LOG, Lake
 from relay.errors import RelayError
+from relay.serve.log_schema import to_frame, to_row
 
 log = logging.getLogger(__name__)
 
-FEATURE_PREFIX = "f_"
-LOG_COLUMNS = (
-    "request_id",
-    "order_id",
-    "requested_at",
-    "logged_at",
-    "model_version",
-    "eta_minutes",
-    "latency_ms",
-    "missing_features",
-)
-ACTUAL_COLUMNS = ("order_id", "delivered_at", "actual_minutes")
 _MAX_BACKOFF_S = 30.0
 
 Clock = Callable[[], dt.datetime]
 
 
-class InvalidServingRecord(RelayError, ValueError):
-    """A record given to the serving log lacks a field or has one of the wrong type."""
-
-
 class ServingLogClosed(RelayError):
     """:meth:`ServingLogWriter.log` was called after :meth:`ServingLogWriter.close`."""
-
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _as_utc(value: Any, field: str) -> dt.datetime:
-    """A timezone-aware UTC datetime; naive values are taken to be UTC already."""
-    if isinstance(value, str):
-        try:
-            value = dt.datetime.fromisoformat(value)
-        except ValueError as exc:
-            raise InvalidServingRecord(f"{field}={value!r} is not an ISO 8601 time") from exc
-    if isinstance(value, pd.Timestamp):
-        value = value.to_pydatetime()
-    if not isinstance(value, dt.datetime):
-        raise InvalidServingRecord(f"{field} must be a datetime, got {type(value).__name__}")
-    if value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC)
-
-
-def _number(record: Mapping[str, Any], field: str, required: bool) -> float:
-    value = record.get(field)
-    if value is None:
-        if required:
-            raise InvalidServingRecord(f"serving log record has no {field!r}: {dict(record)!r}")
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidServingRecord(f"{field}={value!r} is not a number") from exc
-
-
-def to_row(record: Mapping[str, Any], logged_at: dt.datetime) -> dict[str, Any]:
-    """One flat log row from a record given to :meth:`ServingLogWriter.log`.
-
-    Args:
-        record: ``order_id``, ``model_version``, ``eta_minutes`` and ``features`` (a mapping of
-            feature name to value) are required; ``request_id`` (default: a new uuid4 hex),
-            ``requested_at`` (a datetime or ISO string, naive means UTC; default:
-            ``logged_at``), ``latency_ms`` and ``missing_features`` (a list of names or a
-            comma-separated string) are optional.
-        logged_at: when the writer received the record.
-
-    Raises:
-        InvalidServingRecord: a required field is missing or a value has the wrong type.
-    """
-    for key in ("order_id", "model_version"):
-        if record.get(key) is None:
-            raise InvalidServingRecord(f"serving log record has no {key!r}: {dict(record)!r}")
-    features = record.get("features", {})
-    if not isinstance(features, Mapping):
-        raise InvalidServingRecord(
-            f"features must be a mapping of name to value, got {type(features).__name__}"
-        )
-    missing = record.get("missing_features") or ""
-    if not isinstance(missing, str):
-        missing = ",".join(str(name) for name in missing)
-    requested = record.get("requested_at")
-    row: dict[str, Any] = {
-        "request_id": str(record.get("request_id") or uuid.uuid4().hex),
-        "order_id": str(record["order_id"]),
-        "requested_at": logged_at if requested is None else _as_utc(requested, "requested_at"),
-        "logged_at": logged_at,
-        "model_version": str(record["model_version"]),
-        "eta_minutes": _number(record, "eta_minutes", required=True),
-        "latency_ms": _number(record, "latency_ms", required=False),
-        "missing_features": missing,
-    }
-    for name, value in features.items():
-        row[f"{FEATURE_PREFIX}{name}"] = value
-    return row
-
-
-def to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """Log rows (from :func:`to_row`) as a frame with the documented column types."""
-    df = pd.DataFrame.from_records(list(rows))
-    for col in LOG_COLUMNS:
-        if col not in df.columns:
-            df[col] = None
-    for col in ("requested_at", "logged_at"):
-        df[col] = pd.to_datetime(df[col], utc=True)
-    for col in ("eta_minutes", "latency_ms"):
-        df[col] = df[col].astype("float64")
-    for col in ("request_id", "order_id", "model_version", "missing_features"):
-        df[col] = df[col].astype(object)
-    features = sorted(c for c in df.columns if c.startswith(FEATURE_PREFIX))
-    for col in features:
-        df[col] = _feature_column(df[col])
-    return df[[*LOG_COLUMNS, *features]]
-
-
-def _feature_column(values: pd.Series) -> pd.Series:
-    """float64 when every value is a number or bool (or missing), else strings with nulls."""
-    present = values.dropna()
-    if present.empty:
-        return pd.Series(math.nan, index=values.index, dtype="float64")
-    if all(isinstance(v, (bool, int, float)) or hasattr(v, "dtype") for v in present):
-        try:
-            return pd.to_numeric(values.astype(object), errors="raise").astype("float64")
-        except (TypeError, ValueError):
-            pass
-    return values.astype(object).where(values.isna(), values.astype(str))
 
 
 class ServingLogWriter:
@@ -209,7 +65,7 @@ class ServingLogWriter:
         max_batch: int = 1000,
         max_delay_s: float = 1.0,
         max_pending: int = 100_000,
-        clock: Clock = _utcnow,
+        clock: Clock = utcnow,
     ) -> None:
         if max_batch < 1 or max_pending < 1 or max_delay_s <= 0:
             raise ValueError("max_batch and max_pending must be >= 1 and max_delay_s > 0")
@@ -239,7 +95,8 @@ class ServingLogWriter:
         """Queue served predictions for writing; returns at once and never does I/O.
 
         Args:
-            records: one mapping per prediction, fields as in :func:`to_row`.
+            records: one mapping per prediction, fields as in
+                :func:`relay.serve.log_schema.to_row`.
 
         Raises:
             InvalidServingRecord: a record is malformed (none of ``records`` is queued).
@@ -416,74 +273,3 @@ class ServingLogWriter:
                     self.pending,
                     exc_info=True,
                 )
-
-
-def read_serving_log(lake: Lake, start: dt.date, end: dt.date, dedupe: bool = True) -> pd.DataFrame:
-    """The serving log of the UTC days ``start`` to ``end`` inclusive, oldest request first.
-
-    Args:
-        lake: the lake the writer wrote to.
-        start: first day (UTC date of ``requested_at``).
-        end: last day, inclusive.
-        dedupe: drop rows whose (``request_id``, ``order_id``) was already seen (a retried
-            write); one request may carry many orders.
-
-    Raises:
-        PartitionNotFound: no prediction was logged in the range.
-    """
-    df = lake.read_all(SERVING_LOG, start, end)
-    df = df.sort_values(["requested_at", "logged_at"], kind="stable")
-    if dedupe:
-        keys = [c for c in ("request_id", "order_id") if c in df.columns]
-        df = df.drop_duplicates(keys, keep="first")
-    return df.reset_index(drop=True)
-
-
-def read_actuals(lake: Lake, start: dt.date, end: dt.date) -> pd.DataFrame:
-    """Actual delivery minutes (``order_id``, ``delivered_at``, ``actual_minutes``) landed
-    in the ``serving/actuals`` partitions ``start`` to ``end`` inclusive."""
-    return lake.read_all(ACTUALS, start, end)
-
-
-def features_of(log_df: pd.DataFrame) -> pd.DataFrame:
-    """The feature columns of a serving log frame, under their feature names (prefix removed)."""
-    cols = [c for c in log_df.columns if c.startswith(FEATURE_PREFIX)]
-    return log_df[cols].rename(columns=lambda c: c.removeprefix(FEATURE_PREFIX))
-
-
-def join_actuals(
-    log_df: pd.DataFrame,
-    actuals_df: pd.DataFrame,
-    how: Literal["inner", "left"] = "inner",
-) -> pd.DataFrame:
-    """Predictions joined with the actual delivery times that have landed, on ``order_id``.
-
-    Adds ``delivered_at``, ``actual_minutes`` and ``error_minutes`` (prediction minus actual:
-    positive means the ETA ran late). When an order has several actuals, the latest
-    ``delivered_at`` wins, so a prediction never appears twice.
-
-    Args:
-        log_df: rows of the serving log (:func:`read_serving_log`).
-        actuals_df: ``order_id``, ``delivered_at``, ``actual_minutes``.
-        how: ``"inner"`` keeps only predictions with an actual; ``"left"`` keeps every
-            prediction, with nulls where the actual has not landed yet.
-
-    Raises:
-        KeyError: a frame lacks a column the join needs.
-    """
-    missing = [c for c in ACTUAL_COLUMNS if c not in actuals_df.columns]
-    if missing or "order_id" not in log_df.columns:
-        raise KeyError(
-            f"join_actuals needs order_id in the log and {list(ACTUAL_COLUMNS)} in the actuals; "
-            f"actuals lack {missing}"
-        )
-    actuals = (
-        actuals_df[list(ACTUAL_COLUMNS)]
-        .sort_values("delivered_at", kind="stable")
-        .drop_duplicates("order_id", keep="last")
-        .astype({"order_id": str})
-    )
-    left = log_df.astype({"order_id": str})
-    out = left.merge(actuals, on="order_id", how=how, validate="many_to_one")
-    out["error_minutes"] = out["eta_minutes"] - out["actual_minutes"]
-    return out.reset_index(drop=True)
