@@ -147,11 +147,36 @@ class RolloutSettings(BaseModel):
     )
     max_error_rate: float = Field(0.01, ge=0, le=1, description="Candidate errors / requests")
     max_p99_ms: float = Field(100.0, gt=0, description="Candidate P99 request latency")
+    p99_alpha: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="A P99 over the bar rolls back when chance would give that many slow "
+        "requests less often than this",
+    )
+    p99_min_requests: int = Field(
+        100,
+        ge=1,
+        description="Requests a window needs before its P99 is judged (a 1% tail holds one "
+        "in a hundred); at least min_requests",
+    )
     max_mae_regression: float = Field(
         0.05, ge=0, description="Candidate MAE may be at most this much worse than stable's"
     )
+    quality_z: float = Field(
+        2.326,
+        ge=0,
+        description="One-sided z: an MAE regression past the margin rolls back only when it "
+        "is this many standard errors past it (2.326: 1% by chance); 0: any excess",
+    )
     max_qps_drop: float = Field(
         0.30, ge=0, le=1, description="Largest drop in share-normalised QPS against stable"
+    )
+    qps_noise_z: float = Field(
+        2.0,
+        ge=0,
+        description="A QPS drop past the margin rolls back only when the shortfall is this many "
+        "standard deviations of a Poisson count (√expected requests); 0: any shortfall",
     )
     min_requests: int = Field(
         50, ge=1, description="Candidate requests a window needs before a step may advance"

@@ -17,8 +17,8 @@ import relay.rollout.driver
 from relay.registry import Lineage, ModelState, Registry, Stage
 from relay.rollout.driver import RolloutOutcome, deploy_stable, free_idle_models, run_rollout
 from relay.rollout.rules import QualityWindow
-from relay.serve.metrics import LATENCY_BUCKETS_MS, VersionWindow
 from relay.serve.traffic import TrafficSplit
+from relay.serve.windows import LATENCY_BUCKETS_MS, VersionWindow
 from relay.settings import Settings
 
 NOW = dt.datetime(2026, 11, 21, 14, 2, tzinfo=dt.UTC)

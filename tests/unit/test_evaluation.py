@@ -21,8 +21,8 @@ from relay.evaluate.metrics import (
     hour_band,
     hour_bands,
     slice_metrics,
-    write_report,
 )
+from relay.evaluate.report import write_report
 from relay.settings import GateSettings
 
 SEED = 11

@@ -93,6 +93,17 @@ def test_slice_reason_names_the_slice_and_the_margin():
     assert "PASS: zone_id=Z008: MAE 6.10 vs champion 6.00 (+1.7% ≤ 5.0%)" in verdict.reasons
 
 
+def test_a_runs_slice_margin_replaces_the_configured_one_and_shows_in_the_lines():
+    champion = _eval("1", 7.0, {"Z007": (7.80, 400)})
+    challenger = _eval("2", 6.5, {"Z007": (9.10, 400)})  # +16.7%
+    wide = decide(challenger, champion, SETTINGS, slice_margin=0.20)
+    assert wide.passed, wide.summary()
+    assert "PASS: zone_id=Z007: MAE 9.10 vs champion 7.80 (+16.7% ≤ 20.0%)" in wide.reasons
+    assert not decide(challenger, champion, SETTINGS, slice_margin=None).passed
+    with pytest.raises(ValueError, match="slice_margin"):
+        decide(challenger, champion, SETTINGS, slice_margin=-0.1)
+
+
 def test_a_slice_regression_within_paired_noise_passes():
     champion = _eval("1", 7.0, {"Z007": (4.00, 300)})
     challenger = _eval("2", 6.5, {"Z007": (4.40, 300)})  # +10%: 0.20 min past the 5% margin

@@ -9,8 +9,9 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 
-from relay.monitor.drift import DriftResult, FeatureDrift, PredictionDrift, VersionQuality, psi
+from relay.monitor.drift import DriftResult, FeatureDrift, PredictionDrift, psi
 from relay.monitor.rules import Action, Check, decide, registered_mae
+from relay.serve.log_read import VersionQuality
 from relay.settings import MonitoringSettings, Settings
 
 SETTINGS = MonitoringSettings()
@@ -335,13 +336,11 @@ def test_psi_needs_values_on_both_sides():
 
 
 def test_the_reference_of_a_version_is_the_training_set_it_was_registered_with():
-    from relay.monitor.drift import ReferenceUnusable, reference_uri_of
-    from relay.registry import HistoryEntry, Lineage, ModelState, ModelVersion
+    from relay.monitor.drift import ReferenceUnusable
+    from relay.monitor.window import reference_uri_of
+    from relay.registry import Lineage, ModelState, ModelVersion, TrainingSetRef
 
     uri = "s3://lake/eta/training/eta_20261114_20261120/date=2026-11-20/part-0.parquet"
-    entry = HistoryEntry(
-        at=END, reason=f"trained on {uri}", from_state=None, to_state=ModelState.TRAINED
-    )
     version = ModelVersion(
         id="eta_mlp_1.2.0_20261121_1402",
         name="eta_mlp",
@@ -349,9 +348,10 @@ def test_the_reference_of_a_version_is_the_training_set_it_was_registered_with()
         owner="pipeline",
         created_at=END,
         state=ModelState.TRAINED,
-        lineage=Lineage(feature_service="eta_v1"),
-        history=[entry],
+        lineage=Lineage(feature_service="eta_v1", training_set=TrainingSetRef(uri=uri)),
     )
     assert reference_uri_of(version) == uri
+    # A version registered before lineage carried its training set.
+    old = version.model_copy(update={"lineage": Lineage(feature_service="eta_v1")})
     with pytest.raises(ReferenceUnusable, match="records no training set"):
-        reference_uri_of(version.model_copy(update={"history": []}))
+        reference_uri_of(old)

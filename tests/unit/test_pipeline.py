@@ -6,9 +6,11 @@ import datetime as dt
 
 import pytest
 
+from relay.evaluate.challenger import evaluate_version
+from relay.evaluate.gate import margin
 from relay.flows.eta_monitoring import training_conf
-from relay.flows.eta_training import gate_settings, run_days, run_dir
-from relay.settings import Settings
+from relay.flows.eta_training import register_and_gate, run_days, run_dir
+from relay.settings import GateSettings, Settings
 
 D = dt.date(2026, 11, 21)
 MIDNIGHT = dt.datetime(2026, 11, 21, tzinfo=dt.UTC)
@@ -145,18 +147,23 @@ def test_training_conf_carries_the_drift_slice_margin_for_the_gate():
     assert "slice_margin" not in training_conf("drift", MIDNIGHT)
 
 
-# gate_settings ---------------------------------------------------------------------------------
+# the gate's slice margin ---------------------------------------------------------------------
 
 
-def test_gate_settings_puts_a_runs_slice_margin_over_the_configured_one():
-    base = Settings()
-    s = gate_settings(0.15, base)
-    assert s.gate.slice_margin == 0.15
-    assert s.gate.max_mae_minutes == base.gate.max_mae_minutes
-    assert base.gate.slice_margin == 0.05  # the configured settings are left alone
-    assert gate_settings(None, base) is base
+def test_a_runs_slice_margin_goes_over_the_configured_one():
+    base = GateSettings()
+    assert margin(base, 0.15) == 0.15
+    assert margin(base, 0.0) == 0.0
+    assert margin(base, None) == base.slice_margin == 0.05
 
 
-def test_gate_settings_refuses_a_negative_margin():
+def test_a_negative_slice_margin_is_refused_before_anything_happens(tmp_path):
     with pytest.raises(ValueError, match="slice_margin"):
-        gate_settings(-0.1, Settings())
+        margin(GateSettings(), -0.1)
+    # Before reading the holdout or the registry, and before registering anything.
+    s = Settings(home=tmp_path)
+    with pytest.raises(ValueError, match="slice_margin"):
+        evaluate_version("v1", tmp_path / "missing.parquet", s, slice_margin=-0.1)
+    with pytest.raises(ValueError, match="slice_margin"):
+        register_and_gate(str(tmp_path / "model"), "unused", [], slice_margin=-0.1)
+    assert not (tmp_path / "artifacts").exists()

@@ -8,7 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from relay.rollout.rules import Action, QualityWindow, decide, next_step
-from relay.serve.metrics import LiveMetrics, VersionWindow
+from relay.serve.metrics import LiveMetrics
+from relay.serve.windows import VersionWindow
 from relay.settings import RolloutSettings, Settings
 
 SETTINGS = RolloutSettings(step_duration_s=0.5)
@@ -68,8 +69,8 @@ def test_a_healthy_step_advances():
     assert verdict.next_share == 0.50
     assert verdict.failed_checks == []
     assert all(r.startswith("PASS: ") for r in verdict.reasons)
-    # Every check is listed: error rate, P99, quality, throughput, evidence, duration.
-    assert len(verdict.reasons) == 6
+    # Every check is listed: error rate, P99, quality, throughput, evidence, duration, timeout.
+    assert len(verdict.reasons) == 7
     assert any(r.startswith("PASS: throughput: candidate") for r in verdict.reasons)
     assert verdict.summary().startswith("candidate v2 vs stable v1 at 10%: ADVANCE → 50%")
     assert json.loads(json.dumps(verdict.to_dict()))["action"] == "advance"
@@ -123,7 +124,7 @@ def test_at_the_last_step_stable_latency_comes_from_the_step_before():
 
 
 def test_binomial_tail():
-    from relay.rollout.rules import binomial_tail
+    from relay.verdict import binomial_tail
 
     assert binomial_tail(0, 10, 0.01) == 1.0 and binomial_tail(11, 10, 0.01) == 0.0
     assert binomial_tail(1, 10, 0.01) == pytest.approx(1 - 0.99**10)
@@ -232,14 +233,40 @@ def test_promotes_when_healthy_at_full_traffic():
 
 
 def test_steps_go_1_10_50_100():
-    assert next_step(0.0) == 0.01
-    assert next_step(0.01) == 0.10
-    assert next_step(0.10) == 0.50
-    assert next_step(0.50) == 1.0
-    assert next_step(1.0) is None
-    assert next_step(0.05) == 0.10  # between steps: the next one up
+    steps = RolloutSettings().steps
+    assert next_step(0.0, steps) == 0.01
+    assert next_step(0.01, steps) == 0.10
+    assert next_step(0.10, steps) == 0.50
+    assert next_step(0.50, steps) == 1.0
+    assert next_step(1.0, steps) is None
+    assert next_step(0.05, steps) == 0.10  # between steps: the next one up
     with pytest.raises(ValueError, match="share"):
-        next_step(1.5)
+        next_step(1.5, steps)
+
+
+def test_a_step_that_would_hold_past_its_timeout_rolls_back():
+    # A quiet hour: too few requests to judge, so the step holds until it times out.
+    cand = _window("v2", 20, seconds=60)
+    stable = _window("v1", 180, seconds=60)
+    s = SETTINGS.model_copy(update={"step_timeout_s": 30.0})
+
+    def verdict(elapsed: float | None):
+        return decide(cand, stable, s, step_share=0.10, healthy_for_s=10.0, step_elapsed_s=elapsed)
+
+    assert verdict(None).action is Action.HOLD
+    assert "PASS: timeout: step start not given, not judged" in verdict(None).reasons
+    assert verdict(30.0).action is Action.HOLD, verdict(30.0).summary()
+    late = verdict(31.0)
+    assert late.action is Action.ROLLBACK and late.next_share == 0.0, late.summary()
+    assert late.failed_checks == ["evidence", "timeout"]
+    assert (
+        "FAIL: step held for 31 s > step_timeout_s 30 s without enough evidence to advance"
+        in late.reasons
+    )
+    # A step that can be judged is judged, however long it took.
+    healthy, base = _pair(0.10)
+    judged = decide(healthy, base, s, step_share=0.10, healthy_for_s=1.0, step_elapsed_s=99.0)
+    assert judged.action is Action.ADVANCE, judged.summary()
 
 
 def test_a_healthy_candidate_walks_every_step_to_promotion():
@@ -275,6 +302,33 @@ def test_rollout_settings_defaults_and_validation():
         0.05,
         0.30,
     )
+    # The significance thresholds of the rules are settings too.
+    assert (s.p99_alpha, s.p99_min_requests, s.quality_z, s.qps_noise_z) == (
+        0.01,
+        100,
+        2.326,
+        2.0,
+    )
     for steps in [(), (0.1, 0.5), (0.5, 0.1, 1.0), (0.0, 1.0)]:
         with pytest.raises(ValidationError):
             RolloutSettings(steps=steps)
+
+
+def test_the_significance_settings_move_the_verdicts():
+    _, stable = _pair(0.01)
+    cand = _window("v2", 200, slow=8, slow_ms=150.0, seconds=30.0)  # p ≈ 0.001
+    slow = decide(cand, stable, SETTINGS, step_share=0.01, healthy_for_s=1.0)
+    assert "p99_latency" in slow.failed_checks, slow.summary()
+    lenient = SETTINGS.model_copy(update={"p99_alpha": 0.0001})
+    assert (
+        "p99_latency"
+        not in decide(cand, stable, lenient, step_share=0.01, healthy_for_s=1.0).failed_checks
+    )
+    patient = SETTINGS.model_copy(update={"p99_min_requests": 500})
+    waited = decide(cand, stable, patient, step_share=0.01, healthy_for_s=1.0)
+    assert "over 200 requests < 500, not judged yet" in waited.summary()
+    cand, stable = _pair(0.10)
+    noisy = QualityWindow(candidate_mae=5.84, stable_mae=5.46, n_labelled=60, diff_se=0.5)
+    strict = SETTINGS.model_copy(update={"quality_z": 0.0})
+    verdict = decide(cand, stable, strict, step_share=0.10, healthy_for_s=1.0, quality=noisy)
+    assert "quality" in verdict.failed_checks, verdict.summary()

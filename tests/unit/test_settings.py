@@ -43,3 +43,20 @@ def test_invalid_values_are_rejected(monkeypatch):
     monkeypatch.setenv("RELAY_FEAST__ONLINE_STORE", "cassandra")
     with pytest.raises(ValueError, match="online_store"):
         Settings()
+
+
+def test_rule_thresholds_are_settings_read_from_the_environment(monkeypatch):
+    monkeypatch.setenv("RELAY_ROLLOUT__P99_ALPHA", "0.001")
+    monkeypatch.setenv("RELAY_ROLLOUT__P99_MIN_REQUESTS", "400")
+    monkeypatch.setenv("RELAY_ROLLOUT__QUALITY_Z", "3")
+    monkeypatch.setenv("RELAY_GATE__DRIFT_SLICE_MARGIN", "0.2")
+    s = Settings()
+    assert (s.rollout.p99_alpha, s.rollout.p99_min_requests, s.rollout.quality_z) == (
+        0.001,
+        400,
+        3.0,
+    )
+    assert s.gate.drift_slice_margin == 0.2
+    monkeypatch.setenv("RELAY_ROLLOUT__P99_ALPHA", "1.5")
+    with pytest.raises(ValueError, match="p99_alpha"):
+        Settings()

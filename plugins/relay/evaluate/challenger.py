@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 
 from relay.errors import RelayError
-from relay.evaluate.gate import GateVerdict, decide
-from relay.evaluate.metrics import Evaluation, evaluate, paired_slice_se, write_report
+from relay.evaluate.gate import GateVerdict, decide, margin
+from relay.evaluate.metrics import Evaluation, evaluate, paired_slice_se
+from relay.evaluate.report import write_report
 from relay.features.catalog import LABEL, WEATHER, model_inputs
 from relay.model.bundle import ModelBundle
 from relay.registry import ModelState, ModelVersion, Registry, Stage, check_transition
@@ -89,6 +90,7 @@ def evaluate_challenger(
     challenger_version: str | None = None,
     champion_version: str | None = None,
     model_name: str | None = None,
+    slice_margin: float | None = None,
 ) -> ChallengerEvaluation:
     """Score a challenger (and the champion, if any) on one holdout, gate it, write a report.
 
@@ -101,6 +103,8 @@ def evaluate_challenger(
         challenger_version: the challenger's version id; default ``challenger.source``.
         champion_version: the champion's version id; default ``champion.source``.
         model_name: the model's name in the evaluations; default the registry's model name.
+        slice_margin: this run's slice margin over ``settings.gate.slice_margin``
+            (:func:`relay.evaluate.gate.decide`).
 
     Returns:
         Both evaluations, the gate's verdict and the report's path.
@@ -108,6 +112,7 @@ def evaluate_challenger(
     Raises:
         HoldoutError: the holdout is empty or lacks columns.
         InvalidPredictions: a model predicted NaN or infinite minutes.
+        ValueError: a negative ``slice_margin``.
     """
     s = settings or get_settings()
     check_holdout(holdout)
@@ -125,7 +130,7 @@ def evaluate_challenger(
         theirs = _predict(champion, frame, theirs_id or "champion", "champion")
         ev_champion = evaluate(model, theirs_id, frame, theirs, min_rows=min_rows)
         paired = paired_slice_se(frame, frame[LABEL].to_numpy(dtype=float), ours, theirs)
-    verdict = decide(ev_challenger, ev_champion, s.gate, paired)
+    verdict = decide(ev_challenger, ev_champion, s.gate, paired, slice_margin=slice_margin)
     report = write_report(
         report_path,
         ev_challenger,
@@ -146,6 +151,7 @@ def evaluate_version(
     report_path: Path | str | None = None,
     registry: Registry | None = None,
     force: bool = False,
+    slice_margin: float | None = None,
 ) -> VersionEvaluation:
     """Evaluate a registered version against the production version and record the verdict.
 
@@ -165,17 +171,21 @@ def evaluate_version(
         force: a rejected version is still marked Validated (so it may be deployed as a
             canary, where live metrics judge it); the reason records the failed gate and the
             override.
+        slice_margin: this run's slice margin over ``settings.gate.slice_margin`` (a drift
+            retrain's); refused, before any transition, when negative.
 
     Returns:
         The challenger's updated record, the champion's id and the evaluation result.
 
     Raises:
+        ValueError: a negative ``slice_margin``.
         IllegalTransition: the version is not Trained or Evaluating.
         HoldoutError: the holdout is missing, empty or lacks columns.
         InvalidPredictions: a model predicted NaN; a broken challenger is marked Failed first.
         VersionNotFound, ArtifactIntegrityError: from the registry.
     """
     s = settings or get_settings()
+    margin(s.gate, slice_margin)  # a bad margin must fail before the first transition
     reg = registry or Registry(s)
     version = reg.get(version_id)
     if version.state is not ModelState.EVALUATING:
@@ -204,6 +214,7 @@ def evaluate_version(
             challenger_version=version_id,
             champion_version=champion_id,
             model_name=version.name,
+            slice_margin=slice_margin,
         )
     except InvalidPredictions as err:
         if err.role == "challenger":

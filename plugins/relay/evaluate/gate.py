@@ -9,8 +9,10 @@ Rules:
 * absolute bars, always: MAE, P90 absolute error and the share within ±5 minutes;
 * with a champion: the challenger's overall MAE must beat the champion's by more than
   ``min_improvement``, and on every slice value that both evaluated on at least
-  ``min_slice_rows`` orders, the challenger's MAE may be at most ``slice_margin`` worse.
-  A model that wins on average by getting one zone badly wrong is rejected.
+  ``min_slice_rows`` orders, the challenger's MAE may be at most the slice margin worse
+  (``slice_margin``, or the margin a run passes to :func:`decide`, e.g. a drift retrain's
+  ``drift_slice_margin``). A model that wins on average by getting one zone badly wrong is
+  rejected.
 * with the paired standard errors of the slices (both models on the same orders,
   :func:`relay.evaluate.metrics.paired_slice_se`), a slice fails only when its excess over the
   margin is more than ``slice_significance_z`` standard errors: forty slices of a few hundred orders
@@ -20,19 +22,16 @@ Rules:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 from relay.evaluate.metrics import Evaluation
 from relay.settings import GateSettings
-
-_STATUS = {True: "PASS", False: "FAIL"}
+from relay.verdict import Verdict, reason_lines, relative_change, within_noise
 
 
 @dataclass(frozen=True)
-class GateVerdict:
+class GateVerdict(Verdict):
     """The gate's decision on one challenger.
 
     Attributes:
@@ -52,15 +51,23 @@ class GateVerdict:
     challenger: str = ""
     champion: str | None = None
 
-    def summary(self) -> str:
-        """A few lines for logs and the CLI."""
+    def headline(self) -> str:
+        """The challenger, its champion and the outcome."""
         against = f" against {self.champion}" if self.champion else " (no champion)"
-        head = f"{self.challenger}{against}: {'PASSED' if self.passed else 'REJECTED'}"
-        return "\n".join([head, *(f"  {r}" for r in self.reasons)])
+        return f"{self.challenger}{against}: {'PASSED' if self.passed else 'REJECTED'}"
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict, ready for ``json.dumps``."""
-        return asdict(self)
+
+def margin(settings: GateSettings, slice_margin: float | None = None) -> float:
+    """The slice margin a gate uses: a run's ``slice_margin`` when given, else the configured one.
+
+    Raises:
+        ValueError: a negative ``slice_margin``.
+    """
+    if slice_margin is None:
+        return settings.slice_margin
+    if slice_margin < 0:
+        raise ValueError(f"slice_margin must be ≥ 0, got {slice_margin}")
+    return slice_margin
 
 
 def decide(
@@ -68,6 +75,8 @@ def decide(
     champion: Evaluation | None,
     settings: GateSettings,
     paired_se: Mapping[str, Mapping[str, float]] | None = None,
+    *,
+    slice_margin: float | None = None,
 ) -> GateVerdict:
     """Judge a challenger against the absolute bars and, if there is one, the champion.
 
@@ -78,21 +87,29 @@ def decide(
         paired_se: slice name -> value -> standard error of the MAE difference on the same
             rows; without it (or with ``slice_significance_z`` 0) any excess over the margin
             fails.
+        slice_margin: this run's slice margin (a drift retrain's), over
+            ``settings.slice_margin``; the slice lines show the margin used.
 
     Returns:
         The verdict; it passes only if every check passes.
+
+    Raises:
+        ValueError: a negative ``slice_margin``.
     """
+    used = margin(settings, slice_margin)
     checks = _absolute_checks(challenger, settings)
     at_fault: list[str] = []
     if champion is None:
         checks.append((True, "no champion: first model, judged by the absolute bars only"))
     else:
         checks.append(_improvement_check(challenger, champion, settings))
-        slice_checks, at_fault = _slice_checks(challenger, champion, settings, paired_se or {})
+        slice_checks, at_fault = _slice_checks(
+            challenger, champion, settings, used, paired_se or {}
+        )
         checks += slice_checks
     return GateVerdict(
         passed=all(ok for ok, _ in checks),
-        reasons=[f"{_STATUS[ok]}: {msg}" for ok, msg in checks],
+        reasons=reason_lines(checks),
         failures=[msg for ok, msg in checks if not ok],
         slices_at_fault=at_fault,
         challenger=challenger.label,
@@ -137,6 +154,7 @@ def _slice_checks(
     challenger: Evaluation,
     champion: Evaluation,
     s: GateSettings,
+    slice_margin: float,
     paired_se: Mapping[str, Mapping[str, float]],
 ) -> tuple[list[tuple[bool, str]], list[str]]:
     checks: list[tuple[bool, str]] = []
@@ -151,19 +169,18 @@ def _slice_checks(
             if other is None or min(mine.n, other.n) < s.min_slice_rows:
                 skipped += 1
                 continue
-            change = _relative_change(mine.mae, other.mae)
-            excess = mine.mae - other.mae * (1 + s.slice_margin)
+            change = relative_change(mine.mae, other.mae)
+            excess = mine.mae - other.mae * (1 + slice_margin)
             se = paired_se.get(name, {}).get(value)
             where = f"{name}={value}"
             msg = (
                 f"{where}: MAE {mine.mae:.2f} vs champion {other.mae:.2f} "
-                f"({change:+.1%} {'≤' if excess <= 0 else '>'} {s.slice_margin:.1%}"
+                f"({change:+.1%} {'≤' if excess <= 0 else '>'} {slice_margin:.1%}"
             )
+            ok = within_noise(excess, se, z)
             if excess <= 0 or se is None or z <= 0:
-                ok = excess <= 0
                 msg += ")"
             else:
-                ok = excess <= z * se
                 verdict = "within noise" if ok else "beyond noise"
                 msg += f"; excess {excess:.2f} min {verdict}: {z:g} × SE {se:.2f})"
             checks.append((ok, msg))
@@ -178,10 +195,3 @@ def _slice_checks(
             )
         )
     return checks, at_fault
-
-
-def _relative_change(mine: float, theirs: float) -> float:
-    if theirs > 0:
-        return (mine - theirs) / theirs
-    # A perfect champion slice: any error at all is an unbounded regression.
-    return 0.0 if mine <= 0 else math.inf

@@ -179,16 +179,6 @@ class GateOutcome:
         return asdict(self)
 
 
-def gate_settings(slice_margin: float | None, settings: Settings | None = None) -> Settings:
-    """The settings a run's gate uses: ``slice_margin`` (a run's Param) over the configured one."""
-    s = settings or get_settings()
-    if slice_margin is None:
-        return s
-    if slice_margin < 0:
-        raise ValueError(f"slice_margin must be ≥ 0, got {slice_margin}")
-    return s.model_copy(update={"gate": s.gate.model_copy(update={"slice_margin": slice_margin})})
-
-
 def register_and_gate(
     model_dir: str,
     training_set_uri: str,
@@ -200,16 +190,19 @@ def register_and_gate(
 
     With ``force`` a rejected version is still deployed (as a canary, judged by live metrics);
     the registry records that the gate failed and that the deployment was forced.
-    ``slice_margin`` replaces ``GateSettings.slice_margin`` for this run (a drift retrain's).
+    ``slice_margin`` replaces ``GateSettings.slice_margin`` for this run (a drift retrain's);
+    a negative one is refused before anything is registered.
     """
     from relay.evaluate.challenger import evaluate_version
+    from relay.evaluate.gate import margin
     from relay.model.registration import register_trained
 
+    margin(get_settings().gate, slice_margin)
     version = register_trained(
         Path(model_dir), training_set_uri=training_set_uri, data_partitions=partitions
     )
     holdout = str(Path(model_dir) / "data" / "holdout.parquet")
-    res = evaluate_version(version.id, holdout, gate_settings(slice_margin), force=force)
+    res = evaluate_version(version.id, holdout, force=force, slice_margin=slice_margin)
     verdict = res.result.verdict
     out = GateOutcome(
         version=version.id,

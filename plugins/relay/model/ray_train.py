@@ -9,14 +9,13 @@ trainer restarts the group from the latest checkpoint (``FailureConfig``).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import signal
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -309,9 +308,3 @@ def run_training(req: TrainRequest, settings: Settings | None = None) -> TrainRe
         samples_per_second=float(metrics.get("samples_per_second", 0.0)),
         checkpoint_path=result.checkpoint.path,
     )
-
-
-def result_summary(res: TrainResult) -> str:
-    d = asdict(res)
-    d["output_dir"] = str(res.output_dir)
-    return json.dumps(d, indent=2, default=str)

@@ -29,18 +29,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
 from relay.monitor.drift import DriftResult
 from relay.settings import MonitoringSettings
+from relay.verdict import FAIL, SKIP, Verdict, reason_lines, relative_change
 
-_STATUS = {True: "PASS", False: "FAIL"}
 #: Registered metrics that hold a version's MAE in minutes, most trusted first.
 MAE_METRICS = ("mae_minutes", "holdout_mae", "val_mae")
-#: The DAG that a retrain verdict triggers, and the name conf records as the trigger.
-TRAINING_DAG = "eta_training"
+#: The name a retrain's conf records as its trigger.
 TRIGGERED_BY = "eta_monitoring"
 
 
@@ -68,7 +67,7 @@ Baseline = Literal["live", "registered"]
 
 
 @dataclass(frozen=True)
-class MonitoringVerdict:
+class MonitoringVerdict(Verdict):
     """The decision on one monitoring window.
 
     Attributes:
@@ -97,17 +96,12 @@ class MonitoringVerdict:
     report_path: str = ""
     window_end: str | None = None
 
-    def summary(self) -> str:
-        """A few lines for logs, alerts and the CLI."""
-        head = (
+    def headline(self) -> str:
+        """The run, the version judged and the decision."""
+        return (
             f"monitoring {self.run_key or '(ad hoc)'} of {self.production_version or 'production'}"
             f": {self.action.upper()}"
         )
-        return "\n".join([head, *(f"  {r}" for r in self.reasons)])
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict, ready for ``json.dumps``."""
-        return asdict(self)
 
     def to_conf(self) -> dict[str, Any]:
         """The ``conf`` of the ``eta_training`` run a retrain verdict triggers.
@@ -115,7 +109,7 @@ class MonitoringVerdict:
         ``reason`` is one line naming the failed checks (the training DAG logs it); the other
         keys tell the run where the decision came from.
         """
-        failing = [r.removeprefix("FAIL: ") for r in self.reasons if r.startswith("FAIL: ")]
+        failing = [r.removeprefix(f"{FAIL}: ") for r in self.reasons if r.startswith(f"{FAIL}: ")]
         why = "; ".join(failing) or "no check failed"
         return {
             "reason": f"{TRIGGERED_BY} {self.run_key} {self.action.value}: {why}",
@@ -152,7 +146,7 @@ def decide(
     """Judge one monitoring window.
 
     Args:
-        result: what the drift job measured (:func:`relay.monitor.drift.monitor_window`).
+        result: what the drift job measured (:func:`relay.monitor.window.monitor_window`).
         settings: the thresholds (``Settings.monitoring``).
         production_version: the version the production stage points to (as it appears in the
             serving log's ``model_version``); None: quality is not judged.
@@ -178,7 +172,7 @@ def decide(
         return MonitoringVerdict(
             action=Action.OK,
             reasons=[
-                f"SKIP: not enough traffic: {result.rows} predictions < min {s.min_rows} in the "
+                f"{SKIP}: not enough traffic: {result.rows} predictions < min {s.min_rows} in the "
                 "window; drift and quality not judged"
             ],
             **common,
@@ -211,7 +205,7 @@ def decide(
     order = [f.name for f in result.features]
     return MonitoringVerdict(
         action=action,
-        reasons=[f"{_STATUS[ok]}: {msg}" for _, ok, msg in checks],
+        reasons=reason_lines((ok, msg) for _, ok, msg in checks),
         failed_checks=[str(name) for name in failed],
         drifted_features=sorted(set(drifted), key=order.index),
         baseline=baseline,
@@ -251,7 +245,7 @@ def _quality_check(
             "production version to compare with, not judged",
             None,
         )
-    change = _relative_change(mine.mae, base)
+    change = relative_change(mine.mae, base)
     ok = change <= s.max_mae_regression
     return (
         ok,
@@ -298,9 +292,3 @@ def _prediction_check(result: DriftResult, s: MonitoringSettings) -> tuple[bool,
         f"{s.prediction_drift_threshold:g} against the reference's {p.reference} "
         f"(mean {p.current_mean:.1f} vs {p.reference_mean:.1f} min)",
     )
-
-
-def _relative_change(mine: float, theirs: float) -> float:
-    if theirs > 0:
-        return (mine - theirs) / theirs
-    return 0.0 if mine <= 0 else math.inf

@@ -24,8 +24,8 @@ from typing import Any, Protocol
 
 from relay.registry import ModelState, Registry
 from relay.rollout.rules import Action, QualityWindow, RolloutVerdict, decide, next_step
-from relay.serve.metrics import VersionWindow, diff, window_from_dict
 from relay.serve.traffic import TrafficSplit
+from relay.serve.windows import VersionWindow, diff, window_from_dict
 from relay.settings import Settings, get_settings
 
 
@@ -178,9 +178,8 @@ def run_rollout(
     beside the stable version and walks through ``settings.rollout.steps``. At each step the
     live windows of both versions since the step began go to :func:`relay.rollout.rules.decide`;
     an advance moves to the next share, a promotion makes it stable, a rollback sends all
-    traffic back to stable at once. A step that holds for longer than
-    ``settings.rollout.step_timeout_s`` (too little traffic to judge) is rolled back: a
-    version nobody could judge does not take production traffic.
+    traffic back to stable at once (among the rules: a step that would still hold after
+    ``settings.rollout.step_timeout_s``, too little traffic to judge).
     """
     s = settings or get_settings()
     reg = registry or Registry(s)
@@ -262,6 +261,7 @@ def _judge_step(
             s.rollout,
             step_share=share,
             healthy_for_s=clock() - healthy_since,
+            step_elapsed_s=clock() - start,
             quality=quality,
             stable_reference=reference,
         )
@@ -273,20 +273,6 @@ def _judge_step(
             last_action = verdict.action
         if verdict.action is not Action.HOLD:
             return verdict, (stab if stab.requests else reference)
-        if clock() - start > s.rollout.step_timeout_s:
-            return RolloutVerdict(
-                action=Action.ROLLBACK,
-                reasons=[
-                    *verdict.reasons,
-                    f"FAIL: step held for {clock() - start:.0f} s > step_timeout_s "
-                    f"{s.rollout.step_timeout_s:.0f} s without enough evidence to advance",
-                ],
-                next_share=0.0,
-                step_share=share,
-                failed_checks=[*verdict.failed_checks, "timeout"],
-                candidate=candidate,
-                stable=stable,
-            ), reference
 
 
 def live_quality(
@@ -296,26 +282,17 @@ def live_quality(
     times have landed (serving log joined with actuals); None until both have labels."""
     from relay.data.lake import Lake
     from relay.errors import RelayError
-    from relay.serve.log import join_actuals, read_actuals, read_serving_log
+    from relay.serve.log_read import quality_by_version, read_served
 
-    s = settings or get_settings()
-    lake = Lake(s)
-    today = dt.datetime.now(dt.UTC).date()
     try:
-        served = read_serving_log(lake, since.date(), today)
-        actuals = read_actuals(lake, since.date(), today)
+        served = read_served(Lake(settings or get_settings()), since)
     except (RelayError, FileNotFoundError):
-        return None  # nothing logged or labelled yet
-    served = served[served["requested_at"] >= since]
-    joined = join_actuals(served, actuals)
-    err = joined["error_minutes"].abs().groupby(joined["model_version"])
-    mae, counts, var = err.mean(), err.size(), err.var(ddof=1)
-    if candidate not in mae.index or stable not in mae.index:
+        return None  # nothing logged yet
+    live, _ = quality_by_version(served)
+    if candidate not in live or stable not in live:
         return None
-    se = math.sqrt(var[candidate] / counts[candidate] + var[stable] / counts[stable])
-    return QualityWindow(
-        candidate_mae=float(mae[candidate]),
-        stable_mae=float(mae[stable]),
-        n_labelled=int(counts[candidate]),
-        diff_se=se if math.isfinite(se) else None,
-    )
+    cand, stab = live[candidate], live[stable]
+    se = None
+    if cand.mae_se is not None and stab.mae_se is not None:
+        se = math.hypot(cand.mae_se, stab.mae_se)
+    return QualityWindow(candidate_mae=cand.mae, stable_mae=stab.mae, n_labelled=cand.n, diff_se=se)

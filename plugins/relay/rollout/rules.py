@@ -1,7 +1,7 @@
 """Canary rollout: advance, hold, promote or roll back a candidate model version.
 
 :func:`decide` is pure: the candidate's and the stable version's live windows (see
-:mod:`relay.serve.metrics`; take both from the same pair of snapshots so they cover the same
+:mod:`relay.serve.windows`; take both from the same pair of snapshots so they cover the same
 interval), optional quality against actuals, and the rollout settings in, a
 :class:`RolloutVerdict` out. Every check is listed in the verdict, passing or failing.
 
@@ -11,13 +11,16 @@ Rules, every threshold in :class:`~relay.settings.RolloutSettings`:
   cheap and a bad canary is not:
 
   * error rate above ``max_error_rate`` (1%);
-  * P99 latency above ``max_p99_ms`` (100 ms);
+  * P99 latency above ``max_p99_ms`` (100 ms), over at least ``p99_min_requests`` requests,
+    with more slow requests than chance gives at ``p99_alpha`` (1%);
   * quality, once ``min_labelled`` actuals have been joined back: candidate MAE worse than
-    stable's by more than ``max_mae_regression`` (5%);
+    stable's by more than ``max_mae_regression`` (5%), by ``quality_z`` standard errors;
   * throughput: candidate QPS divided by its traffic share, against stable's QPS divided by
     its own, down by more than ``max_qps_drop`` (30%). Judged only while stable still serves
     traffic and the candidate was expected to see ``min_requests`` in the window: a drop in
-    a handful of requests is chance, not evidence.
+    a handful of requests is chance, not evidence;
+  * timeout: the step would hold but began more than ``step_timeout_s`` ago: a version
+    nobody could judge does not take production traffic.
 
 * **hold** when no rule failed but the candidate served fewer than ``min_requests`` requests in
   the window, or has been healthy for less than ``step_duration_s``;
@@ -32,24 +35,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
-from relay.serve.metrics import VersionWindow
+from relay.serve.windows import VersionWindow
 from relay.settings import RolloutSettings
+from relay.verdict import Verdict, binomial_tail, reason_lines, relative_change, within_noise
 
-_STATUS = {True: "PASS", False: "FAIL"}
-#: A P99 over the bar rolls back when chance would give that many slow requests this rarely.
-P99_ALPHA = 0.01
-#: Requests a window needs before its P99 means anything: a 1% tail holds one in a hundred.
-P99_MIN_REQUESTS = 100
-#: One-sided z for a live MAE regression past the margin (2.326: 1% by chance).
-QUALITY_Z = 2.326
-_EPS = 1e-9
-
-#: The default canary steps (shares of traffic), as in :class:`RolloutSettings`.
-DEFAULT_STEPS: tuple[float, ...] = RolloutSettings().steps
+_EPS = 1e-9  # float slack when comparing traffic shares, not a threshold
 
 
 class Action(StrEnum):
@@ -70,10 +63,13 @@ class Check(StrEnum):
     THROUGHPUT = "throughput"
     EVIDENCE = "evidence"
     DURATION = "duration"
+    TIMEOUT = "timeout"
 
 
 #: Checks whose failure means a rollback; the others only hold the step.
-ROLLBACK_CHECKS = frozenset({Check.ERROR_RATE, Check.P99_LATENCY, Check.QUALITY, Check.THROUGHPUT})
+ROLLBACK_CHECKS = frozenset(
+    {Check.ERROR_RATE, Check.P99_LATENCY, Check.QUALITY, Check.THROUGHPUT, Check.TIMEOUT}
+)
 
 
 @dataclass(frozen=True)
@@ -96,7 +92,7 @@ class QualityWindow:
 
 
 @dataclass(frozen=True)
-class RolloutVerdict:
+class RolloutVerdict(Verdict):
     """The rollout decision for one candidate at one step.
 
     Attributes:
@@ -119,26 +115,20 @@ class RolloutVerdict:
     candidate: str = ""
     stable: str = ""
 
-    def summary(self) -> str:
-        """A few lines for logs, alerts and the CLI."""
-        head = (
+    def headline(self) -> str:
+        """The step's decision and the share it leads to."""
+        return (
             f"candidate {self.candidate} vs stable {self.stable} at {_pct(self.step_share)}: "
             f"{self.action.upper()} → {_pct(self.next_share)}"
         )
-        return "\n".join([head, *(f"  {r}" for r in self.reasons)])
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict, ready for ``json.dumps``."""
-        return asdict(self)
 
 
-def next_step(current_share: float, steps: Sequence[float] = DEFAULT_STEPS) -> float | None:
+def next_step(current_share: float, steps: Sequence[float]) -> float | None:
     """The first canary step above ``current_share``, or None when already at the last.
 
     Args:
         current_share: the candidate's traffic share now, in [0, 1] (0 before the first step).
-        steps: the increasing shares to walk through; pass ``settings.rollout.steps`` to use
-            configured ones.
+        steps: the increasing shares to walk through (``settings.rollout.steps``).
     """
     if not 0 <= current_share <= 1:
         raise ValueError(f"a traffic share lies in [0, 1], got {current_share}")
@@ -152,6 +142,7 @@ def decide(
     *,
     step_share: float,
     healthy_for_s: float,
+    step_elapsed_s: float | None = None,
     quality: QualityWindow | None = None,
     stable_reference: VersionWindow | None = None,
 ) -> RolloutVerdict:
@@ -163,6 +154,8 @@ def decide(
         settings: the rollout thresholds and steps (``Settings.rollout``).
         step_share: the candidate's traffic share during the window, in (0, 1].
         healthy_for_s: how long the candidate has been healthy at this step, in seconds.
+        step_elapsed_s: how long ago the step began, in seconds: a step that would hold past
+            ``step_timeout_s`` is rolled back. None: the timeout is not judged.
         quality: MAE against actuals for both versions, when labels have arrived.
         stable_reference: stable's window from the step before, the latency baseline when
             stable serves nothing in this one (the 100% step).
@@ -178,6 +171,8 @@ def decide(
         raise ValueError(f"step_share must lie in (0, 1], got {step_share}")
     if healthy_for_s < 0:
         raise ValueError(f"healthy_for_s must be ≥ 0, got {healthy_for_s}")
+    if step_elapsed_s is not None and step_elapsed_s < 0:
+        raise ValueError(f"step_elapsed_s must be ≥ 0, got {step_elapsed_s}")
     if candidate.version == stable.version:
         raise ValueError(f"candidate and stable are the same version {candidate.version!r}")
     s = settings
@@ -189,6 +184,10 @@ def decide(
         _evidence_check(candidate, s),
         _duration_check(healthy_for_s, s),
     ]
+    holding = any(not ok for _, ok, _ in checks) and all(
+        ok for name, ok, _ in checks if name in ROLLBACK_CHECKS
+    )
+    checks.append(_timeout_check(step_elapsed_s, holding, s))
     failed = [name for name, ok, _ in checks if not ok]
     upcoming = next_step(step_share, s.steps)
     if any(name in ROLLBACK_CHECKS for name in failed):
@@ -201,7 +200,7 @@ def decide(
         action, share = Action.ADVANCE, upcoming
     return RolloutVerdict(
         action=action,
-        reasons=[f"{_STATUS[ok]}: {msg}" for _, ok, msg in checks],
+        reasons=reason_lines((ok, msg) for _, ok, msg in checks),
         next_share=share,
         step_share=step_share,
         failed_checks=[str(name) for name in failed],
@@ -229,7 +228,7 @@ def _p99_check(
         return Check.P99_LATENCY, True, "P99 latency: no requests in the window, not judged"
     if p99 <= s.max_p99_ms:
         return Check.P99_LATENCY, True, f"P99 latency {p99:.1f} ms ≤ max {s.max_p99_ms:.1f} ms"
-    enough = max(s.min_requests, P99_MIN_REQUESTS)
+    enough = max(s.min_requests, s.p99_min_requests)
     if c.requests < enough:
         # A share that just grew queues for a moment: a few slow requests of the step's first
         # second are not the version's P99.
@@ -248,29 +247,14 @@ def _p99_check(
         stable_share = stable.requests_slower_than(s.max_p99_ms) / stable.requests
     baseline = max(0.01, stable_share)
     chance = binomial_tail(slow, c.requests, baseline)
-    ok = chance >= P99_ALPHA
+    ok = chance >= s.p99_alpha
     return (
         Check.P99_LATENCY,
         ok,
         f"P99 latency {p99:.1f} ms > max {s.max_p99_ms:.1f} ms: {slow} of {c.requests} requests "
         f"slower (stable {stable_share:.1%}), {'within' if ok else 'beyond'} chance "
-        f"(p={chance:.3g}, {'≥' if ok else '<'} {P99_ALPHA:g})",
+        f"(p={chance:.3g}, {'≥' if ok else '<'} {s.p99_alpha:g})",
     )
-
-
-def binomial_tail(k: int, n: int, p: float) -> float:
-    """P(X ≥ k) for X ~ Binomial(n, p)."""
-    if k <= 0:
-        return 1.0
-    if k > n:
-        return 0.0
-    log_p, log_q = math.log(p), math.log1p(-p)
-    below = sum(
-        math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
-                 + i * log_p + (n - i) * log_q)
-        for i in range(k)
-    )  # fmt: skip
-    return max(0.0, 1.0 - below)
 
 
 def _quality_check(q: QualityWindow | None, s: RolloutSettings) -> tuple[Check, bool, str]:
@@ -282,15 +266,15 @@ def _quality_check(q: QualityWindow | None, s: RolloutSettings) -> tuple[Check, 
             True,
             f"quality: {q.n_labelled} labelled < min {s.min_labelled}, not judged",
         )
-    change = _relative_change(q.candidate_mae, q.stable_mae)
+    change = relative_change(q.candidate_mae, q.stable_mae)
     within = change <= s.max_mae_regression
     excess = q.candidate_mae - q.stable_mae * (1 + s.max_mae_regression)
     # Ten labelled orders carry a standard error of a minute or more: a regression past the
-    # margin rolls back only when it is also past chance (one-sided, z = QUALITY_Z).
-    ok = within or (q.diff_se is not None and excess <= QUALITY_Z * q.diff_se)
+    # margin rolls back only when it is also past chance (one-sided, z = quality_z).
+    ok = within or within_noise(excess, q.diff_se, s.quality_z)
     noise = ""
     if not within and q.diff_se is not None:
-        noise = f", {'within' if ok else 'beyond'} noise {QUALITY_Z:g} × SE {q.diff_se:.2f}"
+        noise = f", {'within' if ok else 'beyond'} noise {s.quality_z:g} × SE {q.diff_se:.2f}"
     return (
         Check.QUALITY,
         ok,
@@ -321,9 +305,9 @@ def _throughput_check(
     cand_norm = c.qps / share
     drop = 1.0 - cand_norm / stable_norm
     # Requests hashed to a share arrive like a Poisson count: a drop counts only when the
-    # shortfall below the allowed floor is more than two standard deviations (2·√expected).
+    # shortfall below the allowed floor is more than qps_noise_z standard deviations (√expected).
     shortfall = expected * (1.0 - s.max_qps_drop) - c.requests
-    ok = drop <= s.max_qps_drop or shortfall <= 2.0 * math.sqrt(expected)
+    ok = drop <= s.max_qps_drop or within_noise(shortfall, math.sqrt(expected), s.qps_noise_z)
     noise = "" if drop <= s.max_qps_drop else (", within noise" if ok else ", beyond noise")
     return (
         Check.THROUGHPUT,
@@ -353,11 +337,25 @@ def _duration_check(healthy_for_s: float, s: RolloutSettings) -> tuple[Check, bo
     )
 
 
-def _relative_change(mine: float, theirs: float) -> float:
-    if theirs > 0:
-        return (mine - theirs) / theirs
-    # A perfect stable version: any error at all is an unbounded regression.
-    return 0.0 if mine <= 0 else math.inf
+def _timeout_check(
+    elapsed_s: float | None, holding: bool, s: RolloutSettings
+) -> tuple[Check, bool, str]:
+    if elapsed_s is None:
+        return Check.TIMEOUT, True, "timeout: step start not given, not judged"
+    over = elapsed_s > s.step_timeout_s
+    if not (over and holding):
+        return (
+            Check.TIMEOUT,
+            True,
+            f"timeout: step began {elapsed_s:.0f} s ago {'>' if over else '≤'} "
+            f"step_timeout_s {s.step_timeout_s:.0f} s{', judged' if over else ''}",
+        )
+    return (
+        Check.TIMEOUT,
+        False,
+        f"step held for {elapsed_s:.0f} s > step_timeout_s {s.step_timeout_s:.0f} s "
+        "without enough evidence to advance",
+    )
 
 
 def _pct(share: float) -> str:
