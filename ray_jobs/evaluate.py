@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import typer
 
-from relay.cli import evaluate
+from relay.cli.model import evaluate
 
 app = typer.Typer(add_completion=False)
 app.command()(evaluate)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from relay.cli import serve_restore, serve_rollout
+from relay.cli.serve import serve_restore, serve_rollout
 
 app = typer.Typer(add_completion=False)
 app.command("rollout")(serve_rollout)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from relay.cli import train
+from relay.cli.model import train
 
 app = typer.Typer(add_completion=False)
 app.command()(train)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from relay.cli import tune
+from relay.cli.model import tune
 
 app = typer.Typer(add_completion=False)
 app.command()(tune)

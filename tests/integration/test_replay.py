@@ -26,18 +26,14 @@ from typer.testing import CliRunner
 from relay.cli import app
 from relay.data.lake import ACTUALS, Lake
 from relay.data.scenarios import scenario_batch
-from relay.serve.log import read_actuals
+from relay.serve.log_read import read_actuals
 from relay.serve.schemas import Order, OrderBatch
 from relay.serve.traffic import TrafficSplit
 from relay.settings import Settings, reset_settings
-from relay.sim.replay import (
-    EndpointUnreachable,
-    NotLoopback,
-    ReplayConfig,
-    ReplayError,
-    replay,
-    request_chunks,
-)
+from relay.sim.client import EndpointUnreachable, NotLoopback
+from relay.sim.config import ReplayConfig, ReplayError
+from relay.sim.orders import request_chunks
+from relay.sim.replay import replay
 
 pytestmark = pytest.mark.integration
 

@@ -237,7 +237,7 @@ def test_rollback_under_load_loses_no_request_and_stalls_none(served):
 def test_serving_log_holds_every_answered_prediction(served):
     from ray import serve
 
-    from relay.serve.log import read_serving_log
+    from relay.serve.log_read import read_serving_log
     from relay.serve.traffic_state import MODEL_DEPLOYMENT, model_app_name
 
     rows = served["orders"].iloc[10:30]

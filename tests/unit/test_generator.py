@@ -129,7 +129,7 @@ def test_rush_hour_curve_is_smooth_and_bounded(normal):
 
 def test_make_ups_example_order_names_a_courier_and_merchant_of_its_zone():
     # The curl line `make up` prints: an unknown zone answered with every zone feature missing.
-    from relay.cli import EXAMPLE_ORDER
+    from relay.cli.stack import EXAMPLE_ORDER
     from relay.data.generate import make_world
 
     s = Settings().data

@@ -11,25 +11,20 @@ import pytest
 
 from relay.data.scenarios import scenario_batch
 from relay.ingest.landing import land_generated_batch
-from relay.serve.log import ACTUAL_COLUMNS
+from relay.serve.log_schema import ACTUAL_COLUMNS
 from relay.serve.schemas import Order, OrderBatch
 from relay.settings import Settings
-from relay.sim.replay import (
+from relay.sim.client import NotLoopback, endpoint_url, require_loopback
+from relay.sim.config import ReplayConfig, ReplayError, default_concurrency
+from relay.sim.orders import (
     REQUEST_FIELDS,
-    NotLoopback,
-    Pacer,
-    ReplayConfig,
-    ReplayError,
     actuals_frame,
-    default_concurrency,
-    endpoint_url,
     load_orders,
     order_payloads,
-    percentiles,
     request_body,
     request_chunks,
-    require_loopback,
 )
+from relay.sim.replay import Pacer, percentiles
 
 DAY = dt.date(2026, 11, 21)
 

@@ -8,10 +8,10 @@ only change that actor, between versions that are already running.
 from __future__ import annotations
 
 import importlib
-import json
 import time
-import urllib.request
 from typing import Any
+
+import httpx
 
 from relay.serve.traffic import TrafficSplit
 from relay.serve.traffic_state import model_app_name, traffic_state
@@ -112,8 +112,8 @@ def _wait_for_generation(generation: int, settings: Settings, timeout_s: float) 
         try:
             if _get("/v1/models", settings).get("generation", -1) >= generation:
                 return
-        except OSError:
-            pass  # the proxy is still starting
+        except httpx.HTTPError:
+            pass  # the proxy or the router is still starting
         time.sleep(0.05)  # polling the router for a state change, bounded by the deadline
     raise TimeoutError(f"router did not apply traffic generation {generation} in {timeout_s} s")
 
@@ -185,8 +185,10 @@ def endpoint(settings: Settings | None = None) -> str:
 
 
 def _get(path: str, settings: Settings | None = None) -> Any:
-    with urllib.request.urlopen(endpoint(settings) + path, timeout=5) as resp:  # noqa: S310
-        return json.loads(resp.read())
+    """GET ``path`` of the endpoint; its JSON (:class:`httpx.HTTPError` when it fails)."""
+    resp = httpx.get(endpoint(settings) + path, timeout=5)
+    resp.raise_for_status()
+    return resp.json()
 
 
 def live_metrics(settings: Settings | None = None) -> dict[str, Any]:

@@ -16,11 +16,13 @@ drives only public interfaces: the REST API, the endpoint, the lake, the registr
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from relay.clock import utcnow
 from relay.settings import Settings, get_settings
 
 #: What makes a model bad on purpose: it barely moves from its random start.
@@ -48,7 +50,9 @@ class Traffic:
         self.sent = 0
 
     def _run(self) -> None:
-        from relay.sim.replay import ReplayConfig, load_orders, replay
+        from relay.sim.config import ReplayConfig
+        from relay.sim.orders import load_orders
+        from relay.sim.replay import replay
 
         day_orders = len(load_orders(self.day, self.scenario)[0])
         skip = self.start % day_orders
@@ -96,30 +100,39 @@ def _run_and_wait(
 def _wait_run(
     client: Any, dag_id: str, run_id: str, emit: Callable[[str], None], timeout_s: float
 ) -> tuple[str, dict[str, str]]:
-    from relay.infra.stack import task_progress
+    from relay.infra.airflow_api import task_progress
 
     state = client.wait(dag_id, run_id, timeout_s, task_progress(emit, dag_id))
     return state, client.task_states(dag_id, run_id)
 
 
-def _outcome(settings: Settings, run_id: str) -> dict[str, Any]:
-    import json
-
+def _outcome(
+    settings: Settings, run_id: str, label: str, emit: Callable[[str], None]
+) -> dict[str, Any]:
+    """The rollout outcome of an ``eta_training`` run (empty when it wrote none), told step by
+    step; returns its ``outcome`` (``promoted``, ``rolled_back``)."""
     from relay.flows.eta_training import run_dir
 
     path = run_dir(run_id, settings) / "rollout.json"
-    return dict(json.loads(path.read_text())) if path.exists() else {}
+    outcome = dict(json.loads(path.read_text())) if path.exists() else {}
+    emit(f"{label}: {outcome.get('outcome')}; stable {outcome.get('stable')}")
+    for step in outcome.get("steps", []):
+        failed = ", ".join(step["failed_checks"]) or "all checks passed"
+        emit(f"  step {step['step_share']:.0%}: {step['action']} ({failed})")
+    return outcome
 
 
 def play(settings: Settings | None = None, emit: Callable[[str], None] = print) -> dict[str, Any]:
     """Play the whole life cycle on a running stack (``relay stack up`` first)."""
     from relay.flows.eta_training import ingest, publish_features, validate
-    from relay.infra import stack
+    from relay.infra.airflow_api import api
     from relay.registry import Registry
+    from relay.sim.config import ReplayConfig
+    from relay.sim.replay import replay
 
     s = settings or get_settings()
-    client = stack.api(s)
-    today = dt.datetime.now(dt.UTC).date()
+    client = api(s)
+    today = utcnow().date()
     yesterday = today - dt.timedelta(days=1)
     reg = Registry(s)
     summary: dict[str, Any] = {}
@@ -135,8 +148,6 @@ def play(settings: Settings | None = None, emit: Callable[[str], None] = print) 
     ingest([yesterday], scenario=DRIFT_SCENARIO, overwrite=True, settings=s)
     validate([yesterday])
     publish_features([yesterday])
-    from relay.sim.replay import ReplayConfig, replay
-
     res = replay(
         ReplayConfig(
             date=yesterday, rate=60, scenario=DRIFT_SCENARIO, max_orders=900, max_seconds=40
@@ -158,11 +169,7 @@ def play(settings: Settings | None = None, emit: Callable[[str], None] = print) 
     # cores as Airflow, Ray and this client; at 30/s 5% of its requests passed 100 ms here.
     with Traffic(yesterday, DRIFT_SCENARIO, CANARY_RATE, emit, start=res.orders_sent):
         state, tasks = _wait_run(client, "eta_training", retrain_id, emit, 3600)
-    outcome = _outcome(s, retrain_id)
-    emit(f"retrain: {state}; rollout: {outcome.get('outcome')}; stable {outcome.get('stable')}")
-    for step in outcome.get("steps", []):
-        failed = ", ".join(step["failed_checks"]) or "all checks passed"
-        emit(f"  step {step['step_share']:.0%}: {step['action']} ({failed})")
+    outcome = _outcome(s, retrain_id, f"retrain: {state}; rollout", emit)
     summary["v2"] = outcome.get("version")
     summary["v2_outcome"] = outcome.get("outcome")
 
@@ -188,11 +195,7 @@ def play(settings: Settings | None = None, emit: Callable[[str], None] = print) 
         run_id = client.trigger("eta_training", forced)
         emit(f"eta_training {run_id}: {forced['reason']}")
         state, tasks = _wait_run(client, "eta_training", run_id, emit, 3600)
-    outcome = _outcome(s, run_id)
-    emit(f"forced canary: {outcome.get('outcome')}; stable {outcome.get('stable')}")
-    for step in outcome.get("steps", []):
-        failed = ", ".join(step["failed_checks"]) or "all checks passed"
-        emit(f"  step {step['step_share']:.0%}: {step['action']} ({failed})")
+    outcome = _outcome(s, run_id, "forced canary", emit)
     summary["forced_outcome"] = outcome.get("outcome")
 
     _stage(emit, 6, "versions and reports")

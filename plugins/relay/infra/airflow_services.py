@@ -1,0 +1,93 @@
+"""Airflow of the local stack: its environment, its CLI and its four services.
+
+Airflow runs from ``{home}/airflow`` on the database in ``RELAY_AIRFLOW__DATABASE_URL`` (SQLite
+by default, PostgreSQL in the prod profile), with the DAGs of ``dags/`` and the simple auth
+manager's ``admin`` user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import urllib.parse
+from pathlib import Path
+
+from relay.infra.processes import http_ok, project_root, start_process, venv_bin, wait_until
+from relay.settings import Settings, get_settings
+
+ADMIN_USER = "admin"
+GPU_POOL = "ray_gpu"
+SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+def _secret(path: Path) -> str:
+    """A random secret kept in a file of the stack's home (created once, mode 600)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def airflow_env(settings: Settings | None = None) -> dict[str, str]:
+    """Environment for every Airflow command of this stack (on top of ``os.environ``)."""
+    s = settings or get_settings()
+    home = s.home / "airflow"
+    api = urllib.parse.urlparse(s.airflow.api_url)
+    env = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(project_root() / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(project_root() / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        # 2 cores: a few task processes at once, not Airflow's default 32.
+        "AIRFLOW__CORE__PARALLELISM": str(s.airflow.parallelism),
+        # New DAGs wait paused; `relay stack up` unpauses the ones it runs.
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": str(s.airflow.database_url),
+        "AIRFLOW__API__HOST": api.hostname or "127.0.0.1",
+        "AIRFLOW__API__PORT": str(api.port or 8080),
+        "AIRFLOW__API__BASE_URL": s.airflow.api_url,
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{s.airflow.api_url.rstrip('/')}/execution/",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__API_AUTH__JWT_SECRET": _secret(home / ".jwt_secret"),
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+    }
+    return env
+
+
+def admin_password(settings: Settings | None = None) -> str:
+    """The Airflow admin's password (Airflow generates it on first start)."""
+    s = settings or get_settings()
+    data = json.loads((s.home / "airflow" / "passwords.json").read_text())
+    return str(data[ADMIN_USER])
+
+
+def airflow(args: list[str], settings: Settings | None = None, check: bool = True) -> str:
+    """Run an ``airflow`` command with the stack's environment; returns its stdout."""
+    env = {**os.environ, **airflow_env(settings)}
+    res = subprocess.run(  # the stack's own command, no shell
+        [venv_bin("airflow"), *args], env=env, capture_output=True, text=True, check=False
+    )
+    if check and res.returncode != 0:
+        raise RuntimeError(f"airflow {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
+    return res.stdout
+
+
+def start_airflow(settings: Settings | None = None) -> None:
+    """Migrate the database, create the GPU pool, start the four Airflow services."""
+    s = settings or get_settings()
+    (s.home / "airflow").mkdir(parents=True, exist_ok=True)
+    airflow(["db", "migrate"], s)
+    airflow(
+        ["pools", "set", GPU_POOL, str(s.airflow.gpu_pool_slots), "Ray jobs that may use a GPU"], s
+    )
+    env = airflow_env(s)
+    for service in SERVICES:
+        start_process(f"airflow-{service}", [venv_bin("airflow"), service], env, s)
+    wait_until(lambda: http_ok(f"{s.airflow.api_url}/api/v2/monitor/health"), "Airflow API", 240)
