@@ -44,7 +44,7 @@ from relay.model.training import train_epoch as run_epoch
 from relay.registry import IllegalTransition, ModelState, Registry, Stage
 from relay.settings import GateSettings, Settings
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 DAYS = [dt.date(2026, 11, 18) + dt.timedelta(days=i) for i in range(3)]
 ORDERS_PER_DAY = 4000
 # Looser absolute bars than production's: the first model is trained for one epoch on a few

@@ -1,5 +1,5 @@
 """Ray Train on a real local Ray cluster: learning on two workers, resuming after a lost worker,
-Tune. The model's behavioural tests run without Ray: tests/unit/test_model_behaviour.py."""
+Tune. The model's behavioural tests run without Ray: tests/unit/model/test_behaviour.py."""
 
 from __future__ import annotations
 
