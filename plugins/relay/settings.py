@@ -190,6 +190,36 @@ class RolloutSettings(BaseModel):
     min_labelled: int = Field(
         50, ge=1, description="Labelled predictions needed before quality is judged"
     )
+    plan_shares: tuple[float, float] = Field(
+        (0.001, 0.01), description="Default plan: its first two steps' shares of orders"
+    )
+    plan_zone_share: float = Field(
+        0.10, gt=0, le=1, description="Default plan, third step: share of zones, all orders"
+    )
+    plan_durations_s: tuple[float, float, float, float] = Field(
+        (86_400.0, 259_200.0, 604_800.0, 3_600.0),
+        description="Default plan: minimum duration of each step (0.1%, 1%, zones, 100%)",
+    )
+    plan_max_factor: float = Field(
+        4.0, ge=1, description="A plan step not judged within this × its minimum duration ends"
+    )
+    lease_ttl_s: float = Field(
+        60.0, gt=0, description="The traffic lease lapses this long after its last renewal"
+    )
+
+    @field_validator("plan_shares")
+    @classmethod
+    def _plan_shares_increase(cls, shares: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < shares[0] < shares[1] < 1:
+            raise ValueError(f"plan shares must increase within (0, 1): {shares}")
+        return shares
+
+    @field_validator("plan_durations_s")
+    @classmethod
+    def _plan_durations_positive(cls, durations: tuple[float, ...]) -> tuple[float, ...]:
+        if any(d <= 0 for d in durations):
+            raise ValueError(f"plan step durations must be > 0 s: {durations}")
+        return durations
 
     @field_validator("steps")
     @classmethod
