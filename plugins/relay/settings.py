@@ -146,6 +146,9 @@ class RolloutSettings(BaseModel):
         300.0, gt=0, description="How long a step must stay healthy before it advances"
     )
     max_error_rate: float = Field(0.01, ge=0, le=1, description="Candidate errors / requests")
+    error_alpha: float = Field(
+        0.01, gt=0, lt=1, description="Errors over max(bar, stable's rate) roll back below it"
+    )
     max_p99_ms: float = Field(100.0, gt=0, description="Candidate P99 request latency")
     p99_alpha: float = Field(
         0.01,
@@ -189,6 +192,12 @@ class RolloutSettings(BaseModel):
     )
     min_labelled: int = Field(
         50, ge=1, description="Labelled predictions needed before quality is judged"
+    )
+    require_labels: bool = Field(
+        True, description="Promote only once quality was judged (off: teams without labels)"
+    )
+    forced_max_share: float = Field(
+        0.01, gt=0, le=1, description="A gate-rejected candidate's traffic cap until judged"
     )
     plan_shares: tuple[float, float] = Field(
         (0.001, 0.01), description="Default plan: its first two steps' shares of orders"
