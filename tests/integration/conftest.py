@@ -78,3 +78,26 @@ def s3_endpoint() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+@pytest.fixture
+def atomic_moto_puts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto's S3 PUT made atomic, as S3 and MinIO are.
+
+    moto 5.2.5 checks If-Match / If-None-Match and then stores the object as two steps with no
+    lock between them, so two racing conditional PUTs can both pass (seen with a short thread
+    switch interval). S3 and MinIO do the check and the write as one step; serialising moto's PUT
+    handler gives the fake that guarantee. The code under test is untouched.
+    """
+    import threading
+
+    from moto.s3.responses import S3Response
+
+    lock = threading.Lock()
+    put_object = S3Response.put_object
+
+    def atomic_put_object(self):  # type: ignore[no-untyped-def]
+        with lock:
+            return put_object(self)
+
+    monkeypatch.setattr(S3Response, "put_object", atomic_put_object)

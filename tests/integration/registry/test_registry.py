@@ -58,23 +58,6 @@ class Backend:
         return Registry(self.settings, clock=lambda: NOW)
 
 
-def _atomic_moto_puts(monkeypatch: pytest.MonkeyPatch) -> None:
-    # moto 5.2.5 checks If-Match / If-None-Match and then stores the object as two steps with
-    # no lock between them, so two racing conditional PUTs can both pass (seen with a short
-    # thread switch interval). S3 and MinIO do the check and the write as one step; serialising
-    # moto's PUT handler gives the fake that guarantee. The registry's code is untouched.
-    from moto.s3.responses import S3Response
-
-    lock = threading.Lock()
-    put_object = S3Response.put_object
-
-    def atomic_put_object(self):
-        with lock:
-            return put_object(self)
-
-    monkeypatch.setattr(S3Response, "put_object", atomic_put_object)
-
-
 @pytest.fixture(params=["local", "s3"])
 def backend(request, tmp_path, monkeypatch) -> Backend:
     if request.param == "local":
@@ -92,7 +75,7 @@ def backend(request, tmp_path, monkeypatch) -> Backend:
     endpoint = request.getfixturevalue("s3_endpoint")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    _atomic_moto_puts(monkeypatch)
+    request.getfixturevalue("atomic_moto_puts")
     bucket = f"relay-registry-{uuid.uuid4().hex[:12]}"
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     client.create_bucket(Bucket=bucket)

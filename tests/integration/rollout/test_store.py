@@ -33,22 +33,6 @@ STABLE, CANDIDATE = "eta_mlp_1.2.0_20261120_0300", "eta_mlp_1.3.0_20261121_0300"
 RECONCILER, OPERATOR = "rollout:ro-1", "cli:ana@laptop:4242"
 
 
-def _atomic_moto_puts(monkeypatch: pytest.MonkeyPatch) -> None:
-    # As in tests/integration/registry/test_registry.py: moto 5.2.5 checks If-Match and stores
-    # the object as two unlocked steps; S3 and MinIO do both as one. Serialising moto's PUT
-    # handler gives the fake that guarantee; the code under test is untouched.
-    from moto.s3.responses import S3Response
-
-    lock = threading.Lock()
-    put_object = S3Response.put_object
-
-    def atomic_put_object(self):
-        with lock:
-            return put_object(self)
-
-    monkeypatch.setattr(S3Response, "put_object", atomic_put_object)
-
-
 @pytest.fixture(params=["local", "s3"])
 def settings(request, tmp_path, monkeypatch) -> Settings:
     if request.param == "local":
@@ -56,7 +40,7 @@ def settings(request, tmp_path, monkeypatch) -> Settings:
     endpoint = request.getfixturevalue("s3_endpoint")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    _atomic_moto_puts(monkeypatch)
+    request.getfixturevalue("atomic_moto_puts")
     bucket = f"relay-rollouts-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
     return Settings(
