@@ -40,21 +40,12 @@ def create_app(version: str | None = None) -> FastAPI:
     """The app for one registry version (default: ``$RELAY_BENCH_MODEL_VERSION``)."""
     import torch
 
-    from relay.data.lake import Lake
-    from relay.features.store import OnlineFeatures
-    from relay.model.bundle import ModelBundle
-    from relay.registry import Registry
-    from relay.serve.log import ServingLogWriter
-    from relay.settings import get_settings
+    from relay.serve.loader import load_version
 
     torch.set_num_threads(1)  # one worker per core; Ray gives its replicas one thread too
-    s = get_settings()
     model_version = version or os.environ[VERSION_ENV]
-    bundle = ModelBundle.from_registry(Registry(s), model_version)
-    features = OnlineFeatures(s, bundle.feature_service)  # the version's own service
-    serving_log = ServingLogWriter(
-        Lake(s), max_batch=s.serving.log_max_batch, max_delay_s=s.serving.log_max_delay_s
-    )
+    loaded = load_version(model_version)  # as the Serve deployment loads it
+    bundle, features, serving_log = loaded.model, loaded.features, loaded.log
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

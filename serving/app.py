@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -24,6 +25,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from relay.serve.answer import Unprocessable, answer_rows, parse_orders
+from relay.serve.loader import Loaded, load_version
 from relay.serve.schemas import (
     ETAResponse,
     ModelsResponse,
@@ -48,21 +50,16 @@ TRAFFIC_POLL_S = 0.1
 class ETAModel:
     """One registry version: online features for the whole batch, then one forward pass."""
 
-    def __init__(self, version: str, max_batch_size: int, batch_wait_timeout_s: float) -> None:
-        from relay.data.lake import Lake
-        from relay.features.store import OnlineFeatures
-        from relay.model.bundle import ModelBundle
-        from relay.registry import Registry
-        from relay.serve.log import ServingLogWriter
-        from relay.settings import get_settings
-
-        s = get_settings()
+    def __init__(
+        self,
+        version: str,
+        max_batch_size: int,
+        batch_wait_timeout_s: float,
+        loader: Callable[[str], Loaded] = load_version,
+    ) -> None:
+        loaded = loader(version)  # the real one checks the weights' sha256
         self.version = version
-        self.bundle = ModelBundle.from_registry(Registry(s), version)  # sha256 checked
-        self.features = OnlineFeatures(s, self.bundle.feature_service)  # what it was trained on
-        self.log = ServingLogWriter(
-            Lake(s), max_batch=s.serving.log_max_batch, max_delay_s=s.serving.log_max_delay_s
-        )
+        self.bundle, self.features, self.log = loaded.model, loaded.features, loaded.log
         self.predict_batch.set_max_batch_size(max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._warm_up()
@@ -91,6 +88,11 @@ class ETAModel:
     async def predict_batch(
         self, calls: list[tuple[list[dict[str, Any]], str]]
     ) -> list[list[dict[str, Any]]]:
+        return self.answer(calls)
+
+    def answer(self, calls: list[tuple[list[dict[str, Any]], str]]) -> list[list[dict[str, Any]]]:
+        """One batch of requests (their rows and request ids): one online-store read, one
+        forward pass, each request's answers in its own order, and the log records."""
         t0 = time.perf_counter()
         flat = [row for rows, _ in calls for row in rows]
         request_ids = [request_id for rows, request_id in calls for _ in rows]

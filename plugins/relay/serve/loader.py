@@ -1,0 +1,66 @@
+"""What a model deployment loads for one version: the model, its feature reader, its serving log.
+
+Serve deployments take a loader as an argument (``serving/app.py``'s ``ETAModel``), so a test can
+hand them a small one; :func:`load_version` is the real one, and the plain baseline in ``bench/``
+loads the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class Predictor(Protocol):
+    """Minutes for a batch of feature columns (a :class:`relay.model.bundle.ModelBundle`)."""
+
+    def predict(self, frame: Any) -> Any: ...
+
+
+class FeatureReader(Protocol):
+    """Online features for feature rows (a :class:`relay.features.store.OnlineFeatures`)."""
+
+    def read(self, orders: list[dict[str, Any]]) -> dict[str, list[Any]]: ...
+
+
+class RecordLog(Protocol):
+    """Where answered predictions go (a :class:`relay.serve.log.ServingLogWriter`)."""
+
+    @property
+    def written(self) -> int: ...
+
+    def log(self, records: list[dict[str, Any]]) -> None: ...
+
+    def flush(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Loaded:
+    """One version, ready to answer."""
+
+    model: Predictor
+    features: FeatureReader
+    log: RecordLog
+
+
+def load_version(version: str) -> Loaded:
+    """The registry version (sha256 checked), read with its own feature service, logging to the
+    lake (all from the settings of the process that loads it)."""
+    from relay.data.lake import Lake
+    from relay.features.store import OnlineFeatures
+    from relay.model.bundle import ModelBundle
+    from relay.registry import Registry
+    from relay.serve.log import ServingLogWriter
+    from relay.settings import get_settings
+
+    s = get_settings()
+    bundle = ModelBundle.from_registry(Registry(s), version)
+    return Loaded(
+        model=bundle,
+        features=OnlineFeatures(s, bundle.feature_service),  # what it was trained on
+        log=ServingLogWriter(
+            Lake(s), max_batch=s.serving.log_max_batch, max_delay_s=s.serving.log_max_delay_s
+        ),
+    )

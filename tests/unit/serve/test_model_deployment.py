@@ -1,0 +1,81 @@
+"""The model deployment with a small loader: one batch's answers and log records, without Serve.
+
+``ETAModel`` takes its loader as an argument, so the class behind the Serve decorator runs here
+on a tiny model, feature reader and log (``@serve.batch`` itself needs a replica: the real
+loader and batching are exercised in tests/integration/serve/test_serving.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relay.features.catalog import NUMERIC, WEATHER
+from relay.serve.loader import Loaded
+
+
+class Minutes:
+    """Predicts 10 minutes per km: enough to tell which row got which answer."""
+
+    def predict(self, frame: Any) -> list[float]:
+        return [10.0 * d for d in frame["order_distance_km"]]
+
+
+class Features:
+    """Knows every courier but ``C-unknown``; counts its reads (one per batch)."""
+
+    def __init__(self) -> None:
+        self.reads: list[int] = []
+
+    def read(self, orders: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        self.reads.append(len(orders))
+        known = [o["courier_id"] != "C-unknown" for o in orders]
+        out: dict[str, list[Any]] = {name: [1.0 if k else None for k in known] for name in NUMERIC}
+        out[WEATHER] = ["clear"] * len(orders)
+        out["order_distance_km"] = [o["distance_km"] for o in orders]
+        return out
+
+
+class Log:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    @property
+    def written(self) -> int:
+        return len(self.records)
+
+    def log(self, records: list[dict[str, Any]]) -> None:
+        self.records.extend(records)
+
+    def flush(self) -> int:
+        return len(self.records)
+
+    def close(self) -> None:
+        pass
+
+
+def _row(order_id: str, km: float, courier: str = "C1") -> dict[str, Any]:
+    return {"order_id": order_id, "courier_id": courier, "distance_km": km}
+
+
+def test_a_batch_of_requests_shares_one_feature_read_and_each_gets_its_own_answers() -> None:
+    from serving.app import ETAModel
+
+    features, log = Features(), Log()
+    model = ETAModel.func_or_class(
+        "v1", 32, 0.05, loader=lambda version: Loaded(Minutes(), features, log)
+    )
+    features.reads.clear()  # the warm-up's reads
+
+    first, second = model.answer(
+        [([_row("a", 1.0), _row("b", 2.0)], "req-1"), ([_row("c", 3.0, "C-unknown")], "req-2")]
+    )
+    assert features.reads == [3]  # one online read for the whole batch
+    assert [(a["order_id"], a["eta_minutes"]) for a in first] == [("a", 10.0), ("b", 20.0)]
+    assert second[0]["eta_minutes"] == 30.0
+    assert second[0]["missing_features"] == list(NUMERIC)
+    assert first[0]["missing_features"] == []
+    assert {a["model_version"] for a in first + second} == {"v1"}
+    by_order = {r["order_id"]: r for r in log.records}
+    assert by_order["a"]["request_id"] == by_order["b"]["request_id"] == "req-1"
+    assert by_order["c"]["request_id"] == "req-2"
+    assert model.flush_log() == len(log.records) == 3
