@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import dag, task
 
+from relay.airflow.assets import DRIFT_REPORTS
 from relay.airflow.operators import RayJobOperator
-
-DRIFT_REPORTS = Asset(name="relay_drift_reports", uri="relay://reports/drift")
 
 
 @dag(

@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
+from relay.airflow.assets import FEATURE_TABLES, PRODUCTION_MODEL, VALIDATED_ORDERS
 from relay.airflow.operators import RayJobOperator
-
-VALIDATED_ORDERS = Asset(name="relay_validated_orders", uri="relay://lake/validated/orders")
-FEATURE_TABLES = Asset(name="relay_feature_tables", uri="relay://feast/eta_v1")
-PRODUCTION_MODEL = Asset(name="relay_eta_production", uri="relay://registry/eta_mlp/production")
 
 RUN = "{{ ti.xcom_pull(task_ids='plan')['run_dir'] }}"
 TRAINING_SET = "{{ ti.xcom_pull(task_ids='training_set')['uri'] }}"
