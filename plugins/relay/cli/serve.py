@@ -18,7 +18,7 @@ app = typer.Typer(
 )
 
 
-def _serving() -> Any:
+def serving_control() -> Any:
     """Join the running Ray cluster (serving must outlive the CLI); return relay.serve.control."""
     from relay.infra.cluster import connect
     from relay.serve import control
@@ -49,7 +49,7 @@ def serve_up() -> None:
     from relay.registry import Registry
     from relay.serve.traffic import TrafficSplit
 
-    control = _serving()
+    control = serving_control()
     version = run(lambda: Registry().stage_version("production"))
     if version is None:
         raise fail("no production version: `relay models promote V --stage production` first")
@@ -66,28 +66,28 @@ def serve_deploy(
     ] = 1.0,
 ) -> None:
     """Deploy a version beside the stable one and send it --canary percent of orders."""
-    control = _serving()
+    control = serving_control()
     _print_split(control.canary(version, canary / 100.0))
 
 
 @app.command("promote")
 def serve_promote() -> None:
     """Move all traffic to the candidate (it becomes stable; the old one keeps running)."""
-    control = _serving()
+    control = serving_control()
     _print_split(control.promote())
 
 
 @app.command("rollback")
 def serve_rollback() -> None:
     """Move all traffic back to the stable version, at once."""
-    control = _serving()
+    control = serving_control()
     _print_split(control.rollback())
 
 
 @app.command("status")
 def serve_status() -> None:
     """Versions serving, their traffic shares and live metrics."""
-    control = _serving()
+    control = serving_control()
     _print_split(control.current_traffic())
     for version, w in control.live_metrics().items():
         out.print(
@@ -109,7 +109,7 @@ def serve_rollout(
     """
     from relay.rollout.driver import run_rollout
 
-    _serving()
+    serving_control()
     res = run(lambda: run_rollout(version, emit=lambda m: console.print(m, markup=False)))
     if outcome:
         res.write(outcome)
@@ -126,6 +126,6 @@ def serve_restore(
     """Serve an earlier version with all traffic and point production at it (a rollback)."""
     from relay.rollout.driver import deploy_stable
 
-    _serving()
+    serving_control()
     split = run(lambda: deploy_stable(version, reason=reason or f"restored {version}"))
     _print_split(split)

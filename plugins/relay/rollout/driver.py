@@ -12,20 +12,20 @@ becomes Degraded with the failing checks as the reason.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from relay.registry import ModelState, Registry
 from relay.rollout.rules import Action, QualityWindow, RolloutVerdict, decide, next_step
+from relay.rollout.step_windows import step_window, windows
 from relay.serve.traffic import TrafficSplit
-from relay.serve.windows import VersionWindow, diff, window_from_dict
+from relay.serve.windows import VersionWindow
 from relay.settings import Settings, get_settings
 
 
@@ -79,32 +79,6 @@ def _endpoint() -> Endpoint:
     from relay.serve import control
 
     return control
-
-
-def _windows(
-    metrics: Mapping[str, Any], versions: list[str], now: float
-) -> dict[str, VersionWindow]:
-    # Not observed yet (a candidate just deployed): empty counters on the router's clock,
-    # borrowed from any version it reports, so the step's later snapshot diffs over the step.
-    clock = next((d for d in metrics.values() if isinstance(d, Mapping) and d), None)
-    since, until = (clock["since"], clock["until"]) if clock else (now, now)
-    return {
-        v: window_from_dict(metrics[v])
-        if metrics.get(v)
-        else VersionWindow(version=v, since=since, until=until)
-        for v in versions
-    }
-
-
-def _step_window(later: VersionWindow, earlier: VersionWindow) -> VersionWindow:
-    """What ``later`` counted since the step began (``earlier``, its first snapshot)."""
-    if later.since == earlier.since and later.until >= earlier.until:
-        return diff(later, earlier)
-    if earlier.requests == 0 and later.since <= earlier.until <= later.until:
-        # Nothing was counted when the step began (a candidate just deployed): all of
-        # ``later`` fell within the step, so its rates are over the step, not the router's life.
-        return dataclasses.replace(later, since=earlier.until, first_observed=None)
-    return later  # counters restarted (a router replica restarted)
 
 
 def deploy_stable(
@@ -243,16 +217,16 @@ def _judge_step(
     the step (the next step's latency reference when stable takes no traffic in it)."""
     start = clock()
     started_at = dt.datetime.now(dt.UTC)
-    first = _windows(ep.live_metrics(s), [stable, candidate], time.time())
+    first = windows(ep.live_metrics(s), [stable, candidate], time.time())
     healthy_since = start
     last_action = None
     quality: QualityWindow | None = None
     quality_at = start
     while True:
         wait(poll_s)  # the metrics poll interval; the step's length is measured by clock()
-        now = _windows(ep.live_metrics(s), [stable, candidate], time.time())
-        cand = _step_window(now[candidate], first[candidate])
-        stab = _step_window(now[stable], first[stable])
+        now = windows(ep.live_metrics(s), [stable, candidate], time.time())
+        cand = step_window(now[candidate], first[candidate])
+        stab = step_window(now[stable], first[stable])
         if clock() - quality_at >= s.rollout.quality_every_s:
             quality, quality_at = live_quality(stable, candidate, started_at, s), clock()
         verdict = decide(

@@ -76,6 +76,10 @@ class RolloutStore:
         active = self._active()
         return None if active is None or active.rollout.state.final else active
 
+    def latest(self) -> StoredRollout | None:
+        """The live rollout, or else the last one to have ended; None before the first."""
+        return self._active()
+
     def get(self, rollout_id: str) -> StoredRollout:
         """A rollout by id, live or ended.
 
