@@ -417,7 +417,7 @@ def _serve_child(config_path: Path) -> None:
     unbatched = s.model_copy(deep=True)
     unbatched.serving.max_batch_size = 1
     points: list[Point] = []
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         control.start_serve(s, haproxy=haproxy and cfg["key"] == "haproxy")
         control.deploy_model(versions["batched"], s)

@@ -72,7 +72,7 @@ def ray_train(
     from relay.model.ray_train import TrainRequest, run_training
 
     t = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False)
     try:
         res = run_training(
             TrainRequest(

@@ -81,16 +81,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             af.airflow(["pools", "set", af.GPU_POOL, "1", "Ray jobs that may use a GPU"], s)
             yield {"home": home, "settings": s}
         finally:
-            processes.stop_all(s)
-            _forget_ray_cluster(s.ray.gcs_port)
+            processes.stop_all(s)  # also forgets the stopped head (Ray's current-cluster note)
             reset_settings()
-
-
-def _forget_ray_cluster(port: int) -> None:
-    # Later ray.init() calls would try to join the stopped cluster through this file.
-    marker = Path("/tmp/ray/ray_current_cluster")
-    if marker.exists() and marker.read_text().strip().endswith(f":{port}"):
-        marker.unlink()
 
 
 def _airflow(*args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -94,7 +95,17 @@ def stop_all(settings: Settings | None = None, timeout_s: float = 30.0) -> list[
             _signal(pgid, strays, signal.SIGKILL)
             stopped.append(pid_file.stem)
         pid_file.unlink()
+    _forget_ray_cluster(s.ray.gcs_port)
     return stopped
+
+
+def _forget_ray_cluster(gcs_port: int) -> None:
+    """Remove Ray's note of the last cluster started here when it names the head just stopped:
+    left behind, every later plain ``ray.init()`` on this machine tries to join a dead cluster."""
+    marker = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray"
+    marker /= "ray_current_cluster"
+    if marker.exists() and marker.read_text().strip().endswith(f":{gcs_port}"):
+        marker.unlink(missing_ok=True)
 
 
 def _alive(pid: int, group: bool = False) -> bool:

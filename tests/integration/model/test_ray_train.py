@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 def ray_cluster() -> Iterator[None]:
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False)
     try:
         yield
     finally:
