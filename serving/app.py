@@ -183,7 +183,9 @@ class Router:
             return JSONResponse(status_code=503, content={"detail": "no model deployed"})
         now = dt.datetime.now(dt.UTC)
         rows = [feature_row(o, now) for o in orders]
-        groups = split.assign([r["order_id"] for r in rows])
+        groups = split.assign(
+            [r["order_id"] for r in rows], [r["zone_id"] for r in rows], [r["hour"] for r in rows]
+        )
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         calls = {
             v: handles[v].predict.remote([rows[i] for i in idx], request_id)

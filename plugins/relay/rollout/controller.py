@@ -142,13 +142,10 @@ def gate_rejected(rollout: Rollout, registry: Registry) -> bool:
 
 
 def router_split(rule: TrafficRule) -> TrafficSplit:
-    """The split the router can apply for ``rule``: a targeting rule as its share of orders."""
-    share = rule.candidate_share
-    if rule.targeting is not None and rule.targeting.zone_share is not None:
-        share *= rule.targeting.zone_share
-    if rule.candidate is None or share == 0:
+    """The split the router applies for ``rule``, targeting included (no candidate: stable)."""
+    if rule.candidate is None or rule.candidate_share == 0:
         return TrafficSplit(stable=rule.stable)
-    return TrafficSplit(rule.stable, rule.candidate, share)
+    return rule.split()
 
 
 def reconcile_once(
@@ -283,11 +280,7 @@ def abort_rollout(
 
 
 def _rule_of(split: TrafficSplit | None) -> TrafficRule | None:
-    if split is None:
-        return None
-    return TrafficRule(
-        stable=split.stable, candidate=split.candidate, candidate_share=split.candidate_share
-    )
+    return None if split is None else TrafficRule.model_validate(split.to_config())
 
 
 def _apply(ep: Endpoint, rule: TrafficRule, s: Settings) -> list[str]:
@@ -302,11 +295,6 @@ def _apply(ep: Endpoint, rule: TrafficRule, s: Settings) -> list[str]:
     if ep.current_traffic(s) != split:
         ep.set_traffic(split, s)
         lines.append(f"traffic: {describe(rule)}")
-    if rule.targeting is not None and split.candidate is not None:
-        lines.append(
-            f"the router cannot target {rule.targeting.describe()} yet: {split.candidate} "
-            f"answers {split.candidate_share * 100:.6g}% of all orders instead"
-        )
     return lines
 
 

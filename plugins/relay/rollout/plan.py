@@ -11,7 +11,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from relay.serve.traffic import BUCKETS, TrafficSplit, bucket
+from relay.serve.traffic import OrderTargeting, TrafficSplit
 from relay.settings import RolloutSettings
 
 
@@ -36,19 +36,16 @@ class Targeting(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        if self.zones is not None and self.zone_share is not None:
-            raise ValueError("target either named zones or a share of zones, not both")
-        if self.hours is not None and any(not 0 <= h <= 23 for h in self.hours):
-            raise ValueError(f"hours of the day lie in 0..23, got {self.hours}")
+        self.rule()  # the router's rule checks the fields together
         return self
+
+    def rule(self) -> OrderTargeting:
+        """The targeting as the router applies it."""
+        return OrderTargeting.from_config(self.model_dump())
 
     def matches(self, zone_id: str, hour: int) -> bool:
         """Whether an order in ``zone_id`` created at ``hour`` (UTC) is targeted."""
-        if self.zones is not None and zone_id not in self.zones:
-            return False
-        if self.zone_share is not None and bucket(zone_id) >= round(self.zone_share * BUCKETS):
-            return False
-        return self.hours is None or hour in self.hours
+        return self.rule().matches(zone_id, hour)
 
     def describe(self) -> str:
         """E.g. ``10% of zones`` or ``zones Z001, Z002 at hours 18, 19``."""
@@ -152,15 +149,18 @@ class TrafficRule(_Frozen):
         """The order-hash part of the rule; the whole rule only when ``targeting`` is None."""
         return TrafficSplit(self.stable, self.candidate, self.candidate_share)
 
+    def split(self) -> TrafficSplit:
+        """The whole rule as the router applies it, targeting included."""
+        targeting = None if self.targeting is None else self.targeting.rule()
+        return TrafficSplit(self.stable, self.candidate, self.candidate_share, targeting)
+
     def to_config(self) -> dict[str, Any]:
         """The rule as plain JSON: ``TrafficSplit.to_config()`` plus ``targeting``."""
         return self.model_dump(mode="json")
 
     def version_for(self, order_id: str, zone_id: str, hour: int) -> str:
         """The version that answers an order."""
-        if self.targeting is not None and not self.targeting.matches(zone_id, hour):
-            return self.stable
-        return self.order_split().version_for(order_id)
+        return self.split().version_for(order_id, zone_id, hour)
 
 
 def _pct(share: float) -> str:

@@ -1,5 +1,5 @@
-"""The ETA endpoint on a real local Ray Serve: no skew, 4xx, canary split, rollback under load,
-serving log."""
+"""The ETA endpoint on a real local Ray Serve: no skew, 4xx, canary split, zone targeting,
+rollback under load, serving log."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from relay.model.preprocess import Preprocessor
 from relay.model.registration import register_trained
 from relay.model.training import build_model, model_inputs, save_run, tensor_batches, train_epoch
 from relay.registry import Registry
-from relay.serve.traffic import TrafficSplit
+from relay.serve.traffic import OrderTargeting, TrafficSplit
 from relay.settings import get_settings
 
 pytestmark = pytest.mark.slow
@@ -86,7 +86,7 @@ def served(lake_days, tmp_path_factory):
 
     settings = get_settings().model_copy(deep=True)
     settings.serving.port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         control.start_serve(settings)
         control.deploy_model(v1, settings)
@@ -190,6 +190,23 @@ def test_canary_at_ten_percent_is_deterministic_by_order_id(served):
     status, models = 200, json.loads(urllib.request.urlopen(served["url"] + "/v1/models").read())
     shares = {m["version"]: m["traffic_share"] for m in models["versions"]}
     assert shares == {served["v1"]: pytest.approx(0.9), served["v2"]: pytest.approx(0.1)}
+    # A zone-targeted split: every order of that zone reaches v2, no order of another zone does.
+    orders = served["orders"]
+    zone = str(orders["zone_id"].iloc[0])
+    targeted = TrafficSplit(served["v1"], served["v2"], 1.0, OrderTargeting(zones=(zone,)))
+    control.set_traffic(targeted, served["settings"])
+    inside = orders[orders["zone_id"] == zone].head(50)
+    outside = orders[orders["zone_id"] != zone].head(50)
+    assert len(inside) and len(outside)
+    batch = [
+        _order(r, f"zone-{i}") for i, (_, r) in enumerate(pd.concat([inside, outside]).iterrows())
+    ]
+    status, body = _post(served["url"], {"orders": batch})
+    assert status == 200 and len(body["predictions"]) == len(batch)
+    by_zone = {o["order_id"]: o["zone_id"] for o in batch}
+    for p in body["predictions"]:
+        want = served["v2"] if by_zone[p["order_id"]] == zone else served["v1"]
+        assert p["model_version"] == want, (p, by_zone[p["order_id"]])
 
 
 def test_rollback_under_load_loses_no_request_and_stalls_none(served):
