@@ -181,6 +181,12 @@ class RolloutSettings(BaseModel):
         description="A QPS drop past the margin rolls back only when the shortfall is this many "
         "standard deviations of a Poisson count (√expected requests); 0: any shortfall",
     )
+    failure_threshold: int = Field(
+        3,
+        ge=1,
+        description="Consecutive ticks of a step (each with new evidence) a rollback check must "
+        "fail on before the reconciler rolls back; fewer hold. 1: the first failure rolls back",
+    )
     min_requests: int = Field(
         50, ge=1, description="Candidate requests a window needs before a step may advance"
     )

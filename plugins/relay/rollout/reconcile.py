@@ -19,7 +19,9 @@ plan's :class:`~relay.rollout.plan.Step`):
 * **A real regression rolls back**, judged by :func:`relay.rollout.rules.decide` (P99, quality,
   throughput) on the whole step's windows; errors are judged here against stable's rate over
   the same window (:func:`error_check`), so an outage that hits both versions is not the
-  candidate's fault.
+  candidate's fault. Every check is re-tested each tick, so one failing tick only holds (the
+  failing checks recorded, :mod:`relay.rollout.streak`): a check rolls back once it failed on
+  ``failure_threshold`` consecutive ticks with new evidence.
 * **Not judged is not bad.** A step still short of evidence at ``max_duration_s`` ends the
   rollout ``aborted``: stable serves again and the candidate stays promotable.
 * **Labels before promotion.** With ``require_labels`` (the default) a candidate is promoted
@@ -44,6 +46,7 @@ from relay.rollout.lease import rollout_owner
 from relay.rollout.plan import TrafficRule
 from relay.rollout.record import (
     Rollout,
+    RolloutState,
     VerdictAction,
     abort,
     advance,
@@ -53,6 +56,7 @@ from relay.rollout.record import (
     traffic_of,
 )
 from relay.rollout.rules import ROLLBACK_CHECKS, Check, QualityWindow, decide
+from relay.rollout.streak import FailureStreak, extend
 from relay.serve.log_read import VersionQuality
 from relay.serve.windows import VersionWindow
 from relay.settings import RolloutSettings
@@ -256,16 +260,22 @@ def _judge(
     baseline = observed.stable if observed.stable.requests else observed.stable_reference
     errors_ok, error_line = error_check(observed.candidate, baseline, settings)
     kept = [(c, r) for c, r in zip(_DECIDE_ORDER, verdict.reasons, strict=True) if c in _KEPT]
-    regressed = not errors_ok or any(
-        c in verdict.failed_checks and c in ROLLBACK_CHECKS for c, _ in kept
-    )
+    failing = [Check.ERROR_RATE.value] if not errors_ok else []
+    failing += [c.value for c, _ in kept if c in verdict.failed_checks and c in ROLLBACK_CHECKS]
+    streak = extend(_streak(rollout), failing, _evidence(observed)) if failing else None
+    regressed = streak is not None and streak.worst >= settings.failure_threshold
     reasons = [f"{mark(errors_ok)}: {error_line}", *(r for _, r in kept)]
-    judged_now = (
-        not regressed and quality is not None and quality.n_labelled >= settings.min_labelled
-    )
+    judged_now = not failing and quality is not None and quality.n_labelled >= settings.min_labelled
     if judged_now and quality is not None:
         reasons.append(f"{QUALITY_JUDGED} on {quality.n_labelled} labelled predictions each")
     waits = _waits(rollout, observed, elapsed, settings, judged_now)
+    if streak is not None and not regressed:
+        runs = ", ".join(f"{c} on {n}" for c, n in streak.failures.items())
+        waits.insert(
+            0,
+            f"{FAIL}: failing checks not yet confirmed ({runs} of "
+            f"{settings.failure_threshold} consecutive ticks needed to roll back)",
+        )
     reasons.extend(waits or [f"{PASS}: step {rollout.step} has its evidence"])
     by = rollout.lease.owner if rollout.lease is not None else rollout_owner(rollout.id)
     if regressed:
@@ -279,7 +289,8 @@ def _judge(
         new, action = abort(rollout, by, why, now), VerdictAction.ABORT
         reasons.append(f"ABORT: {why}")
     elif waits:
-        new, action = hold(rollout, reasons, by=by, now=now), VerdictAction.HOLD
+        new = hold(rollout, reasons, by=by, now=now, streak=streak)
+        action = VerdictAction.HOLD
     elif rollout.step + 1 == len(rollout.plan.steps):
         new, action = promote(rollout, reasons, by=by, now=now), VerdictAction.PROMOTE
     else:
@@ -308,6 +319,20 @@ def _share(rule: TrafficRule, observed: Observation, started: dt.datetime) -> fl
         return rule.candidate_share
     total = observed.candidate.requests + observed.stable.requests
     return observed.candidate.requests / total
+
+
+def _streak(rollout: Rollout) -> FailureStreak | None:
+    # Only the current step's hold carries a run on: an advance or a new step starts afresh.
+    last = rollout.verdicts[-1] if rollout.verdicts else None
+    if last is None or rollout.state is not RolloutState.HOLDING or last.step != rollout.step:
+        return None
+    return last.streak if last.action is VerdictAction.HOLD else None
+
+
+def _evidence(observed: Observation) -> int:
+    # The windows and labels grow over the step: an observation of the same size is not new.
+    labelled = sum(q.n for q in observed.quality.values())
+    return observed.candidate.requests + observed.stable.requests + labelled
 
 
 def _judged_earlier(rollout: Rollout, settings: RolloutSettings) -> bool:

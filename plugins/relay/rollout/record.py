@@ -24,6 +24,7 @@ from relay.clock import as_utc
 from relay.errors import RelayError
 from relay.rollout.lease import Lease, drop_lease, take_lease
 from relay.rollout.plan import Plan, Step, TrafficRule
+from relay.rollout.streak import FailureStreak
 
 ROLLOUT_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
@@ -88,12 +89,13 @@ class VerdictAction(StrEnum):
 
 
 class StepVerdictRecord(_Frozen):
-    """A step's verdict as recorded: what was decided, why, and when."""
+    """A step's verdict as recorded: what was decided, why, when, and (a hold) what fails."""
 
     step: int = Field(ge=0)
     action: VerdictAction
     reasons: list[str] = Field(default_factory=list)
     decided_at: dt.datetime
+    streak: FailureStreak | None = Field(None, description="A hold's failing rollback checks")
 
 
 class RolloutEvent(_Frozen):
@@ -235,16 +237,24 @@ def release_lease(rollout: Rollout, owner: str, now: dt.datetime) -> Rollout:
     return _with(rollout, {"lease": None, "updated_at": as_utc(now)})
 
 
-def hold(rollout: Rollout, reasons: list[str], *, by: str, now: dt.datetime) -> Rollout:
-    """Keep the current step, waiting for evidence, with the reasons why.
+def hold(
+    rollout: Rollout,
+    reasons: list[str],
+    *,
+    by: str,
+    now: dt.datetime,
+    streak: FailureStreak | None = None,
+) -> Rollout:
+    """Keep the current step, waiting for evidence or for a failing check's confirmation.
 
     A hold while already holding replaces the step's last hold verdict instead of adding one,
     so a step judged every minute for a week keeps one; an identical hold changes nothing.
+    ``streak`` records the rollback checks failing and for how many ticks in a row.
     """
     _live(rollout, "hold")
     now = as_utc(now)
     verdict = StepVerdictRecord(
-        step=rollout.step, action=VerdictAction.HOLD, reasons=reasons, decided_at=now
+        step=rollout.step, action=VerdictAction.HOLD, reasons=reasons, decided_at=now, streak=streak
     )
     last = rollout.verdicts[-1] if rollout.verdicts else None
     again = (
@@ -252,21 +262,14 @@ def hold(rollout: Rollout, reasons: list[str], *, by: str, now: dt.datetime) -> 
         and last is not None
         and (last.step, last.action) == (rollout.step, VerdictAction.HOLD)
     )
-    if again and last is not None and last.reasons == reasons:
+    if again and last is not None and (last.reasons, last.streak) == (reasons, streak):
         return rollout
     verdicts = [*rollout.verdicts[:-1], verdict] if again else [*rollout.verdicts, verdict]
     history = rollout.history
     if not again:
         history = [*history, _event(rollout, now, by, "hold", _why(reasons), RolloutState.HOLDING)]
-    return _with(
-        rollout,
-        {
-            "state": RolloutState.HOLDING,
-            "verdicts": verdicts,
-            "updated_at": now,
-            "history": history,
-        },
-    )
+    changes = {"state": RolloutState.HOLDING, "verdicts": verdicts, "history": history}
+    return _with(rollout, {**changes, "updated_at": now})
 
 
 def advance(rollout: Rollout, reasons: list[str], *, by: str, now: dt.datetime) -> Rollout:

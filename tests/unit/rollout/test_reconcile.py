@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from relay.rollout.plan import Plan, Step
 from relay.rollout.reconcile import (
     QUALITY_JUDGED,
     Observation,
+    TickResult,
     desired_traffic,
     quality_judged,
     tick,
 )
 from relay.rollout.record import Rollout, RolloutState, VerdictAction, start_rollout
+from relay.rollout.streak import FailureStreak
 from relay.serve.log_read import VersionQuality
 from relay.serve.windows import LATENCY_BUCKETS_MS, VersionWindow
 from relay.settings import RolloutSettings
@@ -113,10 +116,21 @@ def test_holds_without_labels_then_promotes_once_labels_judge_a_good_candidate()
     assert done.traffic.stable == "v2" and done.traffic.candidate is None
 
 
+def _failing_ticks(ro: Rollout, n: int, **kwargs: Any) -> list[TickResult]:
+    """``n`` ticks ten minutes apart, each observing 40 more candidate requests than the last."""
+    results = []
+    for i in range(n):
+        obs = _observe(ro, 400 + 40 * i, 3600 + 360 * i, **kwargs)
+        results.append(tick(ro, obs, _at(2 + i / 6), SETTINGS))
+        ro = results[-1].rollout
+    return results
+
+
 def test_a_fast_but_wrong_candidate_is_rolled_back_once_labels_judge_it():
     ro = _rollout()
     wrong = _labels(200, 1500, mae_cand=9.0)
-    result = tick(ro, _observe(ro, labels=wrong), _at(2), SETTINGS)
+    *held, result = _failing_ticks(ro, SETTINGS.failure_threshold, labels=wrong)
+    assert [h.action for h in held] == [VerdictAction.HOLD] * (SETTINGS.failure_threshold - 1)
     assert result.action is VerdictAction.ROLLBACK, result.reasons
     assert result.degrade_candidate
     assert result.rollout.serving_after == "v1"
@@ -161,8 +175,69 @@ def test_an_outage_of_both_versions_does_not_roll_the_candidate_back():
     assert result.action is VerdictAction.ADVANCE, result.reasons
     assert result.reasons[0].startswith("PASS: error rate 30.00% (120/400)")
     # The same errors on the candidate alone are its own.
-    alone = tick(ro, _observe(ro, cand_errors=120, labels=_labels(80, 700)), _at(2), SETTINGS)
-    assert alone.action is VerdictAction.ROLLBACK
+    alone = _failing_ticks(ro, SETTINGS.failure_threshold, cand_errors=120, labels=_labels(80, 700))
+    assert alone[-1].action is VerdictAction.ROLLBACK
+
+
+def test_one_noisy_failing_tick_holds_with_the_failing_check_shown():
+    ro = _rollout()
+    noisy = tick(ro, _observe(ro, cand_errors=20, labels=_labels(80, 700)), _at(2), SETTINGS)
+    assert noisy.action is VerdictAction.HOLD, noisy.reasons
+    assert not noisy.degrade_candidate
+    assert noisy.reasons[0].startswith("FAIL: error rate 5.00% (20/400)")
+    assert any("error_rate on 1 of 3 consecutive ticks" in r for r in noisy.reasons)
+    verdict = noisy.rollout.verdicts[-1]
+    assert verdict.streak is not None and verdict.streak.failures == {"error_rate": 1}
+    # A passing tick resets the run, and the step, having its evidence, advances.
+    clean = _observe(noisy.rollout, 4000, 36000, cand_errors=20, labels=_labels(80, 700))
+    passed = tick(noisy.rollout, clean, _at(2.5), SETTINGS)
+    assert passed.action is VerdictAction.ADVANCE, passed.reasons
+
+
+def test_consecutive_failures_roll_back_and_a_pass_between_them_resets_the_count():
+    ro = _rollout()
+    results = _failing_ticks(ro, 3, cand_errors=40, labels=_labels(80, 700))
+    assert [r.action for r in results] == [VerdictAction.HOLD] * 2 + [VerdictAction.ROLLBACK]
+    assert results[-1].degrade_candidate
+    streaks = [r.rollout.verdicts[-1].streak for r in results[:2]]
+    assert [s.failures if s else None for s in streaks] == [{"error_rate": 1}, {"error_rate": 2}]
+    # A passing hold in between (too few labels) starts the count again.
+    two = results[1].rollout
+    ok = tick(two, _observe(two, 600, 5400, labels=_labels(10, 700)), _at(2.4), SETTINGS)
+    assert ok.action is VerdictAction.HOLD and ok.rollout.verdicts[-1].streak is None
+    again = tick(ok.rollout, _observe(two, 640, 5760, cand_errors=60), _at(2.5), SETTINGS)
+    assert again.action is VerdictAction.HOLD
+    assert again.rollout.verdicts[-1].streak == FailureStreak(
+        failures={"error_rate": 1}, evidence=640 + 5760
+    )
+    # Threshold 1 is the old behaviour: the first failure rolls back.
+    once = SETTINGS.model_copy(update={"failure_threshold": 1})
+    first = tick(ro, _observe(ro, cand_errors=40), _at(2), once)
+    assert first.action is VerdictAction.ROLLBACK
+
+
+def test_a_re_tick_of_the_same_observation_does_not_count_twice():
+    ro = _rollout()
+    obs = _observe(ro, cand_errors=40, labels=_labels(80, 700))
+    held = tick(ro, obs, _at(2), SETTINGS)
+    # The same observation again, at the same time or later (a controller that measured
+    # nothing new), holds with the same count.
+    for now in (_at(2), _at(2.1), _at(2.2), _at(2.3)):
+        again = tick(held.rollout, obs, now, SETTINGS)
+        assert again.action is VerdictAction.HOLD
+        assert again.rollout.verdicts[-1].streak == held.rollout.verdicts[-1].streak
+    assert tick(held.rollout, obs, _at(2), SETTINGS).rollout == held.rollout
+
+
+def test_the_failure_count_survives_a_json_round_trip():
+    ro = _rollout()
+    results = _failing_ticks(ro, 2, cand_errors=40, labels=_labels(80, 700))
+    stored = results[-1].rollout.model_dump_json()
+    assert '"failures":{"error_rate":2}' in stored
+    reloaded = Rollout.model_validate_json(stored)
+    assert reloaded == results[-1].rollout
+    third = _observe(reloaded, 480, 4320, cand_errors=40, labels=_labels(80, 700))
+    assert tick(reloaded, third, _at(2.4), SETTINGS).action is VerdictAction.ROLLBACK
 
 
 def test_a_tick_is_idempotent():
