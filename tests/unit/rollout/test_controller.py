@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from relay.registry import Lineage, ModelState, Registry, Stage
+from relay.registry import ModelState, Registry, Stage
 from relay.rollout.controller import abort_rollout, reconcile_once, start_rollout_record
 from relay.rollout.driver import deploy_stable
 from relay.rollout.lease import TrafficLease
@@ -24,6 +24,7 @@ from relay.serve.log_read import VersionQuality
 from relay.serve.traffic import TrafficSplit
 from relay.serve.windows import LATENCY_BUCKETS_MS, VersionWindow
 from relay.settings import Settings
+from tests.unit.rollout.test_driver import _validated
 
 T0 = dt.datetime(2026, 11, 21, 14, 0, tzinfo=dt.UTC)
 TICK = dt.timedelta(seconds=30)
@@ -96,17 +97,6 @@ class FakeEndpoint:
                 latency_sum_ms=15.0 * n,
             ).to_dict()
         return out
-
-
-def _validated(reg: Registry) -> str:
-    v = reg.register(
-        {"model.pt": b"weights", "preprocessor.json": b"{}"},
-        lineage=Lineage(feature_service="eta_v1", data_partitions=["2026-11-20"]),
-        owner="ci",
-    )
-    for state in ("training", "trained", "evaluating", "validated"):
-        reg.transition(v.id, state, f"pipeline reached {state}")
-    return v.id
 
 
 @dataclass
