@@ -43,11 +43,14 @@ up: setup
 down:
 	@test -x $(BIN)/relay && $(BIN)/relay stack down || echo "nothing to stop"
 
-# The life cycle on a fresh stack, with short canary steps so it plays in minutes.
+# The life cycle on a fresh stack, with short rollout steps so it plays in minutes.
 demo: setup
 	-$(BIN)/relay stack down
-	RELAY_ROLLOUT__STEP_DURATION_S=15 RELAY_ROLLOUT__MIN_REQUESTS=10 \
-	RELAY_ROLLOUT__MIN_LABELLED=10 RELAY_ROLLOUT__QUALITY_EVERY_S=3 \
+	RELAY_ROLLOUT__MIN_REQUESTS=10 RELAY_ROLLOUT__MIN_LABELLED=10 \
+	'RELAY_ROLLOUT__PLAN_SHARES=[0.1,0.3]' RELAY_ROLLOUT__PLAN_ZONE_SHARE=0.3 \
+	'RELAY_ROLLOUT__PLAN_DURATIONS_S=[20,20,20,20]' RELAY_ROLLOUT__PLAN_MAX_FACTOR=15 \
+	RELAY_ROLLOUT__FORCED_MAX_SHARE=0.1 RELAY_ROLLOUT__TICK_S=3 RELAY_ROLLOUT__FOLLOW_POLL_S=3 \
+	RELAY_ROLLOUT__GUARD_BAKE_S=60 \
 	RELAY_MONITORING__WINDOW_HOURS=1 RELAY_MONITORING__MIN_ROWS=200 \
 	  bash -c '$(BIN)/relay stack up && $(BIN)/relay demo'
 

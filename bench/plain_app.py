@@ -54,6 +54,11 @@ def create_app(version: str | None = None) -> FastAPI:
 
     app = FastAPI(title="Relay ETA (plain baseline)", lifespan=lifespan)
 
+    from relay.settings import get_settings
+
+    sv = get_settings().serving
+    eta_range = (sv.min_eta_minutes, sv.max_eta_minutes)
+
     @app.post("/v1/eta")
     async def eta(request: Request) -> JSONResponse:
         t0 = time.perf_counter()
@@ -68,9 +73,18 @@ def create_app(version: str | None = None) -> FastAPI:
         preds = bundle.predict(feats)
         latency_ms = (time.perf_counter() - t0) * 1000
         answers, records = answer_rows(
-            model_version, rows, [request_id] * len(rows), feats, preds, latency_ms, now
+            model_version,
+            rows,
+            [request_id] * len(rows),
+            feats,
+            preds,
+            latency_ms,
+            now,
+            eta_range=eta_range,
         )
         serving_log.log(records)
+        if any(a.get("error") for a in answers):  # no stable to fall back on here
+            return JSONResponse(status_code=503, content={"detail": "prediction out of range"})
         response = ETAResponse(
             predictions=[Prediction(**a) for a in answers], latency_ms=round(latency_ms, 3)
         )

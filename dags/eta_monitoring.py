@@ -74,7 +74,8 @@ def eta_monitoring() -> None:
         ),
         env_vars={
             "RELAY_RESTORE_REASON": "eta_monitoring: live accuracy of "
-            "{{ ti.xcom_pull(task_ids='drift_report')['production_version'] }} down"
+            "{{ ti.xcom_pull(task_ids='drift_report')['production_version'] }} down",
+            "RELAY_RESTORE_BY": "airflow:eta_monitoring:{{ run_id }}",
         },
         retries=0,
     )

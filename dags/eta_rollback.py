@@ -2,7 +2,8 @@
 
 Trigger from the UI with **Trigger DAG w/ config** and the version id (``relay models list``
 shows them). The version must still be deployable (validated, serving or deprecated); the
-registry points production at it and the endpoint moves all traffic to it at once.
+registry points production at it and the endpoint moves all traffic to it at once. A rollout
+running meanwhile is aborted (recorded with this run's id and the reason) and nothing undoes it.
 """
 
 from __future__ import annotations
@@ -49,7 +50,10 @@ def eta_rollback() -> None:
             "--version {{ ti.xcom_pull(task_ids='check_target') }}"
         ),
         # Free text goes through the environment, never through the shell command line.
-        env_vars={"RELAY_RESTORE_REASON": "{{ params.reason }}"},
+        env_vars={
+            "RELAY_RESTORE_REASON": "{{ params.reason }}",
+            "RELAY_RESTORE_BY": "airflow:eta_rollback:{{ run_id }}",
+        },
     )
     check_target() >> restore
 

@@ -1,4 +1,4 @@
-"""Daily ETA training: data → features → tune → train → gate → canary → production.
+"""Daily ETA training: data → features → tune → train → gate → rollout → production.
 
 Each step calls :mod:`relay.flows.eta_training` (or submits a Ray job); this file only wires them.
 Trigger it from the UI with **Trigger DAG w/ config** to pick the days, skip tuning or force a
@@ -16,7 +16,7 @@ from airflow.sdk import Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from relay.airflow.assets import FEATURE_TABLES, PRODUCTION_MODEL, VALIDATED_ORDERS
-from relay.airflow.operators import RayJobOperator
+from relay.airflow.operators import RayJobOperator, RolloutWaitOperator
 
 RUN = "{{ ti.xcom_pull(task_ids='plan')['run_dir'] }}"
 TRAINING_SET = "{{ ti.xcom_pull(task_ids='training_set')['uri'] }}"
@@ -185,25 +185,25 @@ def eta_training() -> None:
         print(f"{outcome['version']} not deployed: the gate rejected it\n{outcome['summary']}")
         print(f"evaluation report: {outcome['report']}")
 
+    # Starts the rollout (the first version simply serves) and returns; the cluster's rollout
+    # controller walks it through its steps. Retrying is safe: a live rollout is followed.
     rollout = RayJobOperator(
         task_id="rollout",
         entrypoint=(
             "python -m ray_jobs.rollout rollout "
             "--version {{ ti.xcom_pull(task_ids='gate')['version'] }} "
-            f"--outcome {RUN}/rollout.json"
+            f"--outcome {RUN}/begun.json"
         ),
-        retries=0,  # a canary is judged once; a failed rollout is looked at by a person
-        execution_timeout=dt.timedelta(hours=3),
     )
 
-    @task(outlets=[PRODUCTION_MODEL])
-    def rollout_result(plan: dict) -> dict:
-        import json
-        from pathlib import Path
-
-        outcome: dict = json.loads((Path(plan["run_dir"]) / "rollout.json").read_text())
-        print(f"{outcome['version']}: {outcome['outcome']}; stable is {outcome['stable']}")
-        return outcome
+    # Waits in the triggerer for the rollout's end (hours to days), logging each step's verdict.
+    rollout_result = RolloutWaitOperator(
+        task_id="rollout_result",
+        begun=f"{RUN}/begun.json",
+        outcome=f"{RUN}/rollout.json",
+        outlets=[PRODUCTION_MODEL],
+        execution_timeout=None,
+    )
 
     planned = plan()
     landed = ingest(planned)
@@ -222,7 +222,7 @@ def eta_training() -> None:
     train >> outcome
     decision = deploy_or_stop(outcome)
     decision >> [rollout, gate_rejected(outcome)]
-    rollout >> rollout_result(planned)
+    rollout >> rollout_result
 
 
 eta_training()

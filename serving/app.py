@@ -9,12 +9,13 @@ code version), and that stalled requests for 4-6 s here.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
@@ -24,7 +25,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from relay.serve.answer import Unprocessable, answer_rows, parse_orders
+from relay.serve.answer import (
+    Unprocessable,
+    VersionCall,
+    answer_rows,
+    merge_calls,
+    parse_orders,
+)
 from relay.serve.loader import Loaded, load_version
 from relay.serve.schemas import (
     ETAResponse,
@@ -44,6 +51,8 @@ from relay.serve.traffic_state import (
 log = logging.getLogger(__name__)
 
 TRAFFIC_POLL_S = 0.1
+SCOPE_HEADER = "x-relay-metrics-scope"
+"""Response header of the metrics routes: ``cluster`` (every replica's) or ``replica`` (own)."""
 
 
 @serve.deployment(name=MODEL_DEPLOYMENT)
@@ -56,9 +65,18 @@ class ETAModel:
         max_batch_size: int,
         batch_wait_timeout_s: float,
         loader: Callable[[str], Loaded] = load_version,
+        eta_range: tuple[float, float] | None = None,
     ) -> None:
+        """``eta_range``: the (exclusive low, high] minutes a returned prediction must lie in;
+        None reads ``RELAY_SERVING__MIN_ETA_MINUTES`` and ``__MAX_ETA_MINUTES``."""
+        if eta_range is None:
+            from relay.settings import get_settings
+
+            sv = get_settings().serving
+            eta_range = (sv.min_eta_minutes, sv.max_eta_minutes)
         loaded = loader(version)  # the real one checks the weights' sha256
         self.version = version
+        self.eta_range = eta_range
         self.bundle, self.features, self.log = loaded.model, loaded.features, loaded.log
         self.predict_batch.set_max_batch_size(max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
@@ -92,7 +110,8 @@ class ETAModel:
 
     def answer(self, calls: list[tuple[list[dict[str, Any]], str]]) -> list[list[dict[str, Any]]]:
         """One batch of requests (their rows and request ids): one online-store read, one
-        forward pass, each request's answers in its own order, and the log records."""
+        forward pass, each request's answers in its own order, and the log records. A row whose
+        prediction is not finite or out of range is answered with an ``error`` and not logged."""
         t0 = time.perf_counter()
         flat = [row for rows, _ in calls for row in rows]
         request_ids = [request_id for rows, request_id in calls for _ in rows]
@@ -100,7 +119,14 @@ class ETAModel:
         preds = self.bundle.predict(feats)
         elapsed_ms = (time.perf_counter() - t0) * 1000
         answers, records = answer_rows(
-            self.version, flat, request_ids, feats, preds, elapsed_ms, dt.datetime.now(dt.UTC)
+            self.version,
+            flat,
+            request_ids,
+            feats,
+            preds,
+            elapsed_ms,
+            dt.datetime.now(dt.UTC),
+            eta_range=self.eta_range,
         )
         self.log.log(records)  # buffered; written off the request path
         out: list[list[dict[str, Any]]] = []
@@ -121,6 +147,28 @@ class ETAModel:
             log.close()
 
 
+async def _call(
+    version: str,
+    handle: DeploymentHandle,
+    rows: list[dict[str, Any]],
+    idx: Sequence[int],
+    request_id: str,
+) -> VersionCall:
+    """One version's call for some rows, timed from its dispatch to its answer: the latency
+    its metrics are credited with (never another version's wait).
+
+    Defined above the Router: ``@serve.ingress`` pickles the FastAPI app, its routes' globals
+    included, when the class is decorated; a name defined below it is missing on the replica.
+    """
+    t0 = time.perf_counter()
+    try:
+        answers = await handle.predict.remote([rows[i] for i in idx], request_id)
+    except Exception as exc:  # a replica died or timed out: merge_calls decides what follows
+        ms = (time.perf_counter() - t0) * 1000
+        return VersionCall(version, tuple(idx), ms, None, f"{type(exc).__name__}: {exc}")
+    return VersionCall(version, tuple(idx), (time.perf_counter() - t0) * 1000, answers)
+
+
 api = FastAPI(
     title="Relay ETA",
     description="Delivery-time predictions with online features, batching and canary traffic.",
@@ -131,12 +179,28 @@ api = FastAPI(
 @serve.deployment(name=ROUTER_DEPLOYMENT)
 @serve.ingress(api)
 class Router:
-    """HTTP ingress: validates, splits orders between versions by order id, merges answers."""
+    """HTTP ingress: validates, splits orders between versions by order id, merges answers.
 
-    def __init__(self, initial: dict[str, Any] | None = None) -> None:
+    What a failed call turns into is :func:`relay.serve.answer.merge_calls`'s decision: a
+    candidate's failed call or unreturnable predictions are answered by stable, a stable failure
+    is a 503 naming it. Each call's own latency is credited to its version, in this replica's
+    counters, which it pushes to the cluster's metrics hub (:mod:`relay.serve.metrics_hub`).
+    """
+
+    def __init__(
+        self,
+        initial: dict[str, Any] | None = None,
+        *,
+        metrics_push_s: float,
+        metrics_hub_timeout_s: float,
+    ) -> None:
         from relay.serve.metrics import LiveMetrics
+        from relay.serve.metrics_hub import HubClient
 
         self.metrics = LiveMetrics()
+        # This replica's counters go to the cluster's hub; /v1/metrics answers the sum.
+        self.hub = HubClient(self.metrics, metrics_hub_timeout_s)
+        self.hub.start(metrics_push_s)
         self.split: TrafficSplit | None = None
         self.handles: dict[str, DeploymentHandle] = {}
         self.generation = -1
@@ -157,8 +221,14 @@ class Router:
         while True:
             try:
                 self._sync()
-            except Exception:  # the actor restarting: keep the last split and retry
+            except Exception:  # the actor restarting or gone: keep the last split, look again
                 log.exception("traffic state unavailable; keeping the current split")
+                try:
+                    # A handle to a dead actor stays dead: find (or create) the live one, whose
+                    # split the rollout controller's next tick sets from the record.
+                    self._state = traffic_state()
+                except Exception:
+                    log.exception("traffic state not found; retrying")
             time.sleep(TRAFFIC_POLL_S)
 
     def _apply(self, config: dict[str, Any]) -> None:
@@ -187,26 +257,21 @@ class Router:
             [r["order_id"] for r in rows], [r["zone_id"] for r in rows], [r["hour"] for r in rows]
         )
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        calls = {
-            v: handles[v].predict.remote([rows[i] for i in idx], request_id)
-            for v, idx in groups.items()
-        }
-        results: dict[str, list[dict[str, Any]]] = {}
-        for v, call in calls.items():
-            try:
-                results[v] = await call
-            except Exception:  # a replica died or timed out: count it, answer 503
-                self.metrics.observe(v, (time.perf_counter() - t0) * 1000, 0, None, error=True)
-                return JSONResponse(status_code=503, content={"detail": f"model {v} failed"})
-        answers: list[dict[str, Any] | None] = [None] * len(rows)
+        calls = await asyncio.gather(
+            *(_call(v, handles[v], rows, idx, request_id) for v, idx in groups.items())
+        )
+        merged = merge_calls(len(rows), split.stable, calls)
+        if merged.retry:  # the candidate failed these: stable answers them, once
+            again = await _call(split.stable, handles[split.stable], rows, merged.retry, request_id)
+            merged = merge_calls(len(rows), split.stable, [again], merged)
+        for c in merged.observed:
+            self.metrics.observe(c.version, c.latency_ms, len(c.values), c.values, c.error)
+        if merged.failed or merged.unanswered:
+            detail = merged.failed or f"orders {list(merged.unanswered)} got no answer"
+            return JSONResponse(status_code=503, content={"detail": detail})
         latency_ms = (time.perf_counter() - t0) * 1000
-        for v, idx in groups.items():
-            preds = results[v]
-            for i, p in zip(idx, preds, strict=True):
-                answers[i] = p
-            self.metrics.observe(v, latency_ms, len(preds), [p["eta_minutes"] for p in preds])
         response = ETAResponse(
-            predictions=[Prediction(**a) for a in answers if a is not None],
+            predictions=[Prediction(**a) for a in merged.answers if a is not None],
             latency_ms=round(latency_ms, 3),
         )
         return JSONResponse(content=response.model_dump())
@@ -243,12 +308,34 @@ class Router:
 
     @api.get("/metrics")
     async def metrics_text(self) -> PlainTextResponse:
-        return PlainTextResponse(self.metrics.to_prometheus(), media_type=CONTENT_TYPE_LATEST)
+        """Every router replica's counters added (this one's own when the hub is unreachable:
+        the ``x-relay-metrics-scope`` header says which)."""
+        from relay.serve.metrics import prometheus_text
+
+        cluster = await self.hub.cluster()
+        return PlainTextResponse(
+            prometheus_text(cluster.windows),
+            media_type=CONTENT_TYPE_LATEST,
+            headers={SCOPE_HEADER: cluster.scope},
+        )
 
     @api.get("/v1/metrics")
-    async def metrics_json(self) -> dict[str, Any]:
-        """The live window per version, for the rollout logic."""
-        return {v: w.to_dict() for v, w in self.metrics.snapshot().items()}
+    async def metrics_json(self) -> JSONResponse:
+        """The live window per version, every router replica's added, for the rollout logic;
+        each carries ``scope`` (``cluster``, or ``replica`` when the hub was unreachable) and
+        how many ``replicas`` were added."""
+        cluster = await self.hub.cluster()
+        return JSONResponse(cluster.to_json(), headers={SCOPE_HEADER: cluster.scope})
+
+    async def push_metrics(self) -> bool:
+        """Push this replica's counters to the hub now (through its handle); False on failure."""
+        return await asyncio.to_thread(self.hub.push)
+
+    def __del__(self) -> None:
+        # Serve shuts the replica down: hand the hub the counts since the last push.
+        hub = getattr(self, "hub", None)
+        if hub is not None:
+            hub.push()
 
 
 def model_application(version: str, settings: Any = None) -> Any:
@@ -262,7 +349,12 @@ def model_application(version: str, settings: Any = None) -> Any:
         num_replicas=sv.model_replicas,
         max_ongoing_requests=sv.max_ongoing_requests,
         ray_actor_options={"num_cpus": sv.model_cpus, "runtime_env": {"env_vars": relay_env()}},
-    ).bind(version, sv.max_batch_size, sv.batch_wait_timeout_s)
+    ).bind(
+        version,
+        sv.max_batch_size,
+        sv.batch_wait_timeout_s,
+        eta_range=(sv.min_eta_minutes, sv.max_eta_minutes),
+    )
 
 
 def router_application(settings: Any = None, initial: dict[str, Any] | None = None) -> Any:
@@ -275,7 +367,11 @@ def router_application(settings: Any = None, initial: dict[str, Any] | None = No
         num_replicas=sv.router_replicas,
         max_ongoing_requests=sv.max_ongoing_requests,
         ray_actor_options={"num_cpus": sv.router_cpus, "runtime_env": {"env_vars": relay_env()}},
-    ).bind(initial)
+    ).bind(
+        initial,
+        metrics_push_s=sv.metrics_push_s,
+        metrics_hub_timeout_s=sv.metrics_hub_timeout_s,
+    )
 
 
 def build_model_app(args: dict[str, Any]) -> Any:

@@ -142,3 +142,71 @@ class RayJobOperator(BaseOperator):
 
     def _emit(self, line: str) -> None:
         self.log.info("[ray job] %s", line)
+
+
+class RolloutWaitOperator(BaseOperator):
+    """Wait for the rollout a ``rollout`` task began to end; return (and write) its outcome.
+
+    Reads what the rollout job wrote (``begun``, templated: a JSON path). Nothing to wait for
+    (a first deployment, a version already serving): returns at once. Otherwise the wait runs
+    in the triggerer (:class:`~relay.airflow.triggers.RolloutTrigger`), which logs each step's
+    verdict as it lands, for as long as the rollout's plan may last. The outcome (each step's
+    verdict and its reasons) goes to ``outcome`` (templated path) and XCom.
+    """
+
+    template_fields: Sequence[str] = ("begun", "outcome")
+    ui_color = "#e8f5d6"
+
+    def __init__(self, *, begun: str, outcome: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.begun = begun
+        self.outcome = outcome
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        import datetime as dt
+        import json
+        from pathlib import Path
+
+        from relay.rollout.store import RolloutStore
+        from relay.settings import get_settings
+
+        begun = json.loads(Path(self.begun).read_text())
+        if not begun.get("rollout_id"):
+            return self._done(begun)
+        rollout = RolloutStore().get(begun["rollout_id"]).rollout
+        self.log.info(
+            "following rollout %s of %s (`relay rollout status`)", rollout.id, rollout.candidate
+        )
+        if rollout.state.final:
+            from relay.rollout.runner import outcome_of
+
+            return self._done(outcome_of(rollout))
+        from relay.airflow.triggers import RolloutTrigger
+
+        longest = sum(step.max_duration_s for step in rollout.plan.steps)
+        self.defer(
+            trigger=RolloutTrigger(rollout.id, get_settings().rollout.follow_poll_s),
+            method_name="execute_complete",
+            # The plan's longest life, plus slack for a controller down for a while.
+            timeout=dt.timedelta(seconds=longest * 1.5 + 3600),
+        )
+        raise AssertionError("unreachable: defer raises")
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        return self._done(event)
+
+    def _done(self, outcome: dict[str, Any]) -> dict[str, Any]:
+        import json
+        from pathlib import Path
+
+        for step in outcome.get("steps", []):
+            self.log.info("step %s (%s): %s", step["step"], step["target"], step["action"])
+            for reason in step["reasons"]:
+                self.log.info("    %s", reason)
+        self.log.info(
+            "%s: %s; stable is %s", outcome["version"], outcome["outcome"], outcome["stable"]
+        )
+        path = Path(self.outcome)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(outcome, indent=2))
+        return outcome

@@ -48,3 +48,43 @@ class RayJobTrigger(BaseTrigger):
                 yield TriggerEvent({"job_id": self.job_id, "status": status})
                 return
             await asyncio.sleep(self.poll_interval_s)  # poll interval of a remote job
+
+
+class RolloutTrigger(BaseTrigger):
+    """Fires once the rollout ``rollout_id`` has ended, with its outcome.
+
+    Each new step verdict is logged as it lands (Airflow shows a trigger's log in the task's),
+    so the task log tells the rollout step by step while no worker slot is held.
+    """
+
+    def __init__(self, rollout_id: str, poll_interval_s: float = 10.0) -> None:
+        super().__init__()
+        self.rollout_id = rollout_id
+        self.poll_interval_s = poll_interval_s
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {"rollout_id": self.rollout_id, "poll_interval_s": self.poll_interval_s},
+        )
+
+    def _read(self) -> Any:
+        from relay.rollout.store import RolloutStore
+
+        return RolloutStore().get(self.rollout_id).rollout
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from relay.rollout.runner import outcome_of
+
+        told = 0
+        while True:
+            rollout = await asyncio.to_thread(self._read)
+            for verdict in rollout.verdicts[told:]:
+                self.log.info("step %d: %s", verdict.step, verdict.action.value)
+                for reason in verdict.reasons:
+                    self.log.info("    %s", reason)
+            told = len(rollout.verdicts)
+            if rollout.state.final:
+                yield TriggerEvent(outcome_of(rollout))
+                return
+            await asyncio.sleep(self.poll_interval_s)  # poll interval of a remote record

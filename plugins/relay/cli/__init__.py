@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from relay.cli import data, features, model, registry, replay, rollout, serve, stack
+from relay.cli import data, experiment, features, model, registry, replay, rollout, serve, stack
 
 app = typer.Typer(help="Relay: ETA data, features and models.", no_args_is_help=True)
 
@@ -40,4 +40,5 @@ app.add_typer(features.app, name="features")
 app.add_typer(registry.app, name="models")
 app.add_typer(serve.app, name="serve")
 app.add_typer(rollout.app, name="rollout")
+app.add_typer(experiment.app, name="experiment")
 app.add_typer(stack.app, name="stack")

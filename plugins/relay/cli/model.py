@@ -30,7 +30,7 @@ class Bump(StrEnum):
 
 def _free_idle_serving() -> None:
     # Serve replicas of a version that takes no traffic hold CPUs the workers wait for.
-    from relay.rollout.driver import free_idle_models
+    from relay.rollout.manual import free_idle_models
 
     free_idle_models(emit=console.print)
 

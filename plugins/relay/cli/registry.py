@@ -63,10 +63,32 @@ def models_list(
 
 @app.command("show")
 def models_show(version: VersionArg) -> None:
-    """A version's metadata as JSON (artifacts, training, lineage, history)."""
+    """A version's metadata as JSON (artifacts, training, lineage, history), and under
+    ``rollouts`` every rollout it took part in: state, step, and each step's verdict lines."""
+    import json
+
+    from relay.rollout.store import RolloutStore
+
     registry = _registry()
     record = run(lambda: registry.get(version))
-    typer.echo(record.model_dump_json(indent=2))
+    shown = record.model_dump(mode="json")
+    shown["rollouts"] = [
+        {
+            "id": r.id,
+            "role": "candidate" if r.candidate == version else "stable",
+            "against": r.stable if r.candidate == version else r.candidate,
+            "state": r.state.value,
+            "step": r.step,
+            "serving_after": r.serving_after,
+            "verdicts": [
+                {"step": v.step, "action": v.action.value, "reasons": list(v.reasons)}
+                for v in r.verdicts
+            ],
+        }
+        for r in run(lambda: RolloutStore().history())
+        if version in (r.candidate, r.stable)
+    ]
+    typer.echo(json.dumps(shown, indent=2))
 
 
 @app.command("promote")

@@ -1,7 +1,8 @@
 """``relay rollout …``: start, tick, inspect and abort rollouts driven by the reconciler.
 
 ``start``, ``tick`` and ``abort`` move traffic, so they join the running Ray cluster like
-``relay serve``; ``status`` and ``history`` only read the registry's store.
+``relay serve``; ``status`` and ``history`` only read the registry's store. The cluster's
+rollout controller (:mod:`relay.rollout.runner`) ticks on its own; ``tick`` runs one by hand.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ def _emit(line: str) -> None:
 
 
 def _print_record(r: Rollout) -> None:
+    from relay.rollout.guarding import Guards, describe_guard
     from relay.rollout.reconcile import describe
+    from relay.rollout.store import RolloutStore
 
     out.print(f"{r.id}: {r.candidate} against {r.stable}, {r.state.value}", markup=False)
     lease = f"{r.lease.owner} until {r.lease.expires_at:%Y-%m-%d %H:%M:%S}" if r.lease else "none"
@@ -48,6 +51,10 @@ def _print_record(r: Rollout) -> None:
     for event in r.history:
         if event.action in ("start", "abort"):
             out.print(f"  {event.action} by {event.by}: {event.reason}", markup=False)
+    guard, _ = Guards(RolloutStore()).read()
+    if guard is not None and guard.rollout_id == r.id:  # the production guard of its promotion
+        for line in describe_guard(guard):
+            out.print(f"  {line}", markup=False)
 
 
 @app.command("start")
@@ -57,13 +64,16 @@ def rollout_start(
         bool, typer.Option(help="It was forced past a rejecting gate: capped until judged")
     ] = False,
 ) -> None:
-    """Start a rollout of VERSION against the serving version, then run its first tick."""
-    from relay.rollout.controller import reconcile_once, start_rollout_record
+    """Start a rollout of VERSION against the serving version; the cluster's rollout
+    controller (started if none runs) walks it through its steps."""
+    from relay.rollout.controller import start_rollout_record
+    from relay.rollout.runner import ensure_controller
 
     serving_control()
+    ensure_controller()
     record = run(lambda: start_rollout_record(version, forced=forced))
     out.print(f"started {record.id}: {record.candidate} against {record.stable}")
-    run(lambda: reconcile_once(emit=_emit))
+    out.print("the rollout controller walks it; `relay rollout status` shows where it is")
 
 
 @app.command("tick")
@@ -114,3 +124,26 @@ def rollout_abort(
     serving_control()
     ended = run(lambda: abort_rollout(process_owner("cli"), reason, rollout_id=rollout_id))
     out.print(f"{ended.id} aborted: {ended.serving_after} serves all orders")
+
+
+@app.command("controller")
+def rollout_controller(
+    stop: Annotated[
+        bool, typer.Option(help="Stop it (a live rollout waits until one runs)")
+    ] = False,
+) -> None:
+    """Start the cluster's rollout controller if none runs (or --stop it); show its state."""
+    from relay.rollout.runner import ensure_controller, stop_controller
+
+    serving_control()
+    if stop:
+        out.print("stopped" if stop_controller() else "no controller was running")
+        return
+    import ray
+
+    state = ray.get(ensure_controller().status.remote())
+    out.print(
+        f"rollout controller (pid {state['pid']}): {state['ticks']} ticks, {state['errors']} failed"
+    )
+    for line in state["last"]:
+        out.print(f"  {line}", markup=False)

@@ -1,7 +1,8 @@
 """``relay serve …``: the Ray Serve ETA endpoint.
 
-``rollout`` and ``restore`` are also the commands of ``ray_jobs/rollout.py``, so the canary loop
-runs as a Ray job on the cluster that serves.
+Every command that moves traffic takes the one traffic lease and records the move in the
+registry (:mod:`relay.rollout.manual`). ``rollout`` and ``restore`` are also the commands of
+``ray_jobs/rollout.py``, so the DAGs run them as Ray jobs on the cluster that serves.
 """
 
 from __future__ import annotations
@@ -65,23 +66,39 @@ def serve_deploy(
         float, typer.Option(min=0.0, max=100.0, help="Percent of orders for it (0: deploy only)")
     ] = 1.0,
 ) -> None:
-    """Deploy a version beside the stable one and send it --canary percent of orders."""
-    control = serving_control()
-    _print_split(control.canary(version, canary / 100.0))
+    """By hand: a version beside the stable one with --canary percent of orders (not judged:
+    `relay rollout start` judges). Refused while a rollout owns the traffic."""
+    from relay.rollout.manual import canary as manual_canary
+
+    serving_control()
+    _print_split(run(lambda: manual_canary(version, canary / 100.0)))
 
 
 @app.command("promote")
 def serve_promote() -> None:
-    """Move all traffic to the candidate (it becomes stable; the old one keeps running)."""
-    control = serving_control()
-    _print_split(control.promote())
+    """By hand: the candidate takes all traffic and becomes production (the old stable keeps
+    running for a quick rollback). Refused while a rollout owns the traffic."""
+    from relay.rollout.manual import promote_candidate
+
+    serving_control()
+    _print_split(run(promote_candidate))
 
 
 @app.command("rollback")
-def serve_rollback() -> None:
-    """Move all traffic back to the stable version, at once."""
+def serve_rollback(
+    reason: Annotated[str, typer.Option(help="Recorded in the registry and the rollout")] = "",
+) -> None:
+    """All traffic back to the stable version at once; a live rollout is aborted (recorded)."""
+    from relay.rollout.manual import restore
+
     control = serving_control()
-    _print_split(control.rollback())
+    split = control.current_traffic()
+    if split is None:
+        raise fail("nothing is deployed: `relay serve restore --version V` first")
+    done = run(lambda: restore(split.stable, reason=reason or "rolled back by hand"))
+    if done.aborted is not None:
+        out.print(f"aborted rollout {done.aborted.id} of {done.aborted.candidate}")
+    _print_split(done.split)
 
 
 @app.command("status")
@@ -100,20 +117,28 @@ def serve_status() -> None:
 def serve_rollout(
     version: Annotated[str, typer.Option(help="Registry version id (validated by the gate)")],
     outcome: Annotated[
-        Path | None, typer.Option(help="Write the outcome JSON here (what the DAG reads)")
+        Path | None, typer.Option(help="Write what was begun as JSON here (the DAG reads it)")
     ] = None,
 ) -> None:
-    """Canary steps judged on live metrics, then promote or roll back (first version: stable).
+    """Put a version on its way: the first one serves at once; a later one starts a rollout
+    that the cluster's controller walks through its steps (returns at once).
 
-    Exits 0 whether the candidate was promoted or rolled back; the outcome says which.
+    `relay rollout status` follows it; the training DAG waits for its end in the triggerer.
     """
-    from relay.rollout.driver import run_rollout
+    import json
+
+    from relay.rollout.runner import begin, ensure_controller
 
     serving_control()
-    res = run(lambda: run_rollout(version, emit=lambda m: console.print(m, markup=False)))
+    ensure_controller()
+    res = run(lambda: begin(version))
     if outcome:
-        res.write(outcome)
-    out.print(f"{res.outcome}: stable is {res.stable}")
+        outcome.parent.mkdir(parents=True, exist_ok=True)
+        outcome.write_text(json.dumps(res.to_dict(), indent=2))
+    if res.rollout_id:
+        out.print(f"{res.outcome} rollout {res.rollout_id}: {version} against {res.stable}")
+    else:
+        out.print(f"{res.outcome}: stable is {res.stable}")
 
 
 @app.command("restore")
@@ -122,10 +147,20 @@ def serve_restore(
     reason: Annotated[
         str, typer.Option(envvar="RELAY_RESTORE_REASON", help="Recorded in the registry history")
     ] = "",
+    by: Annotated[
+        str, typer.Option(envvar="RELAY_RESTORE_BY", help="Who restores (recorded); this process")
+    ] = "",
 ) -> None:
-    """Serve an earlier version with all traffic and point production at it (a rollback)."""
-    from relay.rollout.driver import deploy_stable
+    """Serve an earlier version with all traffic and point production at it (a rollback).
+
+    A live rollout is aborted first, recording who and why; nothing undoes the restore.
+    """
+    from relay.rollout.manual import restore
+    from relay.rollout.runner import ensure_controller
 
     serving_control()
-    split = run(lambda: deploy_stable(version, reason=reason or f"restored {version}"))
-    _print_split(split)
+    done = run(lambda: restore(version, by=by or None, reason=reason or f"restored {version}"))
+    ensure_controller()  # it finishes what an ended rollout lacks, and watches production
+    if done.aborted is not None:
+        out.print(f"aborted rollout {done.aborted.id} of {done.aborted.candidate}")
+    _print_split(done.split)

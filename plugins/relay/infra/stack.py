@@ -74,6 +74,7 @@ def up(
     Returns the URLs and, when a first run was triggered, its id and state.
     """
     from relay.registry import Registry
+    from relay.rollout.store import RolloutStore
 
     s = settings or get_settings()
     emit(f"Ray head (dashboard {s.ray.dashboard_url}) ...")
@@ -87,7 +88,12 @@ def up(
         wait_for_dag(client, dag_id)
     info: dict[str, Any] = {"airflow": s.airflow.api_url, "ray": s.ray.dashboard_url}
     production = Registry(s).stage_version("production")
-    if production is not None:
+    live = RolloutStore(s).current()
+    if live is not None:
+        # A restarted stack in mid-rollout: the controller serves what the record says.
+        emit(f"rollout {live.rollout.id} of {live.rollout.candidate} is live: resuming it ...")
+        info["restored"] = restore_serving(live.rollout.id, s, emit, resume=True)
+    elif production is not None:
         # A restarted stack: serve what was in production instead of training again.
         emit(f"production is {production.id}: serving it again ...")
         info["restored"] = restore_serving(production.id, s, emit)
@@ -110,21 +116,31 @@ def up(
 
 
 def restore_serving(
-    version: str, settings: Settings | None = None, emit: Callable[[str], None] = print
+    version: str,
+    settings: Settings | None = None,
+    emit: Callable[[str], None] = print,
+    *,
+    resume: bool = False,
 ) -> str:
-    """Deploy ``version`` with all traffic through a Ray job (as ``eta_rollback`` does)."""
+    """Deploy ``version`` with all traffic through a Ray job (as ``eta_rollback`` does); with
+    ``resume``, ``version`` is a live rollout's id and the job only starts the rollout
+    controller, whose first tick serves what the record says."""
     from relay.infra import rayjobs
 
     s = settings or get_settings()
     stamp = utcnow().strftime("%Y%m%dT%H%M%S")
+    command = "controller" if resume else f"restore --version {version}"
     spec = rayjobs.JobSpec(
-        entrypoint=f"python -m ray_jobs.rollout restore --version {version}",
+        entrypoint=f"python -m ray_jobs.rollout {command}",
         submission_id=rayjobs.submission_id("stack-up-restore", version, stamp),
-        env_vars={"RELAY_RESTORE_REASON": "stack restarted: serving production again"},
+        env_vars={
+            "RELAY_RESTORE_REASON": "stack restarted: serving production again",
+            "RELAY_RESTORE_BY": "relay-stack-up",
+        },
         metadata={"relay": "stack up"},
     )
     c = rayjobs.client(s)
     job_id = rayjobs.submit(spec, s, c)
     rayjobs.follow(job_id, c, lambda line: None, timeout_s=600)
-    emit(f"  Ray job {job_id}: {version} serving")
+    emit(f"  Ray job {job_id}: {'rollout controller for ' if resume else ''}{version} serving")
     return version

@@ -1,1 +1,1 @@
-"""Canary rollouts: the pure step rules and the driver that measures, asks them and acts."""
+"""Rollouts: a persisted record, the pure judgement of a tick, and the controller that acts."""

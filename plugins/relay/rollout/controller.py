@@ -12,6 +12,9 @@ completes:
 4. once the rollout ended, the registry (production, or Degraded) and freeing a rolled-back
    candidate; a later call finishes what an ended record still lacks.
 
+Once the rollout has ended and nothing is left to finish, each tick also runs the production
+guard (:func:`relay.rollout.guarding.guard_once`): a promotion is watched for a bake period.
+
 Every traffic change happens under the one traffic lease (:mod:`relay.rollout.lease`), which a
 live rollout's controller holds and renews; :func:`abort_rollout` ends the record first, then
 takes the lease over from it to restore stable, so the next tick has nothing left to undo.
@@ -27,8 +30,10 @@ from collections.abc import Callable
 from relay.clock import as_utc, utcnow
 from relay.registry import ModelState, Registry, Stage
 from relay.registry.errors import ConcurrentUpdate
-from relay.rollout.driver import Endpoint
+from relay.rollout.experiment_record import live_experiment
+from relay.rollout.guarding import guard_once
 from relay.rollout.lease import LeaseHeld, LeaseLost, TrafficLease, process_owner, rollout_owner
+from relay.rollout.manual import Endpoint, mark_serving, serve_endpoint
 from relay.rollout.observe import (
     QualityReader,
     StepStarts,
@@ -64,12 +69,6 @@ def _log(line: str) -> None:
     logging.getLogger(__name__).info(line)
 
 
-def _control() -> Endpoint:
-    from relay.serve import control
-
-    return control
-
-
 def start_rollout_record(
     version: str,
     settings: Settings | None = None,
@@ -85,9 +84,8 @@ def start_rollout_record(
 ) -> Rollout:
     """Start a rollout of ``version`` against the version serving now; the ticks move traffic.
 
-    Under the traffic lease, the registry puts ``version`` in canary (as the blocking driver
-    does) and the new record becomes the active rollout; nothing reaches Serve until the first
-    :func:`reconcile_once`.
+    Under the traffic lease, the registry puts ``version`` in canary and the new record becomes
+    the active rollout; nothing reaches Serve until the first :func:`reconcile_once`.
 
     Args:
         version: the candidate (Validated, or forced so).
@@ -108,7 +106,7 @@ def start_rollout_record(
     """
     s = settings or get_settings()
     reg, rs = registry or Registry(s), store or RolloutStore(s)
-    ep, tl = endpoint or _control(), lease or TrafficLease.open(s)
+    ep, tl = endpoint or serve_endpoint(), lease or TrafficLease.open(s)
     who, at = by or process_owner(), as_utc(now or utcnow())
     split = ep.current_traffic(s)
     production = reg.stage_version("production")
@@ -118,6 +116,12 @@ def start_rollout_record(
     if stable == version:
         raise RolloutError(f"{version} already serves all traffic")
     with tl.held(who):
+        experiment = live_experiment(s, store=rs.store)
+        if experiment is not None:
+            raise RolloutActive(
+                f"experiment {experiment.id} is {experiment.state.value}; "
+                "`relay experiment stop --reason ...` it or let it end first"
+            )
         live = rs.current()
         if live is not None:
             raise RolloutActive(
@@ -179,7 +183,7 @@ def reconcile_once(
     """
     s = settings or get_settings()
     reg, rs = registry or Registry(s), store or RolloutStore(s)
-    ep, tl = endpoint or _control(), lease or TrafficLease.open(s)
+    ep, tl = endpoint or serve_endpoint(), lease or TrafficLease.open(s)
     at = as_utc(now or utcnow())
     stored = rs.latest()
     if stored is None:
@@ -188,7 +192,10 @@ def reconcile_once(
     rollout = stored.rollout
     who = owner or rollout_owner(rollout.id)
     if rollout.state.final:
-        return _reconcile_ended(rollout, s, reg, tl, ep, who, emit)
+        ended = _reconcile_ended(rollout, s, reg, tl, ep, who, emit)
+        if ended is not None:  # finished, no rollout owns the traffic: the guard may watch
+            guard_once(s, registry=reg, store=rs, endpoint=ep, lease=tl, now=at, emit=emit)
+        return ended
     try:
         rollout = acquire_lease(rollout, who, at, s.rollout.lease_ttl_s)
         tl.acquire(who)
@@ -230,12 +237,12 @@ def reconcile_once(
     except LeaseLost as lost:
         emit(f"traffic left alone: {lost}")
         return None
-    lines = [*result.reasons, *_apply(ep, result.traffic, s)]
+    lines = [*result.reasons, *apply_rule(ep, result.traffic, s)]
     if new.state.final:
         lines += _finish(new, reg, ep, s)
         tl.release(who)
     else:
-        _mark_serving(reg, new.candidate, f"canary: {describe(result.traffic)}")
+        mark_serving(reg, new.candidate, f"canary: {describe(result.traffic)}")
     for line in lines:
         emit(line)
     return dataclasses.replace(result, reasons=lines)
@@ -265,7 +272,7 @@ def abort_rollout(
     """
     s = settings or get_settings()
     reg, rs = registry or Registry(s), store or RolloutStore(s)
-    ep, tl = endpoint or _control(), lease or TrafficLease.open(s)
+    ep, tl = endpoint or serve_endpoint(), lease or TrafficLease.open(s)
     live = rs.current()
     if live is None or (rollout_id is not None and live.rollout.id != rollout_id):
         named = f" {rollout_id}" if rollout_id else ""
@@ -274,7 +281,7 @@ def abort_rollout(
     ended = rs.update(live.rollout.id, lambda r: abort(r, by, reason, as_utc(now or utcnow())))
     tl.release(held.owner if held is not None else rollout_owner(ended.id))
     with tl.held(by):
-        _apply(ep, ended.traffic, s)
+        apply_rule(ep, ended.traffic, s)
         _finish(ended, reg, ep, s)
     return ended
 
@@ -283,7 +290,7 @@ def _rule_of(split: TrafficSplit | None) -> TrafficRule | None:
     return None if split is None else TrafficRule.model_validate(split.to_config())
 
 
-def _apply(ep: Endpoint, rule: TrafficRule, s: Settings) -> list[str]:
+def apply_rule(ep: Endpoint, rule: TrafficRule, s: Settings) -> list[str]:
     """Make Serve answer with ``rule``: deploy what is missing, then set the split."""
     split = router_split(rule)
     lines = []
@@ -303,8 +310,10 @@ def _leftovers(rollout: Rollout, reg: Registry, ep: Endpoint, s: Settings) -> li
     split = ep.current_traffic(s)
     target = TrafficSplit(stable=rollout.serving_after or rollout.stable)
     todo = []
-    if split is None or (rollout.candidate in split.versions() and split != target):
-        todo.append("traffic")  # the rollout's own split, or none: nobody else moved it since
+    if split is None or (split.candidate == rollout.candidate and split != target):
+        # The rollout's own split, or none: nobody moved traffic since (a restore or an
+        # experiment that did is never undone).
+        todo.append("traffic")
     cand = reg.get(rollout.candidate)
     if cand.stage is Stage.CANARY and (
         rollout.state is RolloutState.PROMOTED
@@ -327,17 +336,17 @@ def _finish(rollout: Rollout, reg: Registry, ep: Endpoint, s: Settings) -> list[
     lines = []
     todo = _leftovers(rollout, reg, ep, s)
     if "traffic" in todo:
-        lines += _apply(ep, TrafficRule(stable=rollout.serving_after or rollout.stable), s)
+        lines += apply_rule(ep, TrafficRule(stable=rollout.serving_after or rollout.stable), s)
     last = rollout.verdicts[-1] if rollout.verdicts else None
     if "registry" in todo and rollout.state is RolloutState.PROMOTED:
         why = f"rollout {rollout.id} passed every step against {rollout.stable}"
         reg.promote(rollout.candidate, "production", expected_current=rollout.stable, reason=why)
-        _mark_serving(reg, rollout.candidate, "serving all traffic")
+        mark_serving(reg, rollout.candidate, "serving all traffic")
         lines.append(f"PROMOTED: {rollout.candidate} serves all traffic ({why})")
     elif "registry" in todo:
         failed = [r for r in (last.reasons if last else []) if r.startswith(FAIL)]
         why = f"rollout {rollout.id} rolled it back at step {rollout.step}: " + "; ".join(failed)
-        _mark_serving(reg, rollout.candidate, "canary served")
+        mark_serving(reg, rollout.candidate, "canary served")
         reg.transition(rollout.candidate, ModelState.DEGRADED, why)
         lines.append(f"ROLLED BACK: {rollout.candidate} is Degraded ({why})")
     if "free" in todo:
@@ -367,8 +376,3 @@ def _reconcile_ended(
     for line in lines:
         emit(line)
     return TickResult(rollout, rollout.traffic, None, lines)
-
-
-def _mark_serving(reg: Registry, version: str, reason: str) -> None:
-    if reg.get(version).state is ModelState.DEPLOYING:
-        reg.transition(version, ModelState.SERVING, reason)

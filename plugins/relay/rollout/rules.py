@@ -178,9 +178,9 @@ def decide(
     s = settings
     checks: list[tuple[Check, bool, str]] = [
         _error_rate_check(candidate, s),
-        _p99_check(candidate, stable if stable.requests else stable_reference, s),
-        _quality_check(quality, s),
-        _throughput_check(candidate, stable, step_share, s),
+        p99_check(candidate, stable if stable.requests else stable_reference, s),
+        quality_check(quality, s),
+        throughput_check(candidate, stable, step_share, s),
         _evidence_check(candidate, s),
         _duration_check(healthy_for_s, s),
     ]
@@ -220,9 +220,10 @@ def _error_rate_check(c: VersionWindow, s: RolloutSettings) -> tuple[Check, bool
     )
 
 
-def _p99_check(
+def p99_check(
     c: VersionWindow, stable: VersionWindow | None, s: RolloutSettings
 ) -> tuple[Check, bool, str]:
+    """P99 over ``max_p99_ms`` with more slow requests than chance, or than ``stable``, gives."""
     p99 = c.p99_ms
     if p99 is None:
         return Check.P99_LATENCY, True, "P99 latency: no requests in the window, not judged"
@@ -257,7 +258,8 @@ def _p99_check(
     )
 
 
-def _quality_check(q: QualityWindow | None, s: RolloutSettings) -> tuple[Check, bool, str]:
+def quality_check(q: QualityWindow | None, s: RolloutSettings) -> tuple[Check, bool, str]:
+    """MAE worse than stable's by over ``max_mae_regression``, beyond ``quality_z`` noise."""
     if q is None:
         return Check.QUALITY, True, "quality: no actuals joined back yet, not judged"
     if q.n_labelled < s.min_labelled:
@@ -284,9 +286,10 @@ def _quality_check(q: QualityWindow | None, s: RolloutSettings) -> tuple[Check, 
     )
 
 
-def _throughput_check(
+def throughput_check(
     c: VersionWindow, st: VersionWindow, share: float, s: RolloutSettings
 ) -> tuple[Check, bool, str]:
+    """Share-normalised QPS down against stable's by over ``max_qps_drop``, beyond noise."""
     stable_share = 1.0 - share
     if stable_share <= _EPS:
         return Check.THROUGHPUT, True, "throughput: candidate takes all traffic, not compared"
@@ -304,17 +307,34 @@ def _throughput_check(
         )
     cand_norm = c.qps / share
     drop = 1.0 - cand_norm / stable_norm
-    # Requests hashed to a share arrive like a Poisson count: a drop counts only when the
-    # shortfall below the allowed floor is more than qps_noise_z standard deviations (√expected).
-    shortfall = expected * (1.0 - s.max_qps_drop) - c.requests
-    ok = drop <= s.max_qps_drop or within_noise(shortfall, math.sqrt(expected), s.qps_noise_z)
-    noise = "" if drop <= s.max_qps_drop else (", within noise" if ok else ", beyond noise")
+    ok, amount = qps_drop_verdict(drop, c.requests, expected, s)
     return (
         Check.THROUGHPUT,
         ok,
         f"throughput: candidate {cand_norm:.2f} vs stable {stable_norm:.2f} QPS per full share "
+        f"{amount}",
+    )
+
+
+def qps_drop_verdict(
+    drop: float, requests: int, expected: float, s: RolloutSettings
+) -> tuple[bool, str]:
+    """Whether a QPS ``drop`` (relative) is acceptable, and ``(drop …% ≤ max …%)`` saying so.
+
+    Args:
+        drop: ``1 - observed rate / reference rate``.
+        requests: the requests observed in the window.
+        expected: the requests the reference rate predicts for the window (> 0).
+        s: the rollout settings (``max_qps_drop``, ``qps_noise_z``).
+    """
+    # Requests hashed to a share arrive like a Poisson count: a drop counts only when the
+    # shortfall below the allowed floor is more than qps_noise_z standard deviations (√expected).
+    shortfall = expected * (1.0 - s.max_qps_drop) - requests
+    ok = drop <= s.max_qps_drop or within_noise(shortfall, math.sqrt(expected), s.qps_noise_z)
+    noise = "" if drop <= s.max_qps_drop else (", within noise" if ok else ", beyond noise")
+    return ok, (
         f"(drop {drop:.1%} {'≤' if drop <= s.max_qps_drop else '>'} max {s.max_qps_drop:.1%}"
-        f"{noise})",
+        f"{noise})"
     )
 
 

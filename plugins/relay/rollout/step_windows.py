@@ -2,8 +2,8 @@
 
 The router reports cumulative counters per version (:func:`relay.serve.control.live_metrics`);
 a step is judged on the difference between a snapshot taken when it began and a later one.
-The blocking driver (:mod:`relay.rollout.driver`) and the reconciler's controller
-(:mod:`relay.rollout.controller`) both measure steps this way.
+The reconciler's controller (:mod:`relay.rollout.controller`, through
+:mod:`relay.rollout.observe`) measures steps this way.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -61,8 +63,14 @@ def answer_rows(
     predictions: Sequence[float] | Any,
     latency_ms: float,
     served_at: dt.datetime,
+    eta_range: tuple[float, float] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """One answer and one serving-log record per row.
+    """One answer per row, and one serving-log record per row that can be returned.
+
+    A prediction that is not finite, or outside ``eta_range``, is never returned: its row's
+    answer carries an ``error`` (see :func:`row_error`) and ``eta_minutes`` None, and it gets
+    no log record (nothing was served). The router answers such rows from stable
+    (:func:`merge_calls`).
 
     Args:
         version: The model version that predicted.
@@ -72,20 +80,31 @@ def answer_rows(
         predictions: Minutes per row.
         latency_ms: Time spent on the rows (feature read and forward pass, or the whole request).
         served_at: When the answers were made.
+        eta_range: ``(low, high)``: a prediction must be ``> low`` and ``<= high`` minutes
+            (``RELAY_SERVING__MIN_ETA_MINUTES``, ``__MAX_ETA_MINUTES``); None checks finiteness
+            only.
+
+    Raises:
+        ValueError: ``eta_range`` is empty (``low >= high``).
     """
+    if eta_range is not None and not eta_range[0] < eta_range[1]:
+        raise ValueError(f"eta_range must be (low, high) with low < high, got {eta_range}")
     answers: list[dict[str, Any]] = []
     records: list[dict[str, Any]] = []
     for i, row in enumerate(rows):
         missing = [f for f in CHECKED_FEATURES if features[f][i] is None]
-        value = round(float(predictions[i]), 3)
-        answers.append(
-            {
-                "order_id": row["order_id"],
-                "eta_minutes": value,
-                "model_version": version,
-                "missing_features": missing,
-            }
-        )
+        raw = float(predictions[i])
+        error = eta_error(raw, eta_range)
+        value = None if error else round(raw, 3)
+        answer = {
+            "order_id": row["order_id"],
+            "eta_minutes": value,
+            "model_version": version,
+            "missing_features": missing,
+        }
+        answers.append({**answer, "error": error} if error else answer)
+        if error:
+            continue
         records.append(
             {
                 "request_id": request_ids[i],
@@ -99,3 +118,126 @@ def answer_rows(
             }
         )
     return answers, records
+
+
+def eta_error(minutes: float, eta_range: tuple[float, float] | None) -> str | None:
+    """Why a predicted ETA cannot be returned, or None when it can."""
+    if not math.isfinite(minutes):
+        return f"prediction is not a finite number ({minutes})"
+    if eta_range is not None and not eta_range[0] < minutes <= eta_range[1]:
+        return f"prediction {minutes:.3f} min is outside ({eta_range[0]}, {eta_range[1]}]"
+    return None
+
+
+def row_error(answer: Mapping[str, Any]) -> str | None:
+    """The reason a model's answer for one row cannot be returned (:func:`answer_rows`)."""
+    error = answer.get("error")
+    return None if error is None else str(error)
+
+
+@dataclass(frozen=True)
+class VersionCall:
+    """One model version's call for some of a request's rows, as it came back.
+
+    Attributes:
+        version: the version called.
+        rows: the request's row indices it was given, in order.
+        latency_ms: from dispatch to its answer (or its failure).
+        answers: its answer per row (:func:`answer_rows`); None when the call raised.
+        failure: what the call raised, for the 503's detail.
+    """
+
+    version: str
+    rows: tuple[int, ...]
+    latency_ms: float
+    answers: Sequence[Mapping[str, Any]] | None = None
+    failure: str | None = None
+
+
+@dataclass(frozen=True)
+class CallMetrics:
+    """What the live metrics record of one call (:meth:`LiveMetrics.observe`): its valid
+    predictions, and whether it failed or produced any prediction that cannot be returned."""
+
+    version: str
+    latency_ms: float
+    values: tuple[float, ...]
+    error: bool
+
+
+@dataclass(frozen=True)
+class Merged:
+    """A request's answers put together from its versions' calls.
+
+    Attributes:
+        answers: the answer per request row; None where none is returnable yet.
+        observed: one :class:`CallMetrics` per call so far.
+        retry: rows the stable version must answer again (its candidate failed them).
+        failed: why the request fails (a 503 naming stable), or None.
+    """
+
+    answers: tuple[Mapping[str, Any] | None, ...]
+    observed: tuple[CallMetrics, ...] = ()
+    retry: tuple[int, ...] = ()
+    failed: str | None = None
+
+    @property
+    def unanswered(self) -> tuple[int, ...]:
+        """Rows without a returnable answer."""
+        return tuple(i for i, a in enumerate(self.answers) if a is None)
+
+
+def merge_calls(
+    n_rows: int, stable: str, calls: Sequence[VersionCall], before: Merged | None = None
+) -> Merged:
+    """Put a request's answers together, and decide what a failed call or row turns into.
+
+    A candidate's failure (its call raised or returned the wrong number of answers, or a row's
+    prediction cannot be returned) is answered by stable: its rows go to ``retry``, once. The
+    stable version's failure fails the request (``failed``, a 503 naming it): there is nothing
+    safer to fall back on. Every call counts in the metrics of the version that made it, an
+    error where it failed or produced a prediction that cannot be returned.
+
+    Args:
+        n_rows: how many rows (orders) the request has.
+        stable: the stable version of the split the request was routed by.
+        calls: the calls that came back, each with the rows it was given.
+        before: the merge these calls follow (the stable retry's), whose answers they fill in.
+    """
+    answers: list[Mapping[str, Any] | None] = (
+        list(before.answers) if before is not None else [None] * n_rows
+    )
+    observed = list(before.observed) if before is not None else []
+    retry: list[int] = []
+    failed = before.failed if before is not None else None
+    for call in calls:
+        got = call.answers
+        if got is None or len(got) != len(call.rows):
+            why = (
+                call.failure
+                or f"{0 if got is None else len(got)} answers for {len(call.rows)} orders"
+            )
+            observed.append(CallMetrics(call.version, call.latency_ms, (), True))
+            if call.version == stable:
+                failed = failed or f"model {call.version} failed: {why}"
+            retry.extend(call.rows)
+            continue
+        bad: list[tuple[int, str]] = []
+        values: list[float] = []
+        for i, a in zip(call.rows, got, strict=True):
+            error = row_error(a)
+            if error is None:
+                answers[i] = a
+                values.append(float(a["eta_minutes"]))
+            else:
+                bad.append((i, f"order {a.get('order_id')}: {error}"))
+        observed.append(CallMetrics(call.version, call.latency_ms, tuple(values), bool(bad)))
+        if bad and call.version == stable:
+            failed = failed or f"model {call.version} gave no valid prediction for {bad[0][1]}"
+        retry.extend(i for i, _ in bad)
+    return Merged(
+        answers=tuple(answers),
+        observed=tuple(observed),
+        retry=() if failed else tuple(sorted(retry)),
+        failed=failed,
+    )

@@ -192,6 +192,20 @@ def _get(path: str, settings: Settings | None = None) -> Any:
 
 
 def live_metrics(settings: Settings | None = None) -> dict[str, Any]:
-    """The router's live window per version (requests, errors, latency quantiles, …)."""
-    data: dict[str, Any] = _get("/v1/metrics", settings)
-    return data
+    """Every router replica's live window per version, added (requests, errors, latency
+    quantiles, …), as ``GET /v1/metrics`` answers it; empty when no router ever counted.
+
+    Read from the metrics hub over Ray, not over HTTP: the callers (the rollout driver and
+    controller, ``relay serve status``) are Ray drivers already, as :func:`current_traffic`
+    is; a read through Serve's proxy would queue behind the very load being judged, and would
+    quietly get one replica's counters when the hub does not answer the router, where this
+    raises instead, so no step is judged on part of the traffic.
+
+    Raises:
+        ray.exceptions.GetTimeoutError: the hub did not answer within
+            ``RELAY_SERVING__METRICS_HUB_TIMEOUT_S``.
+    """
+    from relay.serve.metrics_hub import read_hub
+
+    s = settings or get_settings()
+    return read_hub(s.serving.metrics_hub_timeout_s).to_json()

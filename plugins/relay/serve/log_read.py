@@ -2,7 +2,7 @@
 
 :func:`read_served` is the one reader of "what was served in a time range, with the actuals that
 have landed", and :func:`quality_by_version` the one place that turns it into MAE per model
-version; the canary (:func:`relay.rollout.driver.live_quality`) and the drift job
+version; the rollout controller (:func:`relay.rollout.observe.labelled_quality`) and the drift job
 (:func:`relay.monitor.window.read_window`) both call them.
 """
 

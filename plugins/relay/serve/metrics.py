@@ -2,10 +2,11 @@
 
 :class:`LiveMetrics` counts requests, errors and predictions and keeps two histograms per
 model version: request latency (milliseconds) and predicted delivery time (minutes). It is
-thread-safe and does no I/O: the Serve app calls :meth:`LiveMetrics.observe` once per request,
-a ``/metrics`` route returns :meth:`LiveMetrics.to_prometheus`, and the rollout controller takes
-:meth:`LiveMetrics.snapshot` at intervals and judges the window between two snapshots with
-:func:`relay.serve.windows.diff`.
+thread-safe and does no I/O: a router replica calls :meth:`LiveMetrics.observe` once per model
+version call and pushes :meth:`LiveMetrics.snapshot` to the cluster's metrics hub
+(:mod:`relay.serve.metrics_hub`), which adds every replica's; ``/metrics`` renders that sum with
+:func:`prometheus_text`, and the rollout controller judges the window between two of its
+snapshots with :func:`relay.serve.windows.diff`.
 """
 
 from __future__ import annotations
@@ -58,14 +59,16 @@ class LiveMetrics:
     """Thread-safe live counters and histograms per model version.
 
     Args:
-        clock: seconds as a float; ``time.monotonic`` by default, inject a fake in tests.
+        clock: seconds as a float; ``time.time`` by default, inject a fake in tests. Wall-clock,
+            not monotonic: the hub adds the windows of replicas in other processes, and their
+            ``since``, ``until`` and first/last observed must be on one time base.
         latency_buckets_ms: finite upper bounds of the latency buckets, increasing.
         prediction_buckets_min: finite upper bounds of the prediction buckets, increasing.
     """
 
     def __init__(
         self,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
         latency_buckets_ms: Sequence[float] = LATENCY_BUCKETS_MS,
         prediction_buckets_min: Sequence[float] = PREDICTION_BUCKETS_MIN,
     ) -> None:
@@ -76,10 +79,6 @@ class LiveMetrics:
         self._versions: dict[str, _Counters] = {}
         self._origin = clock()
         self._origin_for: dict[str, float] = {}
-        # Its own registry, not prometheus_client's global one: every instance (a router
-        # replica, a test) exposes only its own counters.
-        self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(_Exposition(self.snapshot))
 
     def observe(
         self,
@@ -167,7 +166,7 @@ class LiveMetrics:
 
         Serve it with the ``Content-Type`` ``prometheus_client.CONTENT_TYPE_LATEST``.
         """
-        return generate_latest(self._registry).decode()
+        return prometheus_text(self.snapshot())
 
     def _counters(self, version: str) -> _Counters:
         c = self._versions.get(version)
@@ -208,6 +207,16 @@ class LiveMetrics:
             first_observed=c.first_observed,
             last_observed=c.last_observed,
         )
+
+
+def prometheus_text(windows: Mapping[str, VersionWindow]) -> str:
+    """Windows (one replica's, or the cluster's sum) in the Prometheus text exposition format.
+
+    A registry of its own, not prometheus_client's global one: it exposes exactly ``windows``.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Exposition(lambda: windows))
+    return generate_latest(registry).decode()
 
 
 def _check_bounds(bounds: Sequence[float], name: str) -> tuple[float, ...]:

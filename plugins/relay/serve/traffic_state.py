@@ -7,6 +7,7 @@ replicas (Serve gives each ``serve.run`` a new code version), which stalled requ
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import ray
@@ -17,7 +18,9 @@ TRAFFIC_ACTOR = "relay-eta-traffic"
 TRAFFIC_NAMESPACE = "relay"
 
 
-@ray.remote(num_cpus=0)
+# Restarted by Ray when its process dies (empty: the rollout controller's next tick sets the
+# split again from the record; routers keep the last split meanwhile).
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class TrafficState:
     """The current split (:meth:`TrafficSplit.to_config`) and a generation number."""
 
@@ -26,7 +29,9 @@ class TrafficState:
         self.config: dict[str, Any] | None = None
 
     def set(self, config: dict[str, Any]) -> int:
-        self.generation += 1
+        # Monotonic across restarts and re-creations (milliseconds of wall clock): a router
+        # that applied generation n of a lost actor must see the new actor's splits as newer.
+        self.generation = max(self.generation + 1, int(time.time() * 1000))
         self.config = config
         return self.generation
 

@@ -1,8 +1,10 @@
 """Windows of one model version's live serving counters, and the maths the rollout judges on.
 
 A :class:`VersionWindow` is a frozen view of one version's counters between ``since`` and
-``until`` (seconds on the metrics' clock), as :meth:`relay.serve.metrics.LiveMetrics.snapshot`
-takes them; :func:`diff` of two snapshots is the window between them. Percentiles are estimated
+``until`` (wall-clock seconds, ``time.time``, so that windows of different processes can be
+added), as :meth:`relay.serve.metrics.LiveMetrics.snapshot` takes them; :func:`diff` of two
+snapshots is the window between them, and :func:`total` adds the windows of several router
+replicas (:mod:`relay.serve.metrics_hub`). Percentiles are estimated
 from the histogram by linear interpolation within the bucket, as Prometheus's
 ``histogram_quantile`` does; a quantile that falls in the ``+Inf`` bucket is reported as the
 highest finite bound.
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,6 +221,56 @@ def diff(later: VersionWindow, earlier: VersionWindow) -> VersionWindow:
         first_observed=first,
         last_observed=last,
     )
+
+
+def total(
+    version: str, windows: Sequence[VersionWindow], since: float, until: float
+) -> VersionWindow:
+    """Several counters of one version (one per router replica) added into one window.
+
+    Args:
+        version: the version they all count.
+        windows: its windows, all with the same histogram buckets.
+        since: start of the summed window (the parts may have started at different times).
+        until: its end.
+
+    Returns:
+        Counts, histograms and sums added; first and last observed are the earliest and the
+        latest of the parts' (comparable because every clock is wall-clock).
+
+    Raises:
+        ValueError: a window of another version, or with other histogram buckets.
+    """
+    if not windows:
+        return VersionWindow(version=version, since=since, until=until)
+    head = windows[0]
+    for w in windows:
+        if w.version != version:
+            raise ValueError(f"cannot add version {w.version!r} to version {version!r}")
+        if (w.latency_bounds, w.prediction_bounds) != (head.latency_bounds, head.prediction_bounds):
+            raise ValueError(f"cannot add windows of {version!r} with different histogram buckets")
+    firsts = [w.first_observed for w in windows if w.first_observed is not None]
+    lasts = [w.last_observed for w in windows if w.last_observed is not None]
+    return VersionWindow(
+        version=version,
+        since=since,
+        until=until,
+        requests=sum(w.requests for w in windows),
+        errors=sum(w.errors for w in windows),
+        predictions=sum(w.predictions for w in windows),
+        latency_bounds=head.latency_bounds,
+        latency_counts=_add(w.latency_counts for w in windows),
+        latency_sum_ms=sum(w.latency_sum_ms for w in windows),
+        prediction_bounds=head.prediction_bounds,
+        prediction_counts=_add(w.prediction_counts for w in windows),
+        prediction_sum=sum(w.prediction_sum for w in windows),
+        first_observed=min(firsts, default=None),
+        last_observed=max(lasts, default=None),
+    )
+
+
+def _add(counts: Iterable[tuple[int, ...]]) -> tuple[int, ...]:
+    return tuple(sum(column) for column in zip(*counts, strict=True))
 
 
 def _sub(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:

@@ -4,10 +4,11 @@
 2. Drifted days: yesterday's orders land under a drift scenario and are replayed to the
    endpoint, with their actual delivery times arriving behind them.
 3. ``eta_monitoring`` sees the drift and triggers ``eta_training`` by itself; v2 passes the gate
-   and walks the canary steps on live traffic (replayed meanwhile) to production.
+   and the cluster's rollout controller walks it through the plan's steps (0.1%-style
+   shares, a zone-targeted step, 100%) on live traffic (replayed meanwhile) to production.
 4. A deliberately bad model (a crippled learning rate) is stopped by the gate.
-5. The same bad model forced into canary is rolled back by live metrics (its accuracy against
-   the labels that arrive during the step).
+5. The same bad model forced into canary is capped at a small share and rolled back by live
+   metrics (its accuracy against the labels that arrive during the step).
 
 Every stage prints what happened; the end lists the versions and the reports written. The demo
 drives only public interfaces: the REST API, the endpoint, the lake, the registry.
@@ -110,15 +111,17 @@ def _outcome(
     settings: Settings, run_id: str, label: str, emit: Callable[[str], None]
 ) -> dict[str, Any]:
     """The rollout outcome of an ``eta_training`` run (empty when it wrote none), told step by
-    step; returns its ``outcome`` (``promoted``, ``rolled_back``)."""
+    step with each verdict's reasons; its ``outcome`` is ``promoted``, ``rolled_back``,
+    ``aborted`` or ``first_deploy``."""
     from relay.flows.eta_training import run_dir
 
     path = run_dir(run_id, settings) / "rollout.json"
     outcome = dict(json.loads(path.read_text())) if path.exists() else {}
     emit(f"{label}: {outcome.get('outcome')}; stable {outcome.get('stable')}")
     for step in outcome.get("steps", []):
-        failed = ", ".join(step["failed_checks"]) or "all checks passed"
-        emit(f"  step {step['step_share']:.0%}: {step['action']} ({failed})")
+        emit(f"  step {step['step']} ({step['target']}): {step['action']}")
+        for reason in step["reasons"]:
+            emit(f"      {reason}")
     return outcome
 
 

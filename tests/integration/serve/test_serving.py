@@ -284,9 +284,56 @@ def test_metrics_are_exposed_per_version(served):
     assert "relay_request_latency_ms_bucket" in text
 
 
+def test_two_router_replicas_count_every_request_once_in_the_cluster_metrics(served):
+    """A second router application of two fresh replicas under concurrent load: the hub's sum
+    holds every request once, both replicas' counters are in it, and it keeps them after the
+    replicas are gone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    from relay.serve import control
+    from serving.app import router_application
+
+    s = served["settings"].model_copy(deep=True)
+    s.serving.router_replicas = 2
+    v1 = served["v1"]
+
+    def counted() -> dict[str, Any]:
+        return control.live_metrics(s).get(v1) or {"requests": 0, "replicas": 0}
+
+    control.set_traffic(TrafficSplit(stable=v1), served["settings"])
+    serve.run(router_application(s), name="eta-two-routers", route_prefix="/two")
+    url = served["url"] + "/two"
+    try:
+        before = counted()
+        row = served["orders"].iloc[6]
+        sent = 300
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            statuses = Counter(
+                pool.map(lambda i: _post(url, _order(row, f"two-{i}"))[0], range(sent))
+            )
+        assert statuses == {200: sent}, statuses
+        deadline = time.monotonic() + 15  # replicas push every metrics_push_s (0.5 s)
+        after = counted()
+        while after["requests"] - before["requests"] < sent and time.monotonic() < deadline:
+            time.sleep(0.1)  # polling the hub for the replicas' next push, bounded
+            after = counted()
+        assert abs(after["requests"] - before["requests"] - sent) <= 0.01 * sent, (before, after)
+        assert after["scope"] == "cluster"
+        # Both fresh replicas served and pushed: two more replicas' counters hold v1.
+        assert after["replicas"] - before["replicas"] == 2, (before, after)
+        scope = urllib.request.urlopen(url + "/v1/metrics").headers["x-relay-metrics-scope"]
+        assert scope == "cluster"
+    finally:
+        serve.delete("eta-two-routers")
+    # The replicas are gone; what they counted is not.
+    assert counted()["requests"] >= after["requests"]
+
+
 def test_training_frees_the_version_without_traffic_and_v1_keeps_answering(served):
     # Last in the module: it deletes v2. Training calls this before asking Ray for workers.
-    from relay.rollout.driver import free_idle_models
+    from relay.rollout.manual import free_idle_models
     from relay.serve import control
 
     s = served["settings"]

@@ -14,8 +14,8 @@ import pytest
 
 from relay.registry import ModelState, Registry, Stage
 from relay.rollout.controller import abort_rollout, reconcile_once, start_rollout_record
-from relay.rollout.driver import deploy_stable
 from relay.rollout.lease import TrafficLease
+from relay.rollout.manual import restore
 from relay.rollout.plan import Plan, Step
 from relay.rollout.reconcile import TickResult
 from relay.rollout.record import Rollout, RolloutState
@@ -24,7 +24,7 @@ from relay.serve.log_read import VersionQuality
 from relay.serve.traffic import TrafficSplit
 from relay.serve.windows import LATENCY_BUCKETS_MS, VersionWindow
 from relay.settings import Settings
-from tests.unit.rollout.test_driver import _validated
+from tests.unit.rollout.fakes import validated
 
 T0 = dt.datetime(2026, 11, 21, 14, 0, tzinfo=dt.UTC)
 TICK = dt.timedelta(seconds=30)
@@ -35,6 +35,10 @@ PLAN = Plan(
     ]
 )
 FAST = LATENCY_BUCKETS_MS.index(20)  # every request takes 10-20 ms
+# A request in a latency bucket takes its midpoint (the +Inf bucket: its lower bound).
+_MIDPOINTS = [
+    (lo + hi) / 2 for lo, hi in zip((0, *LATENCY_BUCKETS_MS[:-1]), LATENCY_BUCKETS_MS, strict=True)
+] + [LATENCY_BUCKETS_MS[-1]]
 
 
 @dataclass
@@ -49,6 +53,10 @@ class FakeEndpoint:
     splits: list[TrafficSplit] = field(default_factory=list)
     t: float = 0.0
     fail_next_set: bool = False
+    # The latency bucket each version's requests fall in from now on (FAST when unnamed), and
+    # each version's requests per bucket so far.
+    latency_buckets: dict[str, int] = field(default_factory=dict)
+    latency: dict[str, list[float]] = field(default_factory=dict)
 
     def run(self, seconds: float) -> None:
         """Serve ``seconds`` of traffic under the current split."""
@@ -57,6 +65,8 @@ class FakeEndpoint:
                 c = self.counts.setdefault(version, [0.0, 0.0])
                 c[0] += self.rate * share * seconds
                 c[1] += self.rate * share * seconds * self.error_rates.get(version, 0.0)
+                b = self.latency.setdefault(version, [0.0] * (len(LATENCY_BUCKETS_MS) + 1))
+                b[self.latency_buckets.get(version, FAST)] += self.rate * share * seconds
         self.t += seconds
 
     def current_traffic(self, settings: Settings | None = None) -> TrafficSplit | None:
@@ -84,8 +94,8 @@ class FakeEndpoint:
         out = {}
         for version, (requests, errors) in self.counts.items():
             n = int(requests)
-            buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
-            buckets[FAST] = n
+            buckets = [int(b) for b in self.latency.get(version, [0.0] * len(_MIDPOINTS))]
+            buckets[self.latency_buckets.get(version, FAST)] += n - sum(buckets)  # rounding
             out[version] = VersionWindow(
                 version,
                 0.0,
@@ -94,7 +104,7 @@ class FakeEndpoint:
                 errors=min(int(errors), n),
                 predictions=n,
                 latency_counts=tuple(buckets),
-                latency_sum_ms=15.0 * n,
+                latency_sum_ms=sum(k * ms for k, ms in zip(buckets, _MIDPOINTS, strict=True)),
             ).to_dict()
         return out
 
@@ -164,9 +174,9 @@ def world(tmp_path) -> World:
     s = Settings(home=tmp_path)
     reg = Registry(s, clock=lambda: T0)
     store = RolloutStore(s)
-    w = World(s, reg, store, None, FakeEndpoint(), _validated(reg), _validated(reg))  # type: ignore[arg-type]
+    w = World(s, reg, store, None, FakeEndpoint(), validated(reg), validated(reg))  # type: ignore[arg-type]
     w.lease = TrafficLease(store.store, s.registry.model_name, 60.0, clock=lambda: w.now)
-    deploy_stable(w.stable, s, registry=reg, endpoint=w.ep)
+    restore(w.stable, s, registry=reg, endpoint=w.ep, store=store, lease=w.lease, now=T0)
     return w
 
 

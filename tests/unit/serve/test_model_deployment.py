@@ -7,6 +7,7 @@ loader and batching are exercised in tests/integration/serve/test_serving.py).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from relay.features.catalog import NUMERIC, WEATHER
@@ -79,3 +80,28 @@ def test_a_batch_of_requests_shares_one_feature_read_and_each_gets_its_own_answe
     assert by_order["a"]["request_id"] == by_order["b"]["request_id"] == "req-1"
     assert by_order["c"]["request_id"] == "req-2"
     assert model.flush_log() == len(log.records) == 3
+
+
+class Wild:
+    """Predicts NaN for the first row and 10 minutes per km after it."""
+
+    def predict(self, frame: Any) -> list[float]:
+        return [math.nan, *(10.0 * d for d in frame["order_distance_km"][1:])]
+
+
+def test_a_prediction_that_cannot_be_returned_is_an_error_answer_and_not_logged() -> None:
+    from serving.app import ETAModel
+
+    features, log = Features(), Log()
+    model = ETAModel.func_or_class(
+        "v1",
+        32,
+        0.05,
+        loader=lambda version: Loaded(Wild(), features, log),
+        eta_range=(0.0, 60.0),
+    )
+    log.records.clear()  # the warm-up logs nothing, but be sure
+    (answers,) = model.answer([([_row("a", 1.0), _row("b", 2.0), _row("c", 9.0)], "req-1")])
+    assert [a.get("error") is not None for a in answers] == [True, False, True]  # NaN, 90 > 60
+    assert answers[0]["eta_minutes"] is None and answers[1]["eta_minutes"] == 20.0
+    assert [r["order_id"] for r in log.records] == ["b"]

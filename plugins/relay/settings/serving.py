@@ -1,0 +1,175 @@
+"""The serving side's settings: the Ray Serve endpoint and the rollouts that move its traffic.
+
+Part of :mod:`relay.settings` (import them from there); kept apart only to keep each module
+small.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, field_validator
+
+
+class RolloutSettings(BaseModel):
+    """Canary rollout: the traffic steps and the rules that advance, hold or roll back a step.
+
+    The thresholds follow the field's automatic-rollback rules (error rate > 1%, P99 > 100 ms,
+    accuracy down > 5%, QPS down > 30%); :func:`relay.rollout.rules.decide` applies them.
+    """
+
+    steps: tuple[float, ...] = Field(
+        (0.01, 0.10, 0.50, 1.0), description="Candidate traffic shares, increasing, ending at 1.0"
+    )
+    step_duration_s: float = Field(
+        300.0, gt=0, description="How long a step must stay healthy before it advances"
+    )
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="Candidate errors / requests")
+    error_alpha: float = Field(
+        0.01, gt=0, lt=1, description="Errors over max(bar, stable's rate) roll back below it"
+    )
+    max_p99_ms: float = Field(100.0, gt=0, description="Candidate P99 request latency")
+    p99_alpha: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="A P99 over the bar rolls back when chance would give that many slow "
+        "requests less often than this",
+    )
+    p99_min_requests: int = Field(
+        100,
+        ge=1,
+        description="Requests a window needs before its P99 is judged (a 1% tail holds one "
+        "in a hundred); at least min_requests",
+    )
+    max_mae_regression: float = Field(
+        0.05, ge=0, description="Candidate MAE may be at most this much worse than stable's"
+    )
+    quality_z: float = Field(
+        2.326,
+        ge=0,
+        description="One-sided z: an MAE regression past the margin rolls back only when it "
+        "is this many standard errors past it (2.326: 1% by chance); 0: any excess",
+    )
+    max_qps_drop: float = Field(
+        0.30, ge=0, le=1, description="Largest drop in share-normalised QPS against stable"
+    )
+    qps_noise_z: float = Field(
+        2.0,
+        ge=0,
+        description="A QPS drop past the margin rolls back only when the shortfall is this many "
+        "standard deviations of a Poisson count (√expected requests); 0: any shortfall",
+    )
+    failure_threshold: int = Field(
+        3,
+        ge=1,
+        description="Consecutive ticks of a step (each with new evidence) a rollback check must "
+        "fail on before the reconciler rolls back; fewer hold. 1: the first failure rolls back",
+    )
+    min_requests: int = Field(
+        50, ge=1, description="Candidate requests a window needs before a step may advance"
+    )
+    step_timeout_s: float = Field(
+        1200.0, gt=0, description="A step still holding after this long is rolled back"
+    )
+    min_labelled: int = Field(
+        50, ge=1, description="Labelled predictions needed before quality is judged"
+    )
+    require_labels: bool = Field(
+        True, description="Promote only once quality was judged (off: teams without labels)"
+    )
+    forced_max_share: float = Field(
+        0.01, gt=0, le=1, description="A gate-rejected candidate's traffic cap until judged"
+    )
+    plan_shares: tuple[float, float] = Field(
+        (0.001, 0.01), description="Default plan: its first two steps' shares of orders"
+    )
+    plan_zone_share: float = Field(
+        0.10, gt=0, le=1, description="Default plan, third step: share of zones, all orders"
+    )
+    plan_durations_s: tuple[float, float, float, float] = Field(
+        (86_400.0, 259_200.0, 604_800.0, 3_600.0),
+        description="Default plan: minimum duration of each step (0.1%, 1%, zones, 100%)",
+    )
+    plan_max_factor: float = Field(
+        4.0, ge=1, description="A plan step not judged within this × its minimum duration ends"
+    )
+    lease_ttl_s: float = Field(
+        60.0, gt=0, description="The traffic lease lapses this long after its last renewal"
+    )
+    tick_s: float = Field(
+        15.0,
+        gt=0,
+        description="How often the rollout controller ticks (judges the step, heals traffic); "
+        "well under lease_ttl_s, so a live controller never lets its lease lapse",
+    )
+    follow_poll_s: float = Field(
+        10.0, gt=0, description="How often a task waiting for a rollout's end reads its record"
+    )
+    guard_bake_s: float = Field(
+        86_400.0, gt=0, description="After promotion, production is watched this long (bake)"
+    )
+    guard_sustain_s: float = Field(
+        180.0, gt=0, description="A production breach this long restores the previous version"
+    )
+
+    @field_validator("plan_shares")
+    @classmethod
+    def _plan_shares_increase(cls, shares: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < shares[0] < shares[1] < 1:
+            raise ValueError(f"plan shares must increase within (0, 1): {shares}")
+        return shares
+
+    @field_validator("plan_durations_s")
+    @classmethod
+    def _plan_durations_positive(cls, durations: tuple[float, ...]) -> tuple[float, ...]:
+        if any(d <= 0 for d in durations):
+            raise ValueError(f"plan step durations must be > 0 s: {durations}")
+        return durations
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_increase_to_one(cls, steps: tuple[float, ...]) -> tuple[float, ...]:
+        if not steps:
+            raise ValueError("rollout steps must not be empty")
+        if any(not 0 < s <= 1 for s in steps):
+            raise ValueError(f"rollout steps must lie in (0, 1]: {steps}")
+        if list(steps) != sorted(set(steps)):
+            raise ValueError(f"rollout steps must increase strictly: {steps}")
+        if steps[-1] != 1.0:
+            raise ValueError(f"the last rollout step must be 1.0 (all traffic): {steps}")
+        return steps
+
+
+class ServingSettings(BaseModel):
+    """The Ray Serve endpoint."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    app_name: str = "eta"
+    # Import path of the Serve application (its builders), as `serve deploy` would take it.
+    app_module: str = "serving.app"
+    max_batch_size: int = 32
+    batch_wait_timeout_s: float = 0.010
+    # Must exceed batch size x concurrent batches, or batches never fill (Serve's default is 5).
+    max_ongoing_requests: int = 256
+    model_replicas: int = 1
+    router_replicas: int = 1
+    model_cpus: float = 0.5
+    router_cpus: float = 0.25
+    log_max_batch: int = 1000
+    log_max_delay_s: float = 1.0
+    metrics_push_s: float = Field(
+        0.5, gt=0, description="Seconds between a router's pushes to the metrics hub (its lag)"
+    )
+    metrics_hub_timeout_s: float = Field(
+        2.0, gt=0, description="Wait on the metrics hub, then answer a router's own counters"
+    )
+    min_eta_minutes: float = Field(0.0, description="A returned prediction exceeds this")
+    max_eta_minutes: float = Field(600.0, gt=0, description="A returned prediction is at most this")
+
+    @property
+    def url(self) -> str:
+        """The endpoint's base URL for a client on this machine (a wildcard host means loopback)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(  # noqa: S104
+            self.host, self.host
+        )
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"

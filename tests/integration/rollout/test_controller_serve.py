@@ -1,0 +1,238 @@
+"""The rollout controller on a real local Ray Serve and the real registry: faults are tests.
+
+The controller runs as it does in production, a detached actor ticking on its own; the tests
+kill it, kill the traffic actor, and restore a version in mid-rollout, and assert what users
+care about: the rollout finishes, Serve and the record agree, a restore is never undone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from relay.rollout.plan import Plan, Step
+from relay.rollout.record import Rollout, RolloutState
+from relay.rollout.store import RolloutStore
+from relay.serve.traffic import TrafficSplit
+from relay.settings import Settings, get_settings, reset_settings
+from tests.integration.serve.test_serving import _order, _post, _train_and_register
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+#: Two short steps; no labels here (labelled judgement is the reconciler's unit tests' job).
+FAST = Plan(
+    steps=[
+        Step(share=0.5, min_duration_s=2, max_duration_s=120, min_requests=5),
+        Step(share=1.0, min_duration_s=2, max_duration_s=120, min_requests=5),
+    ]
+)
+#: One step that lasts: a rollout that stays live while a test does something to it.
+LONG = Plan(steps=[Step(share=0.5, min_duration_s=3600, max_duration_s=7200, min_requests=5)])
+
+
+def _until(what: str, done: Callable[[], bool], timeout_s: float = 120.0) -> None:
+    """Poll ``done`` (a state change in Ray or the store) until true, or fail naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.2)  # polling a remote state, bounded by the deadline
+
+
+@pytest.fixture(scope="module")
+def cluster(lake_days, tmp_path_factory) -> Iterator[dict[str, Any]]:
+    import ray
+    from ray import serve
+
+    from relay.data.lake import VALIDATED_ORDERS, Lake
+    from relay.features.store import apply, materialize, training_frame
+    from relay.registry import Registry
+    from relay.rollout.runner import stop_controller
+    from relay.serve import control
+    from tests.integration.conftest import _free_port
+
+    apply()
+    end = dt.datetime.combine(lake_days[-1] + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    materialize(end)
+    orders = Lake().read_range(VALIDATED_ORDERS, lake_days[0], lake_days[-1])
+    frame = training_frame(orders)
+    base = tmp_path_factory.mktemp("runs")
+    v1 = _train_and_register(frame, base / "v1", seed=1, epochs=2)
+    v2 = _train_and_register(frame, base / "v2", seed=2, epochs=2)
+    reg = Registry()
+    for v in (v1, v2):  # both passed their gate
+        for state in ("evaluating", "validated"):
+            reg.transition(v, state, "test: gate passed")
+    # The controller actor reads its settings from the environment it is handed.
+    env = {
+        "RELAY_SERVING__PORT": str(_free_port()),
+        "RELAY_ROLLOUT__TICK_S": "0.5",
+        "RELAY_ROLLOUT__REQUIRE_LABELS": "false",
+        "RELAY_ROLLOUT__LEASE_TTL_S": "10",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        reset_settings()
+        s = get_settings()
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            control.start_serve(s)
+            for v in (v1, v2):
+                control.deploy_model(v, s)
+            rows = orders[orders["created_at"].dt.date == lake_days[-1]].head(50)
+            yield {"v1": v1, "v2": v2, "settings": s, "url": control.endpoint(s), "rows": rows}
+        finally:
+            stop_controller()
+            serve.shutdown()
+            ray.shutdown()
+            reset_settings()
+
+
+class Traffic:
+    """Orders posted to the endpoint from a thread until stopped; statuses counted."""
+
+    def __init__(self, cluster: dict[str, Any]) -> None:
+        self.cluster, self.statuses = cluster, []  # type: ignore[var-annotated]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        rows, i = self.cluster["rows"], 0
+        while not self._stop.is_set() and i < 20_000:
+            row = rows.iloc[i % len(rows)]
+            try:
+                status, _ = _post(self.cluster["url"], {"orders": [_order(row, f"o-{i}")]})
+            except Exception as exc:  # a body that is not JSON, a reset connection: a failure
+                status = f"{type(exc).__name__}: {exc}"
+            self.statuses.append(status)
+            i += 1
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def _fresh_start(cluster: dict[str, Any], plan: Plan) -> Rollout:
+    """v1 serving alone (any earlier rollout ended), then a rollout of v2 started."""
+    from relay.rollout.controller import start_rollout_record
+    from relay.rollout.manual import restore
+
+    restore(cluster["v1"], cluster["settings"], by="test:setup", reason="test setup")
+    return start_rollout_record(cluster["v2"], cluster["settings"], plan=plan, by="test:start")
+
+
+def _record(rollout_id: str) -> Rollout:
+    return RolloutStore().get(rollout_id).rollout
+
+
+def _traffic(s: Settings) -> TrafficSplit | None:
+    from relay.serve import control
+
+    return control.current_traffic(s)
+
+
+def _router_versions(cluster: dict[str, Any]) -> dict[str, float]:
+    import httpx
+
+    body = httpx.get(cluster["url"] + "/v1/models", timeout=10).json()
+    return {v["version"]: v["traffic_share"] for v in body["versions"]}
+
+
+def test_a_killed_traffic_actor_is_healed_by_the_next_tick(cluster: dict[str, Any]) -> None:
+    import ray
+
+    from relay.rollout.controller import reconcile_once, router_split
+    from relay.serve.traffic_state import traffic_state
+
+    s = cluster["settings"]
+    started = _fresh_start(cluster, LONG)
+    with Traffic(cluster):
+        reconcile_once(s)  # no controller running: ticks by hand
+        want = router_split(_record(started.id).traffic)
+        assert _traffic(s) == want
+        ray.kill(traffic_state(), no_restart=True)
+        _until("the killed traffic actor gone", lambda: _traffic(s) != want)
+        reconcile_once(s)
+        assert _traffic(s) == want  # the new actor holds the record's split again
+        assert _router_versions(cluster) == {cluster["v1"]: 0.5, cluster["v2"]: 0.5}
+        assert _record(started.id).state in (RolloutState.RUNNING, RolloutState.HOLDING)
+
+
+def test_a_restore_in_mid_rollout_aborts_it_and_the_controller_never_undoes_it(
+    cluster: dict[str, Any],
+) -> None:
+    import ray
+
+    from relay.rollout.manual import restore
+    from relay.rollout.runner import ensure_controller
+
+    s = cluster["settings"]
+    started = _fresh_start(cluster, LONG)
+    controller = ensure_controller(s)
+    with Traffic(cluster) as traffic:
+        _until("the canary split", lambda: _traffic(s) == TrafficSplit(*_pair(cluster), 0.5))
+        done = restore(cluster["v1"], s, by="test:oncall", reason="orders late in Z03")
+        assert done.aborted is not None and done.aborted.id == started.id
+        ticks = ray.get(controller.status.remote())["ticks"]
+        _until(
+            "three more ticks", lambda: ray.get(controller.status.remote())["ticks"] >= ticks + 3
+        )
+        assert _traffic(s) == TrafficSplit(stable=cluster["v1"])
+        assert _router_versions(cluster) == {cluster["v1"]: 1.0}
+    record = _record(started.id)
+    assert record.state is RolloutState.ABORTED and record.serving_after == cluster["v1"]
+    assert record.history[-1].by == "test:oncall"
+    assert set(traffic.statuses) == {200}  # nothing lost while traffic moved
+
+
+def test_a_sigkilled_controller_comes_back_and_the_rollout_finishes(
+    cluster: dict[str, Any],
+) -> None:
+    import ray
+
+    from relay.registry import Registry
+    from relay.rollout.runner import ensure_controller
+
+    s = cluster["settings"]
+    started = _fresh_start(cluster, FAST)
+    controller = ensure_controller(s)
+    with Traffic(cluster) as traffic:
+        _until("the first step's split", lambda: _traffic(s) == TrafficSplit(*_pair(cluster), 0.5))
+        pid = ray.get(controller.status.remote())["pid"]
+        os.kill(pid, signal.SIGKILL)  # in mid-step
+        _until("the rollout's end", lambda: _record(started.id).state.final, timeout_s=180)
+        # The record ends first; the same tick then moves traffic and the registry.
+        _until("the registry's production", lambda: _production() == cluster["v2"])
+        state = ray.get(controller.status.remote())
+        again = state["pid"]
+    record = _record(started.id)
+    assert again != pid  # Ray restarted it; the new process finished the rollout
+    assert record.state is RolloutState.PROMOTED, [v.reasons for v in record.verdicts]
+    assert _traffic(s) == TrafficSplit(stable=cluster["v2"])
+    production = Registry().stage_version("production")
+    history = [(h.to_state, h.reason) for h in Registry().get(cluster["v2"]).history]
+    assert production is not None and production.id == cluster["v2"], (state, history)
+    assert set(traffic.statuses) == {200}
+
+
+def _production() -> str | None:
+    from relay.registry import Registry
+
+    version = Registry().stage_version("production")
+    return None if version is None else version.id
+
+
+def _pair(cluster: dict[str, Any]) -> tuple[str, str]:
+    return cluster["v1"], cluster["v2"]

@@ -1,0 +1,131 @@
+"""A request's answers: predictions that cannot be returned, and what a failed call turns into.
+
+:func:`merge_calls` is the router's whole decision (``serving/app.py`` only makes the calls):
+a candidate's failure is answered by stable and counted against the candidate; a stable
+failure is a 503 naming stable.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any
+
+import pytest
+
+from relay.serve.answer import (
+    CHECKED_FEATURES,
+    VersionCall,
+    answer_rows,
+    eta_error,
+    merge_calls,
+    row_error,
+)
+
+NOW = dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)
+RANGE = (0.0, 600.0)
+
+
+def _answer_rows(preds: list[float], eta_range: tuple[float, float] | None = RANGE) -> Any:
+    rows = [{"order_id": f"o{i}"} for i in range(len(preds))]
+    feats: dict[str, list[Any]] = {f: [1.0] * len(preds) for f in CHECKED_FEATURES}
+    return answer_rows("v1", rows, ["r"] * len(preds), feats, preds, 3.0, NOW, eta_range)
+
+
+def test_non_finite_and_out_of_range_predictions_are_errors_and_not_logged():
+    answers, records = _answer_rows([25.0, math.nan, math.inf, -2.0, 0.0, 600.0, 601.0])
+    errors = [row_error(a) for a in answers]
+    assert [e is None for e in errors] == [True, False, False, False, False, True, False]
+    assert "finite" in str(errors[1]) and "finite" in str(errors[2])
+    assert "outside" in str(errors[3]) and "outside" in str(errors[6])
+    assert all(a["eta_minutes"] is None for a, e in zip(answers, errors, strict=True) if e)
+    assert [r["order_id"] for r in records] == ["o0", "o5"]  # only what can be served
+    assert [r["eta_minutes"] for r in records] == [25.0, 600.0]
+
+
+def test_without_a_range_only_non_finite_predictions_are_errors():
+    answers, records = _answer_rows([-5.0, math.nan], eta_range=None)
+    assert row_error(answers[0]) is None and "error" not in answers[0]
+    assert row_error(answers[1]) is not None and len(records) == 1
+    assert eta_error(5.0, None) is None
+
+
+def test_an_empty_range_is_refused():
+    with pytest.raises(ValueError, match="low < high"):
+        _answer_rows([5.0], eta_range=(10.0, 10.0))
+
+
+def _ok(version: str, rows: tuple[int, ...], minutes: float = 20.0) -> VersionCall:
+    answers = [
+        {"order_id": f"o{i}", "eta_minutes": minutes, "model_version": version} for i in rows
+    ]
+    return VersionCall(version, rows, 7.0, answers)
+
+
+def _bad_rows(version: str, rows: tuple[int, ...], bad: set[int]) -> VersionCall:
+    call = _ok(version, rows)
+    answers = [
+        {**a, "eta_minutes": None, "error": "not finite"} if i in bad else a
+        for i, a in zip(rows, call.answers or [], strict=True)
+    ]
+    return VersionCall(version, rows, 9.0, answers)
+
+
+def test_every_version_answering_fills_every_row_and_counts_each_call():
+    merged = merge_calls(4, "s", [_ok("s", (0, 2), 10.0), _ok("c", (1, 3), 30.0)])
+    assert merged.retry == () and merged.failed is None and merged.unanswered == ()
+    assert [a["model_version"] for a in merged.answers if a] == ["s", "c", "s", "c"]
+    assert [(o.version, o.values, o.error) for o in merged.observed] == [
+        ("s", (10.0, 10.0), False),
+        ("c", (30.0, 30.0), False),
+    ]
+
+
+def test_a_failed_candidate_call_is_answered_by_stable_and_counted_against_the_candidate():
+    failed = VersionCall("c", (1, 3), 50.0, None, "RayActorError: died")
+    merged = merge_calls(4, "s", [_ok("s", (0, 2)), failed])
+    assert merged.retry == (1, 3) and merged.failed is None and merged.unanswered == (1, 3)
+    again = merge_calls(4, "s", [_ok("s", (1, 3), 40.0)], merged)
+    assert again.unanswered == () and again.failed is None and again.retry == ()
+    assert [a["model_version"] for a in again.answers if a] == ["s"] * 4
+    assert [(o.version, o.latency_ms, o.error) for o in again.observed] == [
+        ("s", 7.0, False),
+        ("c", 50.0, True),
+        ("s", 7.0, False),
+    ]
+
+
+def test_a_candidates_unreturnable_rows_alone_go_to_stable():
+    merged = merge_calls(3, "s", [_bad_rows("c", (0, 1, 2), {1})])
+    assert merged.retry == (1,) and merged.unanswered == (1,)
+    assert [(o.version, o.values, o.error) for o in merged.observed] == [("c", (20.0, 20.0), True)]
+    again = merge_calls(3, "s", [_ok("s", (1,), 33.0)], merged)
+    assert [a["eta_minutes"] for a in again.answers if a] == [20.0, 33.0, 20.0]
+
+
+def test_a_candidate_answering_the_wrong_number_of_rows_is_a_failed_call():
+    short = VersionCall("c", (0, 1), 5.0, [{"order_id": "o0", "eta_minutes": 1.0}])
+    merged = merge_calls(2, "s", [short])
+    assert merged.retry == (0, 1) and merged.observed[0].error
+
+
+@pytest.mark.parametrize(
+    "stable_call",
+    [
+        VersionCall("s", (0,), 5.0, None, "TimeoutError: slow"),
+        _bad_rows("s", (0,), {0}),
+    ],
+    ids=["call-failed", "unreturnable-row"],
+)
+def test_a_stable_failure_fails_the_request_naming_stable(stable_call):
+    merged = merge_calls(2, "s", [stable_call, _ok("c", (1,))])
+    assert merged.failed is not None and "model s" in merged.failed
+    assert merged.retry == ()
+    assert [(o.version, o.error) for o in merged.observed] == [("s", True), ("c", False)]
+
+
+def test_stable_failing_the_retry_fails_the_request_and_both_count_errors():
+    merged = merge_calls(1, "s", [VersionCall("c", (0,), 5.0, None, "boom")])
+    again = merge_calls(1, "s", [VersionCall("s", (0,), 6.0, None, "boom too")], merged)
+    assert again.failed == "model s failed: boom too" and again.retry == ()
+    assert [(o.version, o.error) for o in again.observed] == [("c", True), ("s", True)]
