@@ -58,9 +58,8 @@ from pydantic_core import ValidationError
 from relay.clock import as_utc
 from relay.errors import RelayError
 from relay.rollout.plan import Plan, Step, Targeting
-from relay.rollout.reconcile import error_check
 from relay.rollout.record import ROLLOUT_ID
-from relay.rollout.rules import QualityWindow, p99_check, quality_check
+from relay.rollout.rules import QualityWindow, error_check, p99_check, quality_check
 from relay.serve.log_read import VersionQuality
 from relay.serve.windows import VersionWindow
 from relay.settings import RolloutSettings

@@ -19,7 +19,6 @@ was reached, or the experiment could not run) and ``stopped`` (by a person) are 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -27,16 +26,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from relay.clock import as_utc
-from relay.registry.errors import ConcurrentUpdate
-from relay.registry.records import UPDATE_ATTEMPTS
-from relay.registry.store import ArtifactStore, Tagged, encode_json
-from relay.registry.versions import check_name
+from relay.registry.store import ArtifactStore
 from relay.rollout.experiment import ExperimentSpec, Winner, compile_plan
-from relay.rollout.lease import TrafficLease, registry_store
+from relay.rollout.lease import TrafficLease
 from relay.rollout.plan import TrafficRule
 from relay.rollout.record import RolloutError, start_rollout
 from relay.rollout.record import traffic_of as rollout_traffic
-from relay.settings import Settings, get_settings
+from relay.rollout.record_store import RecordStore, Stored
+from relay.settings import Settings
 
 
 class ExperimentError(RolloutError):
@@ -138,114 +135,31 @@ def traffic_of(experiment: Experiment) -> TrafficRule:
 
 
 @dataclass(frozen=True)
-class StoredExperiment:
+class StoredExperiment(Stored[Experiment]):
     """An experiment as read, with the tag its next compare-and-set write must name."""
 
-    experiment: Experiment
-    etag: str
+    @property
+    def experiment(self) -> Experiment:
+        return self.record
 
 
-class ExperimentStore:
-    """Reads and writes one model's experiment records in the registry's store."""
+class ExperimentStore(RecordStore[Experiment, StoredExperiment]):
+    """Reads and writes one model's experiment records, beside its rollouts."""
 
-    def __init__(
-        self, settings: Settings | None = None, *, store: ArtifactStore | None = None
-    ) -> None:
-        """The experiments of ``settings.registry.model_name``, beside its rollouts.
+    folder = "experiments"
+    kind = "experiment"
+    record_type = Experiment
+    stored_type = StoredExperiment
+    not_found = ExperimentNotFound
+    list_hint = "`relay experiment status` shows the latest"
+    active_error = ExperimentActive
 
-        Args:
-            settings: defaults to :func:`get_settings`.
-            store: overrides the registry store named by ``settings.registry.uri``.
-        """
-        self.settings = settings or get_settings()
-        self.store = registry_store(self.settings, store)
-        self.model_name = check_name(self.settings.registry.model_name)
-        self.active_key = f"{self.model_name}/experiments/active.json"
-        self.archive_prefix = f"{self.model_name}/experiments/archive/"
-
-    def latest(self) -> StoredExperiment | None:
-        """The live experiment, or else the last one to have ended; None before the first."""
-        return _stored(self.store.read_json(self.active_key))
-
-    def current(self) -> StoredExperiment | None:
-        """The live experiment (scheduled or running), or None."""
-        active = self.latest()
-        return None if active is None or active.experiment.state.final else active
-
-    def get(self, experiment_id: str) -> StoredExperiment:
-        """An experiment by id, live or ended.
-
-        Raises:
-            ExperimentNotFound: no experiment has that id.
-        """
-        active = self.latest()
-        if active is not None and active.experiment.id == experiment_id:
-            return active
-        archived = _stored(self.store.read_json(f"{self.archive_prefix}{experiment_id}.json"))
-        if archived is None:
-            raise ExperimentNotFound(
-                f"no experiment {experiment_id} for {self.model_name} in {self.store.uri}; "
-                "`relay experiment status` shows the latest"
-            )
-        return archived
-
-    def create(self, experiment: Experiment) -> StoredExperiment:
-        """Store a new live experiment, which becomes the current one.
-
-        Raises:
-            ExperimentActive: another experiment is live.
-            ConcurrentUpdate: another writer changed the active experiment meanwhile.
-        """
-        active = self.latest()
-        if active is not None and not active.experiment.state.final:
-            live = active.experiment
-            raise ExperimentActive(
-                f"experiment {live.id} ({live.spec.variant.version} against "
-                f"{live.spec.control.version}) is {live.state.value}; stop it "
-                f"(`relay experiment stop --reason ...`) or let it end first"
-            )
-        if active is not None:
-            self._archive(active.experiment)  # again: a crash after its end lost nothing
-        etag = self.store.cas_json(self.active_key, _doc(experiment), _tag(active))
-        return StoredExperiment(experiment, etag)
-
-    def put(self, experiment: Experiment, expected_tag: str) -> str:
-        """Write a changed experiment only if the stored one still has ``expected_tag``.
-
-        Raises:
-            ConcurrentUpdate: it changed (or another took its place) since it was read.
-        """
-        etag = self.store.cas_json(self.active_key, _doc(experiment), expected_tag)
-        if experiment.state.final:
-            self._archive(experiment)
-        return etag
-
-    def update(self, experiment_id: str, change: Callable[[Experiment], Experiment]) -> Experiment:
-        """Apply ``change`` to the live experiment ``experiment_id``, retrying races.
-
-        Raises:
-            ExperimentNotFound: ``experiment_id`` is not live.
-            ConcurrentUpdate: it kept changing for ``UPDATE_ATTEMPTS`` attempts.
-        """
-        for _ in range(UPDATE_ATTEMPTS):
-            live = self.current()
-            if live is None or live.experiment.id != experiment_id:
-                raise ExperimentNotFound(f"experiment {experiment_id} is not live")
-            changed = change(live.experiment)
-            try:
-                self.put(changed, live.etag)
-            except ConcurrentUpdate:
-                continue
-            return changed
-        raise ConcurrentUpdate(
-            f"experiment {experiment_id} changed {UPDATE_ATTEMPTS} times while we updated it; "
-            "try again"
+    def live_message(self, live: Experiment) -> str:
+        return (
+            f"experiment {live.id} ({live.spec.variant.version} against "
+            f"{live.spec.control.version}) is {live.state.value}; stop it "
+            f"(`relay experiment stop --reason ...`) or let it end first"
         )
-
-    def _archive(self, experiment: Experiment) -> None:
-        # An ended record never changes, so rewriting the same bytes is harmless.
-        key = f"{self.archive_prefix}{experiment.id}.json"
-        self.store.put_bytes(key, encode_json(_doc(experiment)))
 
 
 def live_experiment(
@@ -288,7 +202,9 @@ def stop_live(
         return None
     at = as_utc(now)
 
-    def stop(e: Experiment) -> Experiment:
+    def stop(e: Experiment) -> Experiment | None:
+        if e.state.final:
+            return None  # it ended meanwhile: nothing left to stop
         lines = [*e.verdict, f"stopped by {by}: {reason}"]
         return e.change(
             at,
@@ -304,17 +220,3 @@ def stop_live(
     stopped = store.update(live.experiment.id, stop)
     lease.release(experiment_owner(stopped.id))
     return stopped
-
-
-def _doc(experiment: Experiment) -> dict[str, Any]:
-    return experiment.model_dump(mode="json")
-
-
-def _stored(tagged: Tagged | None) -> StoredExperiment | None:
-    if tagged is None:
-        return None
-    return StoredExperiment(Experiment.model_validate(tagged.doc), tagged.etag)
-
-
-def _tag(stored: StoredExperiment | None) -> str | None:
-    return None if stored is None else stored.etag

@@ -10,7 +10,7 @@ and the state is a JSON value the controller writes back by compare-and-set.
 
 Checks (thresholds in :class:`~relay.settings.RolloutSettings`, the canary's own):
 
-* **errors** (:func:`relay.rollout.reconcile.error_check`): beyond chance above
+* **errors** (:func:`relay.rollout.rules.error_check`): beyond chance above
   ``max(max_error_rate, the baseline's rate)``;
 * **P99** (:func:`relay.rollout.rules.p99_check`): over ``max_p99_ms`` with more slow requests
   than chance, or the baseline, gives;
@@ -56,8 +56,7 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from relay.clock import as_utc
-from relay.rollout.reconcile import error_check
-from relay.rollout.rules import Check, p99_check, qps_drop_verdict
+from relay.rollout.rules import Check, error_check, p99_check, qps_drop_verdict
 from relay.serve.windows import VersionWindow
 from relay.settings import RolloutSettings
 from relay.verdict import FAIL, SKIP, Verdict, reason_lines

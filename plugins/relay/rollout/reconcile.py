@@ -16,10 +16,10 @@ plan's :class:`~relay.rollout.plan.Step`):
   ``min_duration_s``, its ``min_requests`` candidate requests and, when it asks for labels,
   ``min_labelled`` labelled predictions of *both* versions (of the candidate alone at a full
   step, where stable serves nothing).
-* **A real regression rolls back**, judged by :func:`relay.rollout.rules.decide` (P99, quality,
-  throughput) on the whole step's windows; errors are judged here against stable's rate over
-  the same window (:func:`error_check`), so an outage that hits both versions is not the
-  candidate's fault. Every check is re-tested each tick, so one failing tick only holds (the
+* **A real regression rolls back**, judged by the checks of :mod:`relay.rollout.rules` (P99,
+  quality, throughput) on the whole step's windows; errors are judged here against stable's
+  rate over the same window (:func:`error_check`), so an outage that hits both versions is not
+  the candidate's fault. Every check is re-tested each tick, so one failing tick only holds (the
   failing checks recorded, :mod:`relay.rollout.streak`): a check rolls back once it failed on
   ``failure_threshold`` consecutive ticks with new evidence.
 * **Not judged is not bad.** A step still short of evidence at ``max_duration_s`` ends the
@@ -41,7 +41,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from relay.clock import as_utc
-from relay.errors import RelayError
 from relay.rollout.lease import rollout_owner
 from relay.rollout.plan import TrafficRule
 from relay.rollout.record import (
@@ -55,32 +54,22 @@ from relay.rollout.record import (
     roll_back,
     traffic_of,
 )
-from relay.rollout.rules import ROLLBACK_CHECKS, Check, QualityWindow, decide
+from relay.rollout.rules import (
+    Check,
+    QualityWindow,
+    error_check,
+    p99_check,
+    quality_check,
+    throughput_check,
+)
 from relay.rollout.streak import FailureStreak, extend
 from relay.serve.log_read import VersionQuality
 from relay.serve.windows import VersionWindow
 from relay.settings import RolloutSettings
-from relay.verdict import FAIL, PASS, binomial_tail, mark
+from relay.verdict import FAIL, PASS, reason_lines
 
 #: The line a step's verdict carries when it judged quality on enough labels (and it passed).
 QUALITY_JUDGED = f"{PASS}: quality judged"
-
-# The order of decide()'s reason lines; the step's own evidence replaces the last three and
-# error_check() the first, which judges errors against stable over the same window.
-_DECIDE_ORDER = (
-    Check.ERROR_RATE,
-    Check.P99_LATENCY,
-    Check.QUALITY,
-    Check.THROUGHPUT,
-    Check.EVIDENCE,
-    Check.DURATION,
-    Check.TIMEOUT,
-)
-_KEPT = frozenset({Check.P99_LATENCY, Check.QUALITY, Check.THROUGHPUT})
-
-
-class DecideChanged(RelayError):
-    """rules.decide() lists other checks than this module pairs its reason lines with."""
 
 
 @dataclass(frozen=True)
@@ -207,32 +196,6 @@ def quality_judged(rollout: Rollout, before_step: int | None = None) -> bool:
     )
 
 
-def error_check(
-    candidate: VersionWindow, baseline: VersionWindow | None, settings: RolloutSettings
-) -> tuple[bool, str]:
-    """Are the candidate's errors beyond chance above ``max_error_rate`` and stable's rate?
-
-    Were the candidate failing at the bar or at stable's rate over the same window (whichever
-    is higher), its errors would be Binomial(requests, that rate): more than that at
-    ``error_alpha`` is the candidate's, fewer is chance or an outage both versions share.
-    """
-    c = candidate
-    stable_rate = baseline.error_rate if baseline is not None and baseline.requests else 0.0
-    rate = max(settings.max_error_rate, stable_rate)
-    if c.error_rate <= rate:
-        return True, (
-            f"error rate {c.error_rate:.2%} ({c.errors}/{c.requests}) ≤ max(bar "
-            f"{settings.max_error_rate:.2%}, stable {stable_rate:.2%})"
-        )
-    chance = binomial_tail(c.errors, c.requests, rate)
-    ok = chance >= settings.error_alpha
-    return ok, (
-        f"error rate {c.error_rate:.2%} ({c.errors}/{c.requests}) > max(bar "
-        f"{settings.max_error_rate:.2%}, stable {stable_rate:.2%}), {'within' if ok else 'beyond'}"
-        f" chance (p={chance:.3g}, {'≥' if ok else '<'} {settings.error_alpha:g})"
-    )
-
-
 def _judge(
     rollout: Rollout,
     observed: Observation,
@@ -243,28 +206,20 @@ def _judge(
     step = rollout.current_step
     elapsed = max((now - rollout.step_started_at).total_seconds(), 0.0)
     quality = _quality(rollout, observed)
-    verdict = decide(
-        observed.candidate,
-        observed.stable,
-        settings,
-        step_share=_share(wanted, observed, rollout.step_started_at),
-        healthy_for_s=elapsed,
-        quality=quality,
-        stable_reference=observed.stable_reference,
-    )
-    if len(verdict.reasons) != len(_DECIDE_ORDER):
-        raise DecideChanged(
-            f"rules.decide() gave {len(verdict.reasons)} reason lines, this module pairs "
-            f"{len(_DECIDE_ORDER)}: update reconcile._DECIDE_ORDER"
-        )
+    # At a full step stable serves nothing: its window from before the step is the baseline.
     baseline = observed.stable if observed.stable.requests else observed.stable_reference
-    errors_ok, error_line = error_check(observed.candidate, baseline, settings)
-    kept = [(c, r) for c, r in zip(_DECIDE_ORDER, verdict.reasons, strict=True) if c in _KEPT]
-    failing = [Check.ERROR_RATE.value] if not errors_ok else []
-    failing += [c.value for c, _ in kept if c in verdict.failed_checks and c in ROLLBACK_CHECKS]
+    share = _share(wanted, observed, rollout.step_started_at)
+    checks = [
+        (Check.ERROR_RATE, *error_check(observed.candidate, baseline, settings)),
+        p99_check(observed.candidate, baseline, settings),
+        quality_check(quality, settings),
+        throughput_check(observed.candidate, observed.stable, share, settings),
+    ]
+    # The step's evidence (duration, requests, labels) is judged by _waits, not here.
+    failing = [str(name) for name, ok, _ in checks if not ok]
     streak = extend(_streak(rollout), failing, _evidence(observed)) if failing else None
     regressed = streak is not None and streak.worst >= settings.failure_threshold
-    reasons = [f"{mark(errors_ok)}: {error_line}", *(r for _, r in kept)]
+    reasons = reason_lines((ok, line) for _, ok, line in checks)
     judged_now = not failing and quality is not None and quality.n_labelled >= settings.min_labelled
     if judged_now and quality is not None:
         reasons.append(f"{QUALITY_JUDGED} on {quality.n_labelled} labelled predictions each")

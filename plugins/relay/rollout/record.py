@@ -79,7 +79,7 @@ class RolloutState(StrEnum):
 
 
 class VerdictAction(StrEnum):
-    """What a step's verdict did (the first four match :class:`relay.rollout.rules.Action`)."""
+    """What a step's verdict did."""
 
     HOLD = "hold"
     ADVANCE = "advance"

@@ -10,18 +10,14 @@ from pydantic import BaseModel, Field, field_validator
 
 
 class RolloutSettings(BaseModel):
-    """Canary rollout: the traffic steps and the rules that advance, hold or roll back a step.
+    """Rollouts: the default plan, the rules that hold or roll back a step, the controller.
 
     The thresholds follow the field's automatic-rollback rules (error rate > 1%, P99 > 100 ms,
-    accuracy down > 5%, QPS down > 30%); :func:`relay.rollout.rules.decide` applies them.
+    accuracy down > 5%, QPS down > 30%); the checks of :mod:`relay.rollout.rules` and
+    :func:`relay.rollout.rules.error_check` apply them, the reconciler
+    (:mod:`relay.rollout.reconcile`) walks the plan (``plan_*``).
     """
 
-    steps: tuple[float, ...] = Field(
-        (0.01, 0.10, 0.50, 1.0), description="Candidate traffic shares, increasing, ending at 1.0"
-    )
-    step_duration_s: float = Field(
-        300.0, gt=0, description="How long a step must stay healthy before it advances"
-    )
     max_error_rate: float = Field(0.01, ge=0, le=1, description="Candidate errors / requests")
     error_alpha: float = Field(
         0.01, gt=0, lt=1, description="Errors over max(bar, stable's rate) roll back below it"
@@ -66,9 +62,6 @@ class RolloutSettings(BaseModel):
     )
     min_requests: int = Field(
         50, ge=1, description="Candidate requests a window needs before a step may advance"
-    )
-    step_timeout_s: float = Field(
-        1200.0, gt=0, description="A step still holding after this long is rolled back"
     )
     min_labelled: int = Field(
         50, ge=1, description="Labelled predictions needed before quality is judged"
@@ -124,19 +117,6 @@ class RolloutSettings(BaseModel):
         if any(d <= 0 for d in durations):
             raise ValueError(f"plan step durations must be > 0 s: {durations}")
         return durations
-
-    @field_validator("steps")
-    @classmethod
-    def _steps_increase_to_one(cls, steps: tuple[float, ...]) -> tuple[float, ...]:
-        if not steps:
-            raise ValueError("rollout steps must not be empty")
-        if any(not 0 < s <= 1 for s in steps):
-            raise ValueError(f"rollout steps must lie in (0, 1]: {steps}")
-        if list(steps) != sorted(set(steps)):
-            raise ValueError(f"rollout steps must increase strictly: {steps}")
-        if steps[-1] != 1.0:
-            raise ValueError(f"the last rollout step must be 1.0 (all traffic): {steps}")
-        return steps
 
 
 class ServingSettings(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -114,6 +115,39 @@ def test_holds_without_labels_then_promotes_once_labels_judge_a_good_candidate()
     assert done.action is VerdictAction.PROMOTE, done.reasons
     assert done.rollout.state is RolloutState.PROMOTED
     assert done.traffic.stable == "v2" and done.traffic.candidate is None
+
+
+def test_a_verdict_lists_errors_p99_quality_and_throughput_then_the_evidence():
+    ro = _rollout()
+    judged = tick(ro, _observe(ro, labels=_labels(80, 700)), _at(2), SETTINGS)
+    assert judged.action is VerdictAction.ADVANCE, judged.reasons
+    assert [r.split(" ")[:2] for r in judged.reasons[:4]] == [
+        ["PASS:", "error"],
+        ["PASS:", "P99"],
+        ["PASS:", "quality:"],
+        ["PASS:", "throughput:"],
+    ]
+    assert judged.reasons[4:] == [
+        f"{QUALITY_JUDGED} on 80 labelled predictions each",
+        "PASS: step 0 has its evidence",
+    ]
+
+
+def test_at_the_full_step_errors_and_latency_are_judged_against_stable_before_it():
+    ro = _rollout()
+    full = tick(ro, _observe(ro, labels=_labels(80, 700)), _at(2), SETTINGS).rollout
+    # 5% errors and 5% slow at 100%, as stable had at the step before: the platform's, not v2's.
+    base = _observe(full, 4000, 0, labels=_labels(60, 0))
+    obs = dataclasses.replace(base, candidate=_window("v2", 4000, errors=200, slow=200))
+    alone = tick(full, obs, _at(4), SETTINGS)
+    assert alone.action is VerdictAction.HOLD, alone.reasons
+    assert alone.reasons[0].startswith("FAIL: error rate 5.00% (200/4000) > max(bar 1.00%")
+    assert alone.reasons[1].startswith("FAIL: P99 latency") and "(stable 0.0%)" in alone.reasons[1]
+    before = _window("v1", 3600, errors=180, slow=180)
+    obs = dataclasses.replace(obs, stable_reference=before)
+    judged = tick(full, obs, _at(4), SETTINGS)
+    assert judged.action is VerdictAction.PROMOTE, judged.reasons
+    assert "stable 5.00%" in judged.reasons[0] and "(stable 5.0%)" in judged.reasons[1]
 
 
 def _failing_ticks(ro: Rollout, n: int, **kwargs: Any) -> list[TickResult]:
