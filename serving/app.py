@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import random
 import threading
 import time
 import uuid
@@ -32,6 +33,7 @@ from relay.serve.answer import (
     merge_calls,
     parse_orders,
 )
+from relay.serve.faults import Fault, InjectedFault, faults_from_config
 from relay.serve.loader import Loaded, load_version
 from relay.serve.schemas import (
     ETAResponse,
@@ -153,6 +155,7 @@ async def _call(
     rows: list[dict[str, Any]],
     idx: Sequence[int],
     request_id: str,
+    fault: Fault | None = None,
 ) -> VersionCall:
     """One version's call for some rows, timed from its dispatch to its answer: the latency
     its metrics are credited with (never another version's wait).
@@ -162,6 +165,10 @@ async def _call(
     """
     t0 = time.perf_counter()
     try:
+        if fault is not None and fault.active():  # a drill (relay.serve.faults)
+            await asyncio.sleep(fault.delay_ms / 1000)
+            if fault.fails(random.random()):
+                raise InjectedFault(f"injected fault on {version}")
         answers = await handle.predict.remote([rows[i] for i in idx], request_id)
     except Exception as exc:  # a replica died or timed out: merge_calls decides what follows
         ms = (time.perf_counter() - t0) * 1000
@@ -202,6 +209,7 @@ class Router:
         self.hub = HubClient(self.metrics, metrics_hub_timeout_s)
         self.hub.start(metrics_push_s)
         self.split: TrafficSplit | None = None
+        self.faults: dict[str, Fault] = {}
         self.handles: dict[str, DeploymentHandle] = {}
         self.generation = -1
         self._state = traffic_state()
@@ -238,6 +246,7 @@ class Router:
             or serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=model_app_name(v))
             for v in split.versions()
         }
+        self.faults = faults_from_config(config.get("faults"))
         # One assignment: a request sees either the old split or the new one, never a mix.
         self.handles, self.split = handles, split
 
@@ -257,12 +266,19 @@ class Router:
             [r["order_id"] for r in rows], [r["zone_id"] for r in rows], [r["hour"] for r in rows]
         )
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        faults = self.faults
         calls = await asyncio.gather(
-            *(_call(v, handles[v], rows, idx, request_id) for v, idx in groups.items())
+            *(
+                _call(v, handles[v], rows, idx, request_id, faults.get(v))
+                for v, idx in groups.items()
+            )
         )
         merged = merge_calls(len(rows), split.stable, calls)
         if merged.retry:  # the candidate failed these: stable answers them, once
-            again = await _call(split.stable, handles[split.stable], rows, merged.retry, request_id)
+            stable = split.stable
+            again = await _call(
+                stable, handles[stable], rows, merged.retry, request_id, faults.get(stable)
+            )
             merged = merge_calls(len(rows), split.stable, [again], merged)
         for c in merged.observed:
             self.metrics.observe(c.version, c.latency_ms, len(c.values), c.values, c.error)

@@ -164,3 +164,32 @@ def serve_restore(
     if done.aborted is not None:
         out.print(f"aborted rollout {done.aborted.id} of {done.aborted.candidate}")
     _print_split(done.split)
+
+
+@app.command("fault")
+def serve_fault(
+    version: Annotated[
+        str | None, typer.Option(help="The version whose calls the fault hits")
+    ] = None,
+    delay_ms: Annotated[float, typer.Option(min=0.0, help="Added to each of its calls")] = 0.0,
+    error_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of its calls that fail")
+    ] = 0.0,
+    duration_s: Annotated[
+        float, typer.Option("--for", min=1.0, help="Seconds until it ends")
+    ] = 300,
+    clear: Annotated[bool, typer.Option(help="End every injected fault now")] = False,
+) -> None:
+    """A drill: delay or fail one version's calls on every router (service-mesh style fault
+    injection), to see the rollout controller and the production guard react."""
+    control = serving_control()
+    if clear:
+        control.clear_faults()
+        out.print("faults cleared")
+        return
+    if version is None:
+        raise fail("--version is required (or --clear)")
+    fault = control.inject_fault(version, delay_ms, error_rate, duration_s)
+    out.print(
+        f"{version}: +{fault.delay_ms:g} ms, {fault.error_rate:.0%} failing, for {duration_s:g} s"
+    )

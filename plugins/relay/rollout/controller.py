@@ -28,7 +28,7 @@ import logging
 from collections.abc import Callable
 
 from relay.clock import as_utc, utcnow
-from relay.registry import ModelState, Registry, Stage
+from relay.registry import ModelState, Registry
 from relay.registry.errors import ConcurrentUpdate
 from relay.rollout.experiment_record import live_experiment
 from relay.rollout.guarding import guard_once
@@ -315,7 +315,10 @@ def _leftovers(rollout: Rollout, reg: Registry, ep: Endpoint, s: Settings) -> li
         # experiment that did is never undone).
         todo.append("traffic")
     cand = reg.get(rollout.candidate)
-    if cand.stage is Stage.CANARY and (
+    # Done once the candidate's history names this rollout (not by its stage: a version rolled
+    # out again keeps the stage a restore gave it, and a later restore must not be undone).
+    recorded = any(f"rollout {rollout.id} " in h.reason for h in cand.history)
+    if not recorded and (
         rollout.state is RolloutState.PROMOTED
         or (rollout.state is RolloutState.ROLLED_BACK and cand.state is not ModelState.DEGRADED)
     ):

@@ -19,6 +19,7 @@ import datetime as dt
 import getpass
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -196,10 +197,27 @@ class TrafficLease:
         self._change(drop)
         return released
 
+    def acquire_within(self, owner: str, wait_s: float) -> Lease:
+        """:meth:`acquire`, waiting up to ``wait_s`` for another holder to let go (a
+        controller's tick holds it for seconds; a person's restore should not fail on that).
+
+        Raises:
+            LeaseHeld: still held by another owner after ``wait_s``.
+        """
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self.acquire(owner)
+            except LeaseHeld:
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.2)  # polling a remote lease, bounded by the deadline
+
     @contextmanager
-    def held(self, owner: str) -> Iterator[Lease]:
-        """Hold the lease for the ``with`` block and release it afterwards, even on error."""
-        lease = self.acquire(owner)
+    def held(self, owner: str, wait_s: float = 0.0) -> Iterator[Lease]:
+        """Hold the lease for the ``with`` block and release it afterwards, even on error;
+        wait up to ``wait_s`` for another holder to let go first."""
+        lease = self.acquire_within(owner, wait_s)
         try:
             yield lease
         finally:

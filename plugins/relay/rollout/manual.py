@@ -94,7 +94,7 @@ def restore(
     aborted = _abort_live(rs, tl, who, f"restore of {version}: {why}", at, version)
     # A live experiment holds the lease for its whole run: a restore ends it too (recorded).
     stop_live(ExperimentStore(s, store=rs.store), tl, who, f"restore of {version}: {why}", at)
-    with tl.held(who):
+    with tl.held(who, wait_s=s.rollout.lease_wait_s):
         split = serve_alone(version, s, reg, ep, why)
     return Restored(split, aborted)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from relay.serve.faults import Fault, faults_from_config, faults_to_config
 from relay.serve.traffic import TrafficSplit
 from relay.serve.traffic_state import model_app_name, traffic_state
 from relay.settings import Settings, get_settings
@@ -209,3 +210,25 @@ def live_metrics(settings: Settings | None = None) -> dict[str, Any]:
 
     s = settings or get_settings()
     return read_hub(s.serving.metrics_hub_timeout_s).to_json()
+
+
+def inject_fault(
+    version: str, delay_ms: float = 0.0, error_rate: float = 0.0, duration_s: float = 300.0
+) -> Fault:
+    """A drill: ``version``'s calls delayed by ``delay_ms`` and failing at ``error_rate`` for
+    ``duration_s`` seconds, on every router replica (:mod:`relay.serve.faults`)."""
+    import ray
+
+    fault = Fault(delay_ms, error_rate, time.time() + duration_s)
+    state = traffic_state()
+    _, config = ray.get(state.get.remote())
+    faults = {**faults_from_config((config or {}).get("faults")), version: fault}
+    ray.get(state.set_faults.remote(faults_to_config(faults)))
+    return fault
+
+
+def clear_faults() -> None:
+    """End every injected fault now."""
+    import ray
+
+    ray.get(traffic_state().set_faults.remote({}))

@@ -22,11 +22,13 @@ TRAFFIC_NAMESPACE = "relay"
 # split again from the record; routers keep the last split meanwhile).
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class TrafficState:
-    """The current split (:meth:`TrafficSplit.to_config`) and a generation number."""
+    """The current split (:meth:`TrafficSplit.to_config`), the injected faults (drills, under
+    ``faults`` in what :meth:`get` returns) and a generation number."""
 
     def __init__(self) -> None:
         self.generation = 0
         self.config: dict[str, Any] | None = None
+        self.faults: dict[str, Any] = {}  # relay.serve.faults, applied by every router
 
     def set(self, config: dict[str, Any]) -> int:
         # Monotonic across restarts and re-creations (milliseconds of wall clock): a router
@@ -36,7 +38,15 @@ class TrafficState:
         return self.generation
 
     def get(self) -> tuple[int, dict[str, Any] | None]:
-        return self.generation, self.config
+        if self.config is None or not self.faults:
+            return self.generation, self.config
+        return self.generation, {**self.config, "faults": self.faults}
+
+    def set_faults(self, faults: dict[str, Any]) -> int:
+        """Replace the injected faults (drills); routers apply them with the next generation."""
+        self.faults = dict(faults)
+        self.generation = max(self.generation + 1, int(time.time() * 1000))
+        return self.generation
 
     def seed(self, config: dict[str, Any]) -> int:
         return self.generation if self.config is not None else self.set(config)

@@ -88,6 +88,12 @@ class RolloutSettings(BaseModel):
     lease_ttl_s: float = Field(
         60.0, gt=0, description="The traffic lease lapses this long after its last renewal"
     )
+    lease_wait_s: float = Field(
+        30.0,
+        ge=0,
+        description="A restore waits this long for the traffic lease (a controller's tick "
+        "holds it for seconds) before it fails naming the holder",
+    )
     tick_s: float = Field(
         15.0,
         gt=0,

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
+import shutil
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from relay.rollout.plan import Plan, Step
@@ -88,7 +93,14 @@ def cluster(lake_days, tmp_path_factory) -> Iterator[dict[str, Any]]:
             for v in (v1, v2):
                 control.deploy_model(v, s)
             rows = orders[orders["created_at"].dt.date == lake_days[-1]].head(50)
-            yield {"v1": v1, "v2": v2, "settings": s, "url": control.endpoint(s), "rows": rows}
+            yield {
+                "v1": v1,
+                "v2": v2,
+                "v2_run": base / "v2",
+                "settings": s,
+                "url": control.endpoint(s),
+                "rows": rows,
+            }
         finally:
             stop_controller()
             serve.shutdown()
@@ -97,31 +109,41 @@ def cluster(lake_days, tmp_path_factory) -> Iterator[dict[str, Any]]:
 
 
 class Traffic:
-    """Orders posted to the endpoint from a thread until stopped; statuses counted."""
+    """Orders posted to the endpoint from a thread until stopped; statuses counted, and each
+    answered order's actual delivery time kept (the labels a test may land later)."""
 
-    def __init__(self, cluster: dict[str, Any]) -> None:
+    def __init__(self, cluster: dict[str, Any], clients: int = 1) -> None:
         self.cluster, self.statuses = cluster, []  # type: ignore[var-annotated]
+        self.answered: list[tuple[str, float]] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, args=(uuid.uuid4().hex[:8],), daemon=True)
+            for _ in range(clients)
+        ]
 
-    def _run(self) -> None:
+    def _run(self, prefix: str) -> None:
         rows, i = self.cluster["rows"], 0
         while not self._stop.is_set() and i < 20_000:
             row = rows.iloc[i % len(rows)]
+            order_id = f"{prefix}-{i}"
             try:
-                status, _ = _post(self.cluster["url"], {"orders": [_order(row, f"o-{i}")]})
+                status, _ = _post(self.cluster["url"], {"orders": [_order(row, order_id)]})
+                if status == 200:
+                    self.answered.append((order_id, float(row["delivery_minutes"])))
             except Exception as exc:  # a body that is not JSON, a reset connection: a failure
                 status = f"{type(exc).__name__}: {exc}"
             self.statuses.append(status)
             i += 1
 
     def __enter__(self) -> Traffic:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=30)
+        for thread in self._threads:
+            thread.join(timeout=30)
 
 
 def _fresh_start(cluster: dict[str, Any], plan: Plan) -> Rollout:
@@ -225,6 +247,144 @@ def test_a_sigkilled_controller_comes_back_and_the_rollout_finishes(
     history = [(h.to_state, h.reason) for h in Registry().get(cluster["v2"]).history]
     assert production is not None and production.id == cluster["v2"], (state, history)
     assert set(traffic.statuses) == {200}
+
+
+def test_an_outage_of_both_versions_does_not_roll_the_candidate_back(
+    cluster: dict[str, Any],
+) -> None:
+    from relay.rollout.runner import ensure_controller
+    from relay.serve import control
+
+    s = cluster["settings"]
+    started = _fresh_start(cluster, FAST)
+    ensure_controller(s)
+    with Traffic(cluster) as traffic:
+        _until("the first step's split", lambda: _traffic(s) == TrafficSplit(*_pair(cluster), 0.5))
+        for version in _pair(cluster):  # the platform fails, not the candidate
+            control.inject_fault(version, error_rate=0.3, duration_s=6)
+        _until("the rollout's end", lambda: _record(started.id).state.final, timeout_s=180)
+    record = _record(started.id)
+    assert record.state is RolloutState.PROMOTED, [v.reasons for v in record.verdicts]
+    rates = [
+        float(m.group(1))
+        for v in record.verdicts
+        for line in v.reasons
+        if (m := re.search(r"error rate (\d+\.\d+)%", line))
+    ]
+    assert max(rates) > 1.0, rates  # the outage was in the judged windows, and forgiven
+    assert traffic.statuses.count(200) > 0 and 503 in traffic.statuses
+
+
+def test_a_quiet_night_ends_the_rollout_aborted_and_the_candidate_still_promotable(
+    cluster: dict[str, Any],
+) -> None:
+    from relay.registry import ModelState, Registry
+    from relay.rollout.runner import ensure_controller
+
+    s = cluster["settings"]
+    night = Plan(steps=[Step(share=0.5, min_duration_s=1, max_duration_s=5, min_requests=10**6)])
+    started = _fresh_start(cluster, night)
+    ensure_controller(s)
+    with Traffic(cluster):
+        _until("the rollout's end", lambda: _record(started.id).state.final, timeout_s=120)
+    record = _record(started.id)
+    assert record.state is RolloutState.ABORTED, [v.reasons for v in record.verdicts]
+    _until("stable alone again", lambda: _traffic(s) == TrafficSplit(stable=cluster["v1"]))
+    assert Registry().get(cluster["v2"]).state is not ModelState.DEGRADED
+
+
+def _skewed_copy(cluster: dict[str, Any], tmp: Path) -> str:
+    """A copy of v2 whose every ETA runs ~20 minutes late: answers fast, but wrong."""
+    import torch
+
+    from relay.model.registration import register_trained
+    from relay.registry import Registry
+
+    bad = tmp / "bad"
+    shutil.copytree(cluster["v2_run"], bad)
+    weights = torch.load(bad / "model.pt")
+    weights["base.bias"] += 2.0  # in label standard deviations
+    torch.save(weights, bad / "model.pt")
+    version = register_trained(bad, training_set_uri="test", data_partitions=[]).id
+    for state in ("evaluating", "validated"):
+        Registry().transition(version, state, "test: a wrong model that passed a gate")
+    return version
+
+
+class Labels:
+    """Lands the actual delivery times of what the traffic got answered, when told to."""
+
+    def __init__(self, traffic: Traffic) -> None:
+        self.traffic, self.landed = traffic, 0
+
+    def land(self) -> int:
+        from relay.data.lake import ACTUALS, Lake
+
+        new = self.traffic.answered[self.landed :]
+        if new:
+            now = pd.Timestamp.now(tz="UTC")
+            frame = pd.DataFrame(
+                {
+                    "order_id": [o for o, _ in new],
+                    "delivered_at": [now] * len(new),
+                    "actual_minutes": [m for _, m in new],
+                }
+            )
+            Lake().append(frame, ACTUALS, now.date())
+            self.landed += len(new)
+        return len(new)
+
+
+@pytest.mark.parametrize("wrong", [True, False], ids=["fast_but_wrong", "good"])
+def test_labels_that_land_late_judge_the_candidate(
+    cluster: dict[str, Any], tmp_path: Path, wrong: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relay.registry import ModelState, Registry
+    from relay.rollout.controller import start_rollout_record
+    from relay.rollout.manual import restore
+    from relay.rollout.runner import ensure_controller, stop_controller
+
+    s = cluster["settings"]
+    # Labels required (the default; this module's other tests land none): a controller that
+    # reads it from its environment.
+    stop_controller()
+    monkeypatch.setenv("RELAY_ROLLOUT__REQUIRE_LABELS", "true")
+    candidate = _skewed_copy(cluster, tmp_path) if wrong else cluster["v2"]
+    plan = Plan(
+        steps=[
+            Step(share=0.5, min_duration_s=2, max_duration_s=600, min_requests=5, min_labelled=20)
+        ]
+    )
+    restore(cluster["v1"], s, by="test:setup", reason="test setup")
+    started = start_rollout_record(candidate, s, plan=plan, by="test:start")
+    controller = ensure_controller(s)  # its environment: os.environ, labels required
+    with Traffic(cluster) as traffic:
+        labels = Labels(traffic)
+        # No label yet (delivery times arrive 30-60 minutes after a prediction): it holds.
+        _until("a step held for labels", lambda: _record(started.id).state is RolloutState.HOLDING)
+        ticks = ray_get(controller.status.remote())["ticks"]
+        _until("five more ticks", lambda: ray_get(controller.status.remote())["ticks"] >= ticks + 5)
+        held = _record(started.id)
+        assert held.state is RolloutState.HOLDING, held.verdicts[-1].reasons
+        assert any("label" in r for r in held.verdicts[-1].reasons), held.verdicts[-1].reasons
+        # The labels land, and keep landing for what is served meanwhile.
+        _until("the verdict", lambda: labels.land() >= 0 and _record(started.id).state.final)
+    record = _record(started.id)
+    lines = [r for v in record.verdicts for r in v.reasons]
+    if wrong:
+        assert record.state is RolloutState.ROLLED_BACK, lines
+        assert any(r.startswith("FAIL: quality") for r in lines), lines
+        _until("Degraded", lambda: Registry().get(candidate).state is ModelState.DEGRADED)
+        _until("stable alone again", lambda: _traffic(s) == TrafficSplit(stable=cluster["v1"]))
+    else:
+        assert record.state is RolloutState.PROMOTED, lines
+        assert any("quality judged" in r for r in lines), lines
+
+
+def ray_get(ref: Any) -> Any:
+    import ray
+
+    return ray.get(ref)
 
 
 def _production() -> str | None:
