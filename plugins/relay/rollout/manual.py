@@ -17,7 +17,8 @@ way (recorded), since it holds the lease for its whole run.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -145,11 +146,11 @@ def canary(
         RolloutActive: a rollout is live (it owns the traffic until it ends or is aborted).
         RolloutError: nothing serves yet (restore a version first).
     """
-    s = settings or get_settings()
-    reg, rs = registry or Registry(s), store or RolloutStore(s)
-    ep, tl = endpoint or serve_endpoint(), lease or TrafficLease.open(s)
-    with tl.held(by or process_owner()):
-        _no_live_rollout(rs, "move traffic by hand")
+    with _by_hand("move traffic by hand", settings, by, registry, store, endpoint, lease) as (
+        s,
+        reg,
+        ep,
+    ):
         now = ep.current_traffic(s)
         if now is None:
             raise RolloutError(f"nothing serves yet: `relay serve restore --version {version}`")
@@ -176,11 +177,11 @@ def promote_candidate(
         RolloutActive: a rollout is live.
         RolloutError: no candidate serves.
     """
-    s = settings or get_settings()
-    reg, rs = registry or Registry(s), store or RolloutStore(s)
-    ep, tl = endpoint or serve_endpoint(), lease or TrafficLease.open(s)
-    with tl.held(by or process_owner()):
-        _no_live_rollout(rs, "promote by hand")
+    with _by_hand("promote by hand", settings, by, registry, store, endpoint, lease) as (
+        s,
+        reg,
+        ep,
+    ):
         now = ep.current_traffic(s)
         if now is None or not now.candidate:
             raise RolloutError("no candidate serves: nothing to promote")
@@ -225,3 +226,21 @@ def _no_live_rollout(rs: RolloutStore, what: str) -> None:
             f"cannot {what}: rollout {r.id} of {r.candidate} owns the traffic ({r.state}); "
             f"`relay rollout abort --reason ...` it first, or `relay serve restore`"
         )
+
+
+@contextmanager
+def _by_hand(
+    what: str,
+    settings: Settings | None,
+    by: str | None,
+    registry: Registry | None,
+    store: RolloutStore | None,
+    endpoint: Endpoint | None,
+    lease: TrafficLease | None,
+) -> Iterator[tuple[Settings, Registry, Endpoint]]:
+    """A manual move's frame: the traffic lease held, and no rollout owning the traffic."""
+    s = settings or get_settings()
+    rs, tl = store or RolloutStore(s), lease or TrafficLease.open(s)
+    with tl.held(by or process_owner()):
+        _no_live_rollout(rs, what)
+        yield s, registry or Registry(s), endpoint or serve_endpoint()

@@ -33,12 +33,13 @@ from relay.rollout.lease import process_owner
 from relay.rollout.manual import Endpoint, restore, serve_endpoint
 from relay.rollout.record import Rollout
 from relay.rollout.store import RolloutStore
+from relay.serve.traffic_state import TRAFFIC_NAMESPACE, named_actor
 from relay.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 CONTROLLER_ACTOR = "relay-rollout-controller"
-CONTROLLER_NAMESPACE = "relay"
+CONTROLLER_NAMESPACE = TRAFFIC_NAMESPACE  # Relay's actors live together
 
 
 class _Controller:
@@ -99,13 +100,8 @@ def ensure_controller(settings: Settings | None = None) -> Any:
 
     s = settings or get_settings()
     actor: Any = ray.remote(num_cpus=0, max_restarts=-1)(_Controller)
-    handle = actor.options(
-        name=CONTROLLER_ACTOR,
-        namespace=CONTROLLER_NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-        runtime_env={"env_vars": relay_job_env(s)},
-    ).remote(s.rollout.tick_s)
+    env = {"env_vars": relay_job_env(s)}
+    handle = named_actor(actor, CONTROLLER_ACTOR, s.rollout.tick_s, runtime_env=env)
     ray.get(handle.status.remote(), timeout=120)  # started, or its error raised here
     return handle
 

@@ -33,7 +33,7 @@ from typing import Any, cast
 import ray
 
 from relay.serve.metrics import LiveMetrics
-from relay.serve.traffic_state import TRAFFIC_NAMESPACE
+from relay.serve.traffic_state import TRAFFIC_NAMESPACE, named_actor
 from relay.serve.windows import VersionWindow, total
 
 log = logging.getLogger(__name__)
@@ -155,13 +155,8 @@ class MetricsHub:
 
 
 def metrics_hub() -> Any:
-    """The cluster's metrics hub, created on first use (detached: it outlives the caller)."""
-    return MetricsHub.options(  # type: ignore[attr-defined]
-        name=HUB_ACTOR,
-        namespace=TRAFFIC_NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-    ).remote()
+    """The cluster's metrics hub, created on first use."""
+    return named_actor(MetricsHub, HUB_ACTOR)
 
 
 def read_hub(timeout_s: float) -> ClusterWindows:

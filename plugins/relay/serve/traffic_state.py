@@ -52,14 +52,21 @@ class TrafficState:
         return self.generation if self.config is not None else self.set(config)
 
 
-def traffic_state() -> Any:
-    """The cluster's traffic actor, created on first use (detached: it outlives the caller)."""
-    return TrafficState.options(  # type: ignore[attr-defined]
-        name=TRAFFIC_ACTOR,
+def named_actor(actor_class: Any, name: str, *args: Any, **options: Any) -> Any:
+    """The cluster's one actor ``name`` of ``actor_class`` (a ``@ray.remote`` class) in
+    Relay's namespace, created on first use with ``args`` (detached: it outlives the caller)."""
+    return actor_class.options(
+        name=name,
         namespace=TRAFFIC_NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
-    ).remote()
+        **options,
+    ).remote(*args)
+
+
+def traffic_state() -> Any:
+    """The cluster's traffic actor, created on first use."""
+    return named_actor(TrafficState, TRAFFIC_ACTOR)
 
 
 def model_app_name(version: str) -> str:
