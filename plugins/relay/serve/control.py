@@ -78,12 +78,22 @@ def _serve_app(settings: Settings) -> Any:
     return importlib.import_module(settings.serving.app_module)
 
 
-def deploy_model(version: str, settings: Settings | None = None) -> str:
-    """Start (or keep) the deployment of one registry version; returns its app name."""
+def deploy_model(version: str, settings: Settings | None = None, *, redeploy: bool = False) -> str:
+    """Start (or keep) the deployment of one registry version; returns its app name.
+
+    A model app already running is kept unless ``redeploy``: ``serve.run`` of a built app
+    replaces its replicas (a fresh code version each call), and with one replica a restore
+    or canary of the version serving now would leave its orders waiting for a new replica.
+    """
     from ray import serve
+    from ray.serve.schema import ApplicationStatus
 
     s = settings or get_settings()
     name = model_app_name(version)
+    if not redeploy and version in deployed_models():
+        app = serve.status().applications.get(name)
+        if app is not None and app.status == ApplicationStatus.RUNNING:
+            return name
     serve.run(_serve_app(s).model_application(version, s), name=name, route_prefix=None)
     return name
 
@@ -204,12 +214,13 @@ def live_metrics(settings: Settings | None = None) -> dict[str, Any]:
 
     Raises:
         ray.exceptions.GetTimeoutError: the hub did not answer within
-            ``RELAY_SERVING__METRICS_HUB_TIMEOUT_S``.
+            ``RELAY_SERVING__METRICS_READ_TIMEOUT_S`` (longer than a router's wait: a driver
+            is on no request's path, and a tick that fails is only retried).
     """
     from relay.serve.metrics_hub import read_hub
 
     s = settings or get_settings()
-    return read_hub(s.serving.metrics_hub_timeout_s).to_json()
+    return read_hub(s.serving.metrics_read_timeout_s).to_json()
 
 
 def inject_fault(

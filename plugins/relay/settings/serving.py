@@ -149,6 +149,11 @@ class ServingSettings(BaseModel):
     metrics_hub_timeout_s: float = Field(
         2.0, gt=0, description="Wait on the metrics hub, then answer a router's own counters"
     )
+    metrics_read_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="Wait on the metrics hub by a driver (controller tick, CLI) before it fails",
+    )
     min_eta_minutes: float = Field(0.0, description="A returned prediction exceeds this")
     max_eta_minutes: float = Field(600.0, gt=0, description="A returned prediction is at most this")
 

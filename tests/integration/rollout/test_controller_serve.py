@@ -155,6 +155,13 @@ def _fresh_start(cluster: dict[str, Any], plan: Plan) -> Rollout:
     return start_rollout_record(cluster["v2"], cluster["settings"], plan=plan, by="test:start")
 
 
+def _errors(settings: Settings) -> dict[str, int]:
+    """Failed calls per version so far, over every router replica."""
+    from relay.serve import control
+
+    return {v: int(w.get("errors", 0)) for v, w in control.live_metrics(settings).items()}
+
+
 def _record(rollout_id: str) -> Rollout:
     return RolloutStore().get(rollout_id).rollout
 
@@ -256,12 +263,22 @@ def test_an_outage_of_both_versions_does_not_roll_the_candidate_back(
     from relay.serve import control
 
     s = cluster["settings"]
-    started = _fresh_start(cluster, FAST)
+    # The outage must fall inside the first step: at 100% stable serves nothing, so there is
+    # no baseline to forgive a shared outage against (the guard's job after promotion).
+    plan = Plan(steps=[FAST.steps[0].model_copy(update={"min_duration_s": 20}), FAST.steps[1]])
+    started = _fresh_start(cluster, plan)
     ensure_controller(s)
     with Traffic(cluster) as traffic:
         _until("the first step's split", lambda: _traffic(s) == TrafficSplit(*_pair(cluster), 0.5))
+        before = _errors(s)
         for version in _pair(cluster):  # the platform fails, not the candidate
-            control.inject_fault(version, error_rate=0.3, duration_s=6)
+            control.inject_fault(version, error_rate=0.3, duration_s=60)
+        _until(
+            "errors on both versions",
+            lambda: all(_errors(s)[v] >= before[v] + 2 for v in _pair(cluster)),
+        )
+        control.clear_faults()
+        assert _record(started.id).step == 0, "the outage outlasted the first step"
         _until("the rollout's end", lambda: _record(started.id).state.final, timeout_s=180)
     record = _record(started.id)
     assert record.state is RolloutState.PROMOTED, [v.reasons for v in record.verdicts]
