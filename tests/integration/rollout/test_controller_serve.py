@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -110,30 +111,53 @@ def cluster(lake_days, tmp_path_factory) -> Iterator[dict[str, Any]]:
 
 class Traffic:
     """Orders posted to the endpoint from a thread until stopped; statuses counted, and each
-    answered order's actual delivery time kept (the labels a test may land later)."""
+    answered order's actual delivery time kept (the labels a test may land later).
 
-    def __init__(self, cluster: dict[str, Any], clients: int = 1) -> None:
+    Closed loop by default (each client waits for its answer); with ``rate``, open loop as
+    production's clients are: ``rate`` orders a second whatever the latency, so a slow version
+    shows as latency, not as a drop in throughput.
+    """
+
+    def __init__(
+        self, cluster: dict[str, Any], clients: int = 1, rate: float | None = None
+    ) -> None:
         self.cluster, self.statuses = cluster, []  # type: ignore[var-annotated]
         self.answered: list[tuple[str, float]] = []
         self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=32) if rate else None
+        prefixes = [uuid.uuid4().hex[:8] for _ in range(1 if rate else clients)]
         self._threads = [
-            threading.Thread(target=self._run, args=(uuid.uuid4().hex[:8],), daemon=True)
-            for _ in range(clients)
+            threading.Thread(
+                target=self._paced if rate else self._run,
+                args=(p, rate) if rate else (p,),
+                daemon=True,
+            )
+            for p in prefixes
         ]
+
+    def _one(self, order_id: str, row: pd.Series) -> None:
+        status: int | str
+        try:
+            status, _ = _post(self.cluster["url"], {"orders": [_order(row, order_id)]})
+            if status == 200:
+                self.answered.append((order_id, float(row["delivery_minutes"])))
+        except Exception as exc:  # a body that is not JSON, a reset connection: a failure
+            status = f"{type(exc).__name__}: {exc}"
+        self.statuses.append(status)
 
     def _run(self, prefix: str) -> None:
         rows, i = self.cluster["rows"], 0
         while not self._stop.is_set() and i < 20_000:
-            row = rows.iloc[i % len(rows)]
-            order_id = f"{prefix}-{i}"
-            try:
-                status, _ = _post(self.cluster["url"], {"orders": [_order(row, order_id)]})
-                if status == 200:
-                    self.answered.append((order_id, float(row["delivery_minutes"])))
-            except Exception as exc:  # a body that is not JSON, a reset connection: a failure
-                status = f"{type(exc).__name__}: {exc}"
-            self.statuses.append(status)
+            self._one(f"{prefix}-{i}", rows.iloc[i % len(rows)])
             i += 1
+
+    def _paced(self, prefix: str, rate: float) -> None:
+        assert self._pool is not None
+        rows, i, due = self.cluster["rows"], 0, time.monotonic()
+        # Pacing the sender (not waiting on a state): the next order is due 1/rate s later.
+        while not self._stop.wait(max(due - time.monotonic(), 0.0)) and i < 20_000:
+            self._pool.submit(self._one, f"{prefix}-{i}", rows.iloc[i % len(rows)])
+            i, due = i + 1, due + 1.0 / rate
 
     def __enter__(self) -> Traffic:
         for thread in self._threads:
@@ -144,6 +168,8 @@ class Traffic:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=30)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
 
 def _fresh_start(cluster: dict[str, Any], plan: Plan) -> Rollout:
@@ -413,3 +439,112 @@ def _production() -> str | None:
 
 def _pair(cluster: dict[str, Any]) -> tuple[str, str]:
     return cluster["v1"], cluster["v2"]
+
+
+def test_a_p99_breach_after_promotion_sustained_restores_the_previous_version(
+    cluster: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relay.registry import Registry
+    from relay.rollout.guard import GuardAction
+    from relay.rollout.guarding import Guards
+    from relay.rollout.runner import ensure_controller, stop_controller
+    from relay.serve import control
+
+    s = cluster["settings"]
+    sustain_s = 12.0  # the field's 3 minutes, shortened; the controller reads its environment
+    stop_controller()
+    monkeypatch.setenv("RELAY_ROLLOUT__GUARD_SUSTAIN_S", str(sustain_s))
+    monkeypatch.setenv("RELAY_ROLLOUT__REQUIRE_LABELS", "false")
+    started = _fresh_start(cluster, FAST)
+    ensure_controller(s)
+
+    def guard() -> Any:
+        doc, _ = Guards(RolloutStore()).read()
+        return doc if doc is not None and doc.rollout_id == started.id else None
+
+    with Traffic(cluster, rate=20) as traffic:
+        _until("the rollout's end", lambda: _record(started.id).state.final, timeout_s=180)
+        assert _record(started.id).state is RolloutState.PROMOTED
+        _until("the guard's first check", lambda: (g := guard()) and g.state.checked_at)
+        control.inject_fault(cluster["v2"], delay_ms=150, duration_s=600)  # production slows
+        try:
+            _until(
+                "the previous version serving alone",
+                lambda: (
+                    _production() == cluster["v1"]
+                    and _router_versions(cluster) == {cluster["v1"]: 1.0}
+                    and guard().restored_at is not None  # recorded once the restore is done
+                ),
+                timeout_s=240,
+            )
+        finally:
+            control.clear_faults()
+    doc = guard()
+    assert doc.state.ended is GuardAction.RESTORE and doc.restored_at is not None
+    assert any(r.startswith("FAIL: P99") for r in doc.state.reasons), doc.state.reasons
+    history = Registry().get(cluster["v1"]).history
+    promoted = [h for h in history if h.to_stage == "production" and h.from_stage != "production"]
+    assert promoted[-1].reason.startswith(f"guard:{cluster['v2']}"), promoted[-1]
+    # The restore came from a breach run that lasted, not from one slow tick.
+    sustained = [since for name, since in doc.state.breaches.items() if name == "p99_latency"]
+    assert sustained and (doc.state.ended_at - sustained[0]).total_seconds() >= sustain_s
+    assert set(traffic.statuses) == {200}  # slow, then restored: no order lost
+
+
+def test_an_experiment_whose_primary_fails_leaves_the_control_all_traffic(
+    cluster: dict[str, Any], tmp_path: Path
+) -> None:
+    from relay.clock import utcnow
+    from relay.rollout.experiment import load_spec
+    from relay.rollout.experiment_record import ExperimentState, ExperimentStore
+    from relay.rollout.experiment_run import start_experiment
+    from relay.rollout.manual import restore
+    from relay.rollout.runner import ensure_controller
+    from relay.serve import control
+
+    s = cluster["settings"]
+    restore(cluster["v1"], s, by="test:setup", reason="test setup")
+    now = utcnow()
+    spec = tmp_path / "experiment.yaml"
+    spec.write_text(
+        f"""
+id: exp-slow-{uuid.uuid4().hex[:6]}
+start: {(now - dt.timedelta(seconds=1)).isoformat()}
+end: {(now + dt.timedelta(hours=1)).isoformat()}
+control:
+  version: {cluster["v1"]}
+variants:
+  - name: slow
+    version: {cluster["v2"]}
+    share: 0.5
+primary:
+  - metric: p99_ms
+    max_value: 100
+secondary:
+  - metric: error_rate
+    max_value: 0.01
+min_requests: 100
+min_labelled: 0
+"""
+    )
+    started = start_experiment(load_spec(spec), s, by="test:analyst")
+    control.inject_fault(cluster["v2"], delay_ms=150, duration_s=600)  # the variant is slow
+    try:
+        ensure_controller(s)
+        with Traffic(cluster, rate=20) as traffic:
+            _until(
+                "the experiment's verdict",
+                lambda: ExperimentStore().get(started.id).record.state.final,
+                timeout_s=180,
+            )
+            _until("the control alone", lambda: _traffic(s) == TrafficSplit(stable=cluster["v1"]))
+            alone = {cluster["v1"]: 1.0}
+            _until("routers on the control", lambda: _router_versions(cluster) == alone)
+    finally:
+        control.clear_faults()
+    ended = ExperimentStore().get(started.id).record
+    assert ended.state is ExperimentState.ENDED and ended.winner == "control", ended.verdict
+    assert any(r.startswith("FAIL: primary p99_ms ≤ 100") for r in ended.verdict), ended.verdict
+    assert ended.headline.endswith("CONTROL WINS"), ended.headline
+    assert _production() == cluster["v1"]  # an experiment never promotes
+    assert set(traffic.statuses) == {200}
