@@ -30,7 +30,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from relay.serve.answer import Unprocessable, answer_rows, parse_orders
+from relay.serve.answer import answer_rows
+from relay.serve.contract import Limits, Rejected, parse_orders
 from relay.serve.schemas import ETAResponse, Prediction, feature_row
 
 VERSION_ENV = "RELAY_BENCH_MODEL_VERSION"
@@ -58,15 +59,16 @@ def create_app(version: str | None = None) -> FastAPI:
 
     sv = get_settings().serving
     eta_range = (sv.min_eta_minutes, sv.max_eta_minutes)
+    limits = Limits.of(sv)
 
     @app.post("/v1/eta")
     async def eta(request: Request) -> JSONResponse:
         t0 = time.perf_counter()
-        try:
-            orders = parse_orders(await request.body())
-        except Unprocessable as exc:
-            return JSONResponse(status_code=422, content={"detail": exc.detail})
         now = dt.datetime.now(dt.UTC)
+        try:
+            orders = parse_orders(await request.body(), limits, now)
+        except Rejected as exc:
+            return JSONResponse(status_code=exc.status, content={"detail": exc.detail})
         rows = [feature_row(o, now) for o in orders]
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         feats = features.read(rows)

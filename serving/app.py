@@ -26,19 +26,24 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from relay.serve.answer import (
-    Unprocessable,
-    VersionCall,
-    answer_rows,
-    merge_calls,
+from relay.serve.answer import VersionCall, answer_rows, merge_calls
+from relay.serve.contract import (
+    REQUEST_ID_PARAMETER,
+    Limits,
+    Rejected,
+    check_length,
+    check_request_id,
     parse_orders,
+    request_body_schema,
 )
 from relay.serve.faults import Fault, InjectedFault, faults_from_config
 from relay.serve.loader import Loaded, load_version
 from relay.serve.schemas import (
     ETAResponse,
+    Invalid,
     ModelsResponse,
     Prediction,
+    Problem,
     ServingVersion,
     feature_row,
 )
@@ -200,7 +205,9 @@ class Router:
         *,
         metrics_push_s: float,
         metrics_hub_timeout_s: float,
+        limits: Limits | None = None,
     ) -> None:
+        self.limits = limits or Limits()
         from relay.serve.metrics import LiveMetrics
         from relay.serve.metrics_hub import HubClient
 
@@ -250,22 +257,36 @@ class Router:
         # One assignment: a request sees either the old split or the new one, never a mix.
         self.handles, self.split = handles, split
 
-    @api.post("/v1/eta", response_model=ETAResponse)
+    @api.post(
+        "/v1/eta",
+        response_model=ETAResponse,
+        # The handler parses the body itself (the contract's limits act in the parse); the
+        # schema says exactly what it accepts.
+        openapi_extra={"requestBody": request_body_schema(), "parameters": [REQUEST_ID_PARAMETER]},
+        responses={
+            413: {"model": Invalid, "description": "Body larger than the limit"},
+            422: {"model": Invalid, "description": "A field refused: `loc` names it"},
+            503: {"model": Problem, "description": "No model deployed, or none could answer"},
+        },
+    )
     async def eta(self, request: Request) -> JSONResponse:
         t0 = time.perf_counter()
+        now = dt.datetime.now(dt.UTC)
+        request_id = request.headers.get("x-request-id")
         try:
-            orders = parse_orders(await request.body())
-        except Unprocessable as exc:
-            return JSONResponse(status_code=422, content={"detail": exc.detail})
+            check_length(request.headers.get("content-length"), self.limits)
+            check_request_id(request_id, self.limits)
+            orders = parse_orders(await request.body(), self.limits, now)
+        except Rejected as exc:
+            return JSONResponse(status_code=exc.status, content={"detail": exc.detail})
         split, handles = self.split, self.handles
         if split is None:
             return JSONResponse(status_code=503, content={"detail": "no model deployed"})
-        now = dt.datetime.now(dt.UTC)
         rows = [feature_row(o, now) for o in orders]
         groups = split.assign(
             [r["order_id"] for r in rows], [r["zone_id"] for r in rows], [r["hour"] for r in rows]
         )
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = request_id or uuid.uuid4().hex
         faults = self.faults
         calls = await asyncio.gather(
             *(
@@ -387,6 +408,7 @@ def router_application(settings: Any = None, initial: dict[str, Any] | None = No
         initial,
         metrics_push_s=sv.metrics_push_s,
         metrics_hub_timeout_s=sv.metrics_hub_timeout_s,
+        limits=Limits.of(sv),
     )
 
 

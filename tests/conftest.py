@@ -19,6 +19,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["RELAY_HOME"] = str(_HOME)
     for key in [k for k in os.environ if k.startswith("RELAY_") and k != "RELAY_HOME"]:
         del os.environ[key]
+    # The tests replay fixed days of November 2026 through the endpoint; the contract refuses
+    # an order created more than a month before now (tests/unit/serve/test_contract.py).
+    os.environ["RELAY_SERVING__CREATED_AT_MAX_AGE_S"] = str(10 * 365 * 86_400)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -7,52 +7,15 @@ transports, not two copies of the same work.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
-
 from relay.features.catalog import NUMERIC, WEATHER
-from relay.serve.schemas import Order, OrderBatch
 
 CHECKED_FEATURES: tuple[str, ...] = (*NUMERIC, WEATHER)
 """Inputs whose absence the answer reports (``missing_features``): the model then used defaults."""
-
-
-class Unprocessable(ValueError):
-    """A body that is neither one order nor a batch of orders; ``detail`` is FastAPI's 422 list."""
-
-    def __init__(self, detail: list[dict[str, Any]]) -> None:
-        super().__init__(detail)
-        self.detail = detail
-
-
-def parse_orders(body: bytes) -> list[Order]:
-    """The orders of a ``POST /v1/eta`` body: one order, or ``{"orders": [...]}``.
-
-    Raises:
-        Unprocessable: invalid JSON or a field the schema refuses (``loc`` names it).
-    """
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise Unprocessable(
-            [{"loc": ["body"], "msg": f"invalid JSON: {exc}", "type": "json_invalid"}]
-        ) from exc
-    try:
-        if isinstance(data, dict) and "orders" in data:
-            return OrderBatch.model_validate(data).orders
-        return [Order.model_validate(data)]
-    except ValidationError as exc:
-        raise Unprocessable(
-            [
-                {"loc": ["body", *e["loc"]], "msg": e.get("msg", ""), "type": e.get("type", "")}
-                for e in exc.errors()
-            ]
-        ) from exc
 
 
 def answer_rows(

@@ -6,9 +6,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_ORDERS_PER_REQUEST = 256
+#: Ids: any characters but control characters (they break logs, headers and CSV exports).
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+
+
+def _id(max_length: int, description: str) -> Any:
+    return Field(min_length=1, max_length=max_length, pattern=ID_PATTERN, description=description)
 
 
 class Order(BaseModel):
@@ -16,14 +22,28 @@ class Order(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    order_id: str = Field(min_length=1, max_length=64, description="Unique order id")
-    courier_id: str = Field(min_length=1, max_length=64, description="Assigned courier")
-    merchant_id: str = Field(min_length=1, max_length=64, description="Merchant preparing it")
-    zone_id: str = Field(min_length=1, max_length=32, description="Delivery zone")
+    order_id: str = _id(64, "Unique order id")
+    courier_id: str = _id(64, "Assigned courier")
+    merchant_id: str = _id(64, "Merchant preparing it")
+    zone_id: str = _id(32, "Delivery zone")
     distance_km: float = Field(gt=0, le=100, description="Merchant to customer, km")
     created_at: dt.datetime | None = Field(
-        None, description="Order time (UTC); default: now. Gives hour and weekday."
+        None,
+        description="Order time (without an offset: UTC); default: now. Gives hour and weekday; "
+        "within RELAY_SERVING__CREATED_AT_MAX_AGE_S before and _MAX_AHEAD_S after now",
     )
+
+    @field_validator("created_at")
+    @classmethod
+    def _in_utc(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        try:
+            return value.astimezone(dt.UTC)
+        except OverflowError:  # 0001-01-01T00:00+14:00 is before year 1 in UTC
+            raise ValueError("outside the representable datetime range once in UTC") from None
 
 
 class OrderBatch(BaseModel):
@@ -74,3 +94,23 @@ def feature_row(order: Order, now: dt.datetime) -> dict[str, Any]:
         "weekday": created.weekday(),
         "created_at": created.isoformat(),
     }
+
+
+class Problem(BaseModel):
+    """A 503 answer: what went wrong, for a person."""
+
+    detail: str
+
+
+class FieldError(BaseModel):
+    """One refused field: where (``loc``: ``body``, ``orders``, index, field), what, which rule."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Invalid(BaseModel):
+    """A 422 answer: every refused field, named."""
+
+    detail: list[FieldError]

@@ -154,6 +154,23 @@ class ServingSettings(BaseModel):
         gt=0,
         description="Wait on the metrics hub by a driver (controller tick, CLI) before it fails",
     )
+    max_body_bytes: int = Field(
+        1 << 20, gt=0, description="POST /v1/eta: a larger body is refused (413)"
+    )
+    max_json_depth: int = Field(
+        8, ge=3, description="POST /v1/eta: JSON nested deeper is refused (a batch is 3 deep)"
+    )
+    created_at_max_age_s: float = Field(
+        30 * 86_400.0,
+        gt=0,
+        description="POST /v1/eta: an order's created_at at most this old (a month: replays)",
+    )
+    created_at_max_ahead_s: float = Field(
+        3_600.0, ge=0, description="POST /v1/eta: an order's created_at at most this far ahead"
+    )
+    max_request_id_chars: int = Field(
+        128, ge=1, description="POST /v1/eta: the x-request-id header's length at most"
+    )
     min_eta_minutes: float = Field(0.0, description="A returned prediction exceeds this")
     max_eta_minutes: float = Field(600.0, gt=0, description="A returned prediction is at most this")
 

@@ -146,6 +146,41 @@ def test_invalid_orders_get_422_naming_the_field(served, mutate, field):
     assert any(field in [str(x) for x in d["loc"]] for d in body["detail"]), body
 
 
+def test_openapi_declares_the_body_the_handler_accepts_and_its_4xx(served):
+    from bench.fuzz import body_schema
+
+    with urllib.request.urlopen(served["url"] + "/openapi.json", timeout=10) as resp:
+        post = json.loads(resp.read())["paths"]["/v1/eta"]["post"]
+    assert {"200", "413", "422", "503"} <= set(post["responses"])
+    assert [p["name"] for p in post["parameters"]] == ["x-request-id"]
+    shapes = body_schema(served["url"])["anyOf"]
+    assert {frozenset(s["properties"]) for s in shapes} == {
+        frozenset(_order(served["orders"].iloc[0])),
+        frozenset({"orders"}),
+    }
+
+
+def test_schema_driven_fuzzing_gets_no_5xx_and_restarts_no_replica(served):
+    import ray
+
+    from bench.fuzz import fuzz
+
+    def replicas() -> set[str]:  # a replica Serve replaced comes back under a new id
+        named = ray.util.list_named_actors(all_namespaces=True)
+        return {a["name"] for a in named if "SERVE_REPLICA" in a["name"]}
+
+    before = replicas()
+    rows = served["orders"].head(20).iterrows()
+    orders = [_order(r, f"fuzz-{i}") for i, (_, r) in enumerate(rows)]
+    statuses = fuzz(served["url"], orders, n=300)
+    assert sum(statuses.values()) >= 300
+    assert all(isinstance(s, int) and s < 500 for s in statuses), statuses
+    assert statuses[200] > 0 and statuses[422] > 0, statuses  # both paths were exercised
+    assert replicas() == before
+    status, _ = _post(served["url"], orders[0])
+    assert status == 200
+
+
 def test_malformed_empty_and_oversized_requests_then_still_serving(served):
     status, body = _post(served["url"], b"{not json")
     assert status == 422 and body["detail"][0]["type"] == "json_invalid"
@@ -155,6 +190,13 @@ def test_malformed_empty_and_oversized_requests_then_still_serving(served):
     big = {"orders": [_order(row, f"big-{i}") for i in range(257)]}
     status, body = _post(served["url"], big)
     assert status == 422 and "orders" in body["detail"][0]["loc"]
+    status, body = _post(served["url"], b" " * ((1 << 20) + 1))
+    assert status == 413 and body["detail"][0]["loc"] == ["body"]
+    for created_at in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"):
+        status, body = _post(served["url"], {**_order(row), "created_at": created_at})
+        assert status == 422 and body["detail"][0]["loc"] == ["body", "created_at"], body
+    status, body = _post(served["url"], b"[" * 100_000 + b"]" * 100_000)
+    assert status == 422 and body["detail"][0]["type"] == "json_too_deep"
     status, body = _post(served["url"], _order(row))
     assert status == 200
 
