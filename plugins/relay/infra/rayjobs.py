@@ -26,6 +26,10 @@ from relay.settings import Settings, get_settings
 #: Terminal states of a Ray job (``ray.job_submission.JobStatus`` values).
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 _AWS_PUBLIC = frozenset({"AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION"})
+#: Names that hold a secret, and values that carry one: a URL with credentials
+#: (``redis://:pw@host``) or a connection string's ``password=`` (Feast's Redis string).
+_SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL|(^|_)(API_)?KEY($|_)", re.I)
+_SECRET_VALUE = re.compile(r"://[^/@\s]*:[^/@\s]*@|(^|[,;?&\s])pass(word)?=", re.I)
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -68,21 +72,34 @@ def submission_id(*parts: str) -> str:
     return _ID_UNSAFE.sub("_", raw)[:200]
 
 
+def is_secret(name: str, value: str) -> bool:
+    """Whether an environment variable holds a secret, by its name or its value."""
+    return bool(_SECRET_NAME.search(name) or _SECRET_VALUE.search(value))
+
+
+def public_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """Relay's variables that may travel in a Ray ``runtime_env`` (the dashboard shows it):
+    ``RELAY_*`` but Airflow's own and any secret, and AWS's endpoint and region. Secrets reach
+    Ray's nodes through their own environment (compose's ``environment:``, a secret file)."""
+    return {
+        k: v
+        for k, v in environ.items()
+        if ((k.startswith("RELAY_") and not k.startswith("RELAY_AIRFLOW__")) or k in _AWS_PUBLIC)
+        and not is_secret(k, v)
+    }
+
+
 def relay_job_env(
     settings: Settings | None = None, environ: Mapping[str, str] | None = None
 ) -> dict[str, str]:
     """The environment a job needs to see the same Relay as the submitter.
 
-    Ray shows a job's ``runtime_env`` in its dashboard, so no secret travels this way: Airflow's
-    own settings (its database URL) and AWS keys stay behind; the Ray cluster has its own.
+    Ray shows a job's ``runtime_env`` in its dashboard, so no secret travels this way
+    (:func:`public_env`): Airflow's own settings, AWS keys, passwords, tokens and URLs with
+    credentials stay behind; the Ray cluster has its own.
     """
     s = settings or get_settings()
-    env = environ if environ is not None else os.environ
-    out = {
-        k: v
-        for k, v in env.items()
-        if (k.startswith("RELAY_") and not k.startswith("RELAY_AIRFLOW__")) or k in _AWS_PUBLIC
-    }
+    out = public_env(environ if environ is not None else os.environ)
     out["RELAY_HOME"] = str(s.home)
     # The job joins the cluster it runs on, whatever address the submitter used.
     out.pop("RELAY_RAY__ADDRESS", None)

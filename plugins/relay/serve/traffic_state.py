@@ -75,6 +75,8 @@ def model_app_name(version: str) -> str:
 
 
 def relay_env() -> dict[str, str]:
-    """RELAY_* and AWS_* variables, handed to replicas so they read the same settings."""
-    keep = ("RELAY_", "AWS_")
-    return {k: v for k, v in os.environ.items() if k.startswith(keep)}
+    """Relay's public variables, handed to replicas so they read the same settings; secrets
+    (AWS keys, passwords, URLs with credentials) come from the nodes' own environment."""
+    from relay.infra.rayjobs import public_env
+
+    return public_env(os.environ)

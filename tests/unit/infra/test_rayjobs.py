@@ -13,6 +13,7 @@ from relay.infra.rayjobs import (
     JobSpec,
     RayJobFailed,
     follow,
+    is_secret,
     relay_job_env,
     submission_id,
     submit,
@@ -128,6 +129,10 @@ def test_relay_job_env_forwards_relay_settings_but_no_secrets(tmp_path):
         "AWS_SESSION_TOKEN": "token",
         "PATH": "/usr/bin",
         "XRELAY_NOT_OURS": "1",
+        "RELAY_FEATURES__ONLINE_STORE_URL": "redis://:hunter2@redis:6379/0",
+        "RELAY_SERVING__API_KEY": "k-123",
+        "RELAY_SERVING__ADMIN_TOKEN": "t-456",
+        "RELAY_DB__PASSWORD": "pw",
     }
     env = relay_job_env(Settings(home=tmp_path), environ=environ)
     assert env == {
@@ -139,6 +144,40 @@ def test_relay_job_env_forwards_relay_settings_but_no_secrets(tmp_path):
         "AWS_DEFAULT_REGION": "eu-west-1",
     }
     assert "very-secret" not in "".join(env.values())
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "secret"),
+    [
+        ("RELAY_SERVING__MAX_BODY_BYTES", "1048576", False),
+        ("RELAY_ROLLOUT__GUARD_SUSTAIN_S", "180", False),
+        ("RELAY_LAKE__URI", "s3://lake/relay", False),
+        ("RELAY_FEATURES__REDIS", "redis://redis:6379/0", False),
+        ("RELAY_FEATURES__REDIS", "redis://user:pw@redis:6379/0", True),
+        ("RELAY_FEAST__REDIS_CONNECTION", "redis:6379", False),
+        ("RELAY_FEAST__REDIS_CONNECTION", "redis:6379,password=hunter2", True),
+        ("RELAY_SERVING__CANARY_SALT_KEY", "x", True),
+        ("RELAY_MONKEY", "x", False),
+    ],
+)
+def test_a_secret_is_known_by_its_name_or_a_url_with_credentials(
+    name: str, value: str, secret: bool
+) -> None:
+    assert is_secret(name, value) is secret
+
+
+def test_serve_deployments_get_no_secret_in_their_runtime_env(monkeypatch, tmp_path):
+    from serving.app import model_application, router_application
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret")
+    monkeypatch.setenv("RELAY_FEATURES__ONLINE_STORE_URL", "redis://:hunter2@redis:6379/0")
+    monkeypatch.setenv("RELAY_SERVING__MAX_JSON_DEPTH", "9")
+    settings = Settings(home=tmp_path)
+    for app in (model_application("v1", settings), router_application(settings)):
+        env = app._bound_deployment.ray_actor_options["runtime_env"]["env_vars"]
+        assert env["RELAY_SERVING__MAX_JSON_DEPTH"] == "9"
+        assert not any(is_secret(k, v) for k, v in env.items()), env
+        assert "very-secret" not in str(env) and "hunter2" not in str(env)
 
 
 def test_relay_job_env_sets_an_absolute_home(tmp_path, monkeypatch):
