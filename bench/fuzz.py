@@ -113,28 +113,39 @@ def body_schema(url: str) -> dict[str, Any]:
     return dict(body["content"]["application/json"]["schema"])
 
 
-def post(url: str, body: bytes, request_id: str | None) -> int | str:
-    """The status of one ``POST /v1/eta``, or the transport error's name."""
+def post(url: str, body: bytes, request_id: str | None) -> tuple[int | str, bytes]:
+    """The status of one ``POST /v1/eta`` (or the transport error's name) and its body."""
     headers = {"Content-Type": "application/json"}
     if request_id is not None:
         headers["x-request-id"] = request_id
     req = urllib.request.Request(url + "/v1/eta", data=body, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
-            resp.read()
-            return int(resp.status)
+            return int(resp.status), resp.read()
     except urllib.error.HTTPError as err:
-        err.read()
-        return int(err.code)
+        return int(err.code), err.read()
     except Exception as exc:  # a reset connection or a timeout: counted, never a pass
-        return type(exc).__name__
+        return type(exc).__name__, b""
 
 
-def fuzz(url: str, orders: Sequence[dict[str, Any]], n: int, at: int = 0) -> Counter[int | str]:
-    """Send ``n`` generated requests to ``url`` (hypothesis seeded with ``at``); the count of
-    each status (or transport error's name)."""
+class Fuzzed(Counter):
+    """The count of each status (or transport error's name), and the first few requests that
+    got a 5xx or no answer, with what came back, to reproduce them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures: list[tuple[int | str, bytes, str | None, bytes]] = []
+
+    def add(self, status: int | str, body: bytes, request_id: str | None, answer: bytes) -> None:
+        self[status] += 1
+        if (not isinstance(status, int) or status >= 500) and len(self.failures) < 5:
+            self.failures.append((status, body[:2000], request_id, answer[:500]))
+
+
+def fuzz(url: str, orders: Sequence[dict[str, Any]], n: int, at: int = 0) -> Fuzzed:
+    """Send ``n`` generated requests to ``url`` (hypothesis seeded with ``at``)."""
     schema = body_schema(url)
-    statuses: Counter[int | str] = Counter()
+    statuses = Fuzzed()
 
     @seed(at)
     @settings(
@@ -146,7 +157,8 @@ def fuzz(url: str, orders: Sequence[dict[str, Any]], n: int, at: int = 0) -> Cou
     )
     @given(body=bodies(schema, orders), request_id=request_ids)
     def one(body: bytes, request_id: str | None) -> None:
-        statuses[post(url, body, request_id)] += 1
+        status, answer = post(url, body, request_id)
+        statuses.add(status, body, request_id, answer)
 
     one()
     return statuses
@@ -178,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     bad = {s: c for s, c in statuses.items() if not isinstance(s, int) or s >= 500}
     if bad:
         print(f"FAILED: {bad}", file=sys.stderr)
+        for failure in statuses.failures:
+            print(failure, file=sys.stderr)
         raise SystemExit(1)
 
 

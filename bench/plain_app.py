@@ -30,7 +30,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from relay.serve.answer import answer_rows
+from relay.serve.answer import VersionCall, answer_rows, merge_calls
 from relay.serve.contract import Limits, Rejected, parse_orders
 from relay.serve.schemas import ETAResponse, Prediction, feature_row
 
@@ -83,12 +83,19 @@ def create_app(version: str | None = None) -> FastAPI:
             latency_ms,
             now,
             eta_range=eta_range,
+            prior_minutes=bundle.preprocessor.label_mean,
         )
         serving_log.log(records)
-        if any(a.get("error") for a in answers):  # no stable to fall back on here
-            return JSONResponse(status_code=503, content={"detail": "prediction out of range"})
+        merged = merge_calls(
+            len(rows),
+            model_version,
+            [VersionCall(model_version, tuple(range(len(rows))), latency_ms, answers)],
+        )
+        if merged.failed:
+            return JSONResponse(status_code=503, content={"detail": merged.failed})
         response = ETAResponse(
-            predictions=[Prediction(**a) for a in answers], latency_ms=round(latency_ms, 3)
+            predictions=[Prediction(**a) for a in merged.answers if a is not None],
+            latency_ms=round(latency_ms, 3),
         )
         return JSONResponse(content=response.model_dump())
 

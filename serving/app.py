@@ -85,6 +85,7 @@ class ETAModel:
         self.version = version
         self.eta_range = eta_range
         self.bundle, self.features, self.log = loaded.model, loaded.features, loaded.log
+        self.prior_minutes = loaded.prior_minutes
         self.predict_batch.set_max_batch_size(max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._warm_up()
@@ -118,7 +119,8 @@ class ETAModel:
     def answer(self, calls: list[tuple[list[dict[str, Any]], str]]) -> list[list[dict[str, Any]]]:
         """One batch of requests (their rows and request ids): one online-store read, one
         forward pass, each request's answers in its own order, and the log records. A row whose
-        prediction is not finite or out of range is answered with an ``error`` and not logged."""
+        prediction is not finite or out of range is answered with an ``error`` and a fallback,
+        and not logged."""
         t0 = time.perf_counter()
         flat = [row for rows, _ in calls for row in rows]
         request_ids = [request_id for rows, request_id in calls for _ in rows]
@@ -134,6 +136,7 @@ class ETAModel:
             elapsed_ms,
             dt.datetime.now(dt.UTC),
             eta_range=self.eta_range,
+            prior_minutes=self.prior_minutes,
         )
         self.log.log(records)  # buffered; written off the request path
         out: list[list[dict[str, Any]]] = []

@@ -27,13 +27,15 @@ def answer_rows(
     latency_ms: float,
     served_at: dt.datetime,
     eta_range: tuple[float, float] | None = None,
+    prior_minutes: float | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """One answer per row, and one serving-log record per row that can be returned.
 
-    A prediction that is not finite, or outside ``eta_range``, is never returned: its row's
-    answer carries an ``error`` (see :func:`row_error`) and ``eta_minutes`` None, and it gets
-    no log record (nothing was served). The router answers such rows from stable
-    (:func:`merge_calls`).
+    A prediction that is not finite, or outside ``eta_range``, is never returned as the
+    model's: its row's answer carries an ``error`` (see :func:`row_error`), ``eta_minutes``
+    None and a ``fallback_minutes`` (:func:`fallback_eta`), and it gets no log record (the
+    model's prediction was not served). The router answers such rows from stable, and a
+    stable's such rows with their fallback, flagged ``degraded`` (:func:`merge_calls`).
 
     Args:
         version: The model version that predicted.
@@ -46,6 +48,8 @@ def answer_rows(
         eta_range: ``(low, high)``: a prediction must be ``> low`` and ``<= high`` minutes
             (``RELAY_SERVING__MIN_ETA_MINUTES``, ``__MAX_ETA_MINUTES``); None checks finiteness
             only.
+        prior_minutes: what to answer when the model's own prediction is unusable and cannot
+            be clamped (the training set's mean ETA); None: no fallback.
 
     Raises:
         ValueError: ``eta_range`` is empty (``low >= high``).
@@ -65,9 +69,11 @@ def answer_rows(
             "model_version": version,
             "missing_features": missing,
         }
-        answers.append({**answer, "error": error} if error else answer)
         if error:
+            fallback = fallback_eta(raw, eta_range, prior_minutes)
+            answers.append({**answer, "error": error, "fallback_minutes": fallback})
             continue
+        answers.append(answer)
         records.append(
             {
                 "request_id": request_ids[i],
@@ -90,6 +96,19 @@ def eta_error(minutes: float, eta_range: tuple[float, float] | None) -> str | No
     if eta_range is not None and not eta_range[0] < minutes <= eta_range[1]:
         return f"prediction {minutes:.3f} min is outside ({eta_range[0]}, {eta_range[1]}]"
     return None
+
+
+def fallback_eta(
+    minutes: float, eta_range: tuple[float, float] | None, prior: float | None
+) -> float | None:
+    """What to answer instead of an unusable prediction: the range's top for one above it (the
+    model says "very long", and the cap is the longest ETA the platform will promise), else the
+    prior (the training set's mean) when it lies in the range; None when there is nothing sane."""
+    if eta_range is not None and math.isfinite(minutes) and minutes > eta_range[1]:
+        return float(eta_range[1])
+    if prior is None or not math.isfinite(prior) or eta_error(prior, eta_range) is not None:
+        return None
+    return round(float(prior), 3)
 
 
 def row_error(answer: Mapping[str, Any]) -> str | None:
@@ -150,16 +169,24 @@ class Merged:
         return tuple(i for i, a in enumerate(self.answers) if a is None)
 
 
+def _degraded(answer: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in answer.items() if k not in ("error", "fallback_minutes")}
+    return {**out, "eta_minutes": answer["fallback_minutes"], "degraded": True}
+
+
 def merge_calls(
     n_rows: int, stable: str, calls: Sequence[VersionCall], before: Merged | None = None
 ) -> Merged:
     """Put a request's answers together, and decide what a failed call or row turns into.
 
     A candidate's failure (its call raised or returned the wrong number of answers, or a row's
-    prediction cannot be returned) is answered by stable: its rows go to ``retry``, once. The
-    stable version's failure fails the request (``failed``, a 503 naming it): there is nothing
-    safer to fall back on. Every call counts in the metrics of the version that made it, an
-    error where it failed or produced a prediction that cannot be returned.
+    prediction cannot be returned) is answered by stable: its rows go to ``retry``, once. A
+    stable row whose prediction cannot be returned is answered with its ``fallback_minutes``,
+    flagged ``degraded``: an order the contract allows is never a 5xx for what the model made
+    of it. A stable call that failed, or a row without a fallback, fails the request
+    (``failed``, a 503 naming stable): there is nothing safer to fall back on. Every call
+    counts in the metrics of the version that made it, an error where it failed or produced
+    a prediction that cannot be returned.
 
     Args:
         n_rows: how many rows (orders) the request has.
@@ -187,14 +214,21 @@ def merge_calls(
             continue
         bad: list[tuple[int, str]] = []
         values: list[float] = []
+        degraded = False
         for i, a in zip(call.rows, got, strict=True):
             error = row_error(a)
             if error is None:
                 answers[i] = a
                 values.append(float(a["eta_minutes"]))
+            elif call.version == stable and a.get("fallback_minutes") is not None:
+                # Nothing safer to ask: the order still gets an ETA, flagged, and the version's
+                # metrics count the error.
+                answers[i] = _degraded(a)
+                degraded = True
             else:
                 bad.append((i, f"order {a.get('order_id')}: {error}"))
-        observed.append(CallMetrics(call.version, call.latency_ms, tuple(values), bool(bad)))
+        failing = bool(bad) or degraded
+        observed.append(CallMetrics(call.version, call.latency_ms, tuple(values), failing))
         if bad and call.version == stable:
             failed = failed or f"model {call.version} gave no valid prediction for {bad[0][1]}"
         retry.extend(i for i, _ in bad)

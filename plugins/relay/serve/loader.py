@@ -38,11 +38,13 @@ class RecordLog(Protocol):
 
 @dataclass
 class Loaded:
-    """One version, ready to answer."""
+    """One version, ready to answer; ``prior_minutes`` (its training set's mean ETA) answers
+    an order the model made nothing usable of (:func:`relay.serve.answer.fallback_eta`)."""
 
     model: Predictor
     features: FeatureReader
     log: RecordLog
+    prior_minutes: float | None = None
 
 
 def load_version(version: str) -> Loaded:
@@ -63,4 +65,5 @@ def load_version(version: str) -> Loaded:
         log=ServingLogWriter(
             Lake(s), max_batch=s.serving.log_max_batch, max_delay_s=s.serving.log_max_delay_s
         ),
+        prior_minutes=bundle.preprocessor.label_mean,
     )

@@ -62,6 +62,12 @@ class Prediction(BaseModel):
         default_factory=list,
         description="Features unknown to the online store (defaults were used)",
     )
+    degraded: bool = Field(
+        False,
+        description="A fallback, not the model's own prediction: the model's was not finite or "
+        "outside RELAY_SERVING__MIN/MAX_ETA_MINUTES (answered with the maximum, or the "
+        "training set's mean ETA)",
+    )
 
 
 class ETAResponse(BaseModel):

@@ -1,8 +1,9 @@
 """A request's answers: predictions that cannot be returned, and what a failed call turns into.
 
 :func:`merge_calls` is the router's whole decision (``serving/app.py`` only makes the calls):
-a candidate's failure is answered by stable and counted against the candidate; a stable
-failure is a 503 naming stable.
+a candidate's failure is answered by stable and counted against the candidate; a stable row
+the model made nothing usable of gets a flagged fallback; a stable call that failed is a 503
+naming stable.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from relay.serve.answer import (
     VersionCall,
     answer_rows,
     eta_error,
+    fallback_eta,
     merge_calls,
     row_error,
 )
@@ -26,10 +28,12 @@ NOW = dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)
 RANGE = (0.0, 600.0)
 
 
-def _answer_rows(preds: list[float], eta_range: tuple[float, float] | None = RANGE) -> Any:
+def _answer_rows(
+    preds: list[float], eta_range: tuple[float, float] | None = RANGE, prior: float | None = None
+) -> Any:
     rows = [{"order_id": f"o{i}"} for i in range(len(preds))]
     feats: dict[str, list[Any]] = {f: [1.0] * len(preds) for f in CHECKED_FEATURES}
-    return answer_rows("v1", rows, ["r"] * len(preds), feats, preds, 3.0, NOW, eta_range)
+    return answer_rows("v1", rows, ["r"] * len(preds), feats, preds, 3.0, NOW, eta_range, prior)
 
 
 def test_non_finite_and_out_of_range_predictions_are_errors_and_not_logged():
@@ -41,6 +45,15 @@ def test_non_finite_and_out_of_range_predictions_are_errors_and_not_logged():
     assert all(a["eta_minutes"] is None for a, e in zip(answers, errors, strict=True) if e)
     assert [r["order_id"] for r in records] == ["o0", "o5"]  # only what can be served
     assert [r["eta_minutes"] for r in records] == [25.0, 600.0]
+
+
+def test_an_unusable_prediction_carries_the_cap_or_the_prior_as_its_fallback():
+    answers, _ = _answer_rows([900.0, math.nan, -2.0, math.inf, 30.0], prior=38.5)
+    assert [a.get("fallback_minutes") for a in answers] == [600.0, 38.5, 38.5, 38.5, None]
+    no_prior, _ = _answer_rows([math.nan, 900.0])
+    assert [a["fallback_minutes"] for a in no_prior] == [None, 600.0]
+    assert fallback_eta(5.0, RANGE, 700.0) is None  # a prior outside the range is no answer
+    assert fallback_eta(math.nan, None, 40.0) == 40.0
 
 
 def test_without_a_range_only_non_finite_predictions_are_errors():
@@ -62,10 +75,14 @@ def _ok(version: str, rows: tuple[int, ...], minutes: float = 20.0) -> VersionCa
     return VersionCall(version, rows, 7.0, answers)
 
 
-def _bad_rows(version: str, rows: tuple[int, ...], bad: set[int]) -> VersionCall:
+def _bad_rows(
+    version: str, rows: tuple[int, ...], bad: set[int], fallback: float | None = None
+) -> VersionCall:
     call = _ok(version, rows)
     answers = [
-        {**a, "eta_minutes": None, "error": "not finite"} if i in bad else a
+        {**a, "eta_minutes": None, "error": "not finite", "fallback_minutes": fallback}
+        if i in bad
+        else a
         for i, a in zip(rows, call.answers or [], strict=True)
     ]
     return VersionCall(version, rows, 9.0, answers)
@@ -122,6 +139,25 @@ def test_a_stable_failure_fails_the_request_naming_stable(stable_call):
     assert merged.failed is not None and "model s" in merged.failed
     assert merged.retry == ()
     assert [(o.version, o.error) for o in merged.observed] == [("s", True), ("c", False)]
+
+
+def test_a_stable_row_without_a_usable_prediction_gets_its_fallback_flagged_degraded():
+    merged = merge_calls(3, "s", [_bad_rows("s", (0, 2), {2}, fallback=41.0), _ok("c", (1,))])
+    assert merged.failed is None and merged.retry == () and merged.unanswered == ()
+    fallback = merged.answers[2]
+    assert fallback is not None and fallback["eta_minutes"] == 41.0 and fallback["degraded"]
+    assert "error" not in fallback and "fallback_minutes" not in fallback
+    assert merged.answers[0] is not None and "degraded" not in merged.answers[0]
+    # The fallback is not the model's: its value is not recorded, its error is.
+    assert [(o.version, o.values, o.error) for o in merged.observed] == [
+        ("s", (20.0,), True),
+        ("c", (20.0,), False),
+    ]
+
+
+def test_a_candidates_row_is_retried_on_stable_even_with_a_fallback():
+    merged = merge_calls(1, "s", [_bad_rows("c", (0,), {0}, fallback=41.0)])
+    assert merged.retry == (0,) and merged.unanswered == (0,)
 
 
 def test_stable_failing_the_retry_fails_the_request_and_both_count_errors():

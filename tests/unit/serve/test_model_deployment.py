@@ -97,11 +97,12 @@ def test_a_prediction_that_cannot_be_returned_is_an_error_answer_and_not_logged(
         "v1",
         32,
         0.05,
-        loader=lambda version: Loaded(Wild(), features, log),
+        loader=lambda version: Loaded(Wild(), features, log, prior_minutes=35.0),
         eta_range=(0.0, 60.0),
     )
     log.records.clear()  # the warm-up logs nothing, but be sure
     (answers,) = model.answer([([_row("a", 1.0), _row("b", 2.0), _row("c", 9.0)], "req-1")])
     assert [a.get("error") is not None for a in answers] == [True, False, True]  # NaN, 90 > 60
     assert answers[0]["eta_minutes"] is None and answers[1]["eta_minutes"] == 20.0
+    assert [a.get("fallback_minutes") for a in answers] == [35.0, None, 60.0]  # prior, cap
     assert [r["order_id"] for r in log.records] == ["b"]
