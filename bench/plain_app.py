@@ -71,7 +71,8 @@ def create_app(version: str | None = None) -> FastAPI:
             return JSONResponse(status_code=exc.status, content={"detail": exc.detail})
         rows = [feature_row(o, now) for o in orders]
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        feats = features.read(rows)
+        read = features.read(rows)
+        feats = read.features
         preds = bundle.predict(feats)
         latency_ms = (time.perf_counter() - t0) * 1000
         answers, records = answer_rows(
@@ -83,7 +84,8 @@ def create_app(version: str | None = None) -> FastAPI:
             latency_ms,
             now,
             eta_range=eta_range,
-            prior_minutes=bundle.preprocessor.label_mean,
+            prior_minutes=loaded.prior_minutes,
+            degraded=read.degraded,
         )
         serving_log.log(records)
         merged = merge_calls(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import random
 import threading
 import time
@@ -27,6 +28,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from relay.serve.answer import VersionCall, answer_rows, merge_calls
+from relay.serve.auth import Credentials, SecretFiles, unauthorized
 from relay.serve.contract import (
     REQUEST_ID_PARAMETER,
     Limits,
@@ -104,8 +106,23 @@ class ETAModel:
             distance_km=1.0,
         )
         rows = [feature_row(order, dt.datetime.now(dt.UTC))]
+        self._health_rows = rows
+        self.features.warm_up(rows)
         for _ in range(2):
-            self.bundle.predict(self.features.read(rows))
+            self.bundle.predict(self.features.read(rows).features)
+
+    def check_health(self) -> None:
+        """Serve's periodic check (``RELAY_SERVING__HEALTH_CHECK_PERIOD_S``): the model still
+        predicts a finite number. The online store is not this replica's health: without it
+        answers degrade to defaults, and replacing the replica would not bring it back."""
+        rows = self._health_rows
+        minutes = float(self.bundle.predict(self.features.defaults(rows))[0])
+        if not math.isfinite(minutes):
+            raise RuntimeError(f"model {self.version} predicts {minutes} on the health order")
+
+    def ready(self) -> dict[str, str]:
+        """What ``/readyz`` reports of this version: the online store's state."""
+        return {"online_store": self.features.status()}
 
     async def predict(self, rows: list[dict[str, Any]], request_id: str) -> list[dict[str, Any]]:
         return await self.predict_batch((rows, request_id))
@@ -120,11 +137,12 @@ class ETAModel:
         """One batch of requests (their rows and request ids): one online-store read, one
         forward pass, each request's answers in its own order, and the log records. A row whose
         prediction is not finite or out of range is answered with an ``error`` and a fallback,
-        and not logged."""
+        and not logged; with the store down or slow, every answer is ``degraded``."""
         t0 = time.perf_counter()
         flat = [row for rows, _ in calls for row in rows]
         request_ids = [request_id for rows, request_id in calls for _ in rows]
-        feats = self.features.read(flat)  # one online-store read for the whole batch
+        read = self.features.read(flat)  # one online-store read for the whole batch
+        feats = read.features
         preds = self.bundle.predict(feats)
         elapsed_ms = (time.perf_counter() - t0) * 1000
         answers, records = answer_rows(
@@ -137,6 +155,7 @@ class ETAModel:
             dt.datetime.now(dt.UTC),
             eta_range=self.eta_range,
             prior_minutes=self.prior_minutes,
+            degraded=read.degraded,
         )
         self.log.log(records)  # buffered; written off the request path
         out: list[list[dict[str, Any]]] = []
@@ -164,6 +183,7 @@ async def _call(
     idx: Sequence[int],
     request_id: str,
     fault: Fault | None = None,
+    timeout_s: float | None = None,
 ) -> VersionCall:
     """One version's call for some rows, timed from its dispatch to its answer: the latency
     its metrics are credited with (never another version's wait).
@@ -177,11 +197,20 @@ async def _call(
             await asyncio.sleep(fault.delay_ms / 1000)
             if fault.fails(random.random()):
                 raise InjectedFault(f"injected fault on {version}")
-        answers = await handle.predict.remote([rows[i] for i in idx], request_id)
+        response = handle.predict.remote([rows[i] for i in idx], request_id)
+        try:
+            answers = await asyncio.wait_for(_result(response), timeout_s)
+        except TimeoutError:
+            response.cancel()  # a late answer is no answer: free its replica's slot
+            raise TimeoutError(f"no answer in {timeout_s} s") from None
     except Exception as exc:  # a replica died or timed out: merge_calls decides what follows
         ms = (time.perf_counter() - t0) * 1000
         return VersionCall(version, tuple(idx), ms, None, f"{type(exc).__name__}: {exc}")
     return VersionCall(version, tuple(idx), (time.perf_counter() - t0) * 1000, answers)
+
+
+async def _result(response: Any) -> Any:
+    return await response
 
 
 api = FastAPI(
@@ -209,8 +238,15 @@ class Router:
         metrics_push_s: float,
         metrics_hub_timeout_s: float,
         limits: Limits | None = None,
+        secrets: SecretFiles | None = None,
+        model_timeout_s: float | None = None,
+        retry_after_s: float = 1.0,
     ) -> None:
         self.limits = limits or Limits()
+        self.model_timeout_s = model_timeout_s
+        self.retry_after = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
+        # Read here, on the replica's node: only the files' paths travel with the deployment.
+        self.credentials = Credentials.load(secrets or SecretFiles())
         from relay.serve.metrics import LiveMetrics
         from relay.serve.metrics_hub import HubClient
 
@@ -260,6 +296,15 @@ class Router:
         # One assignment: a request sees either the old split or the new one, never a mix.
         self.handles, self.split = handles, split
 
+    def _denied(self, request: Request, admin: bool) -> JSONResponse | None:
+        why = unauthorized(request.headers, self.credentials, admin)
+        if why is None:
+            return None
+        detail = [{"loc": ["header", "authorization"], "msg": why, "type": "unauthorized"}]
+        return JSONResponse(
+            status_code=401, content={"detail": detail}, headers={"WWW-Authenticate": "Bearer"}
+        )
+
     @api.post(
         "/v1/eta",
         response_model=ETAResponse,
@@ -267,6 +312,7 @@ class Router:
         # schema says exactly what it accepts.
         openapi_extra={"requestBody": request_body_schema(), "parameters": [REQUEST_ID_PARAMETER]},
         responses={
+            401: {"model": Invalid, "description": "No valid API key (when keys are set)"},
             413: {"model": Invalid, "description": "Body larger than the limit"},
             422: {"model": Invalid, "description": "A field refused: `loc` names it"},
             503: {"model": Problem, "description": "No model deployed, or none could answer"},
@@ -275,6 +321,8 @@ class Router:
     async def eta(self, request: Request) -> JSONResponse:
         t0 = time.perf_counter()
         now = dt.datetime.now(dt.UTC)
+        if (denied := self._denied(request, admin=False)) is not None:
+            return denied
         request_id = request.headers.get("x-request-id")
         try:
             check_length(request.headers.get("content-length"), self.limits)
@@ -284,31 +332,41 @@ class Router:
             return JSONResponse(status_code=exc.status, content={"detail": exc.detail})
         split, handles = self.split, self.handles
         if split is None:
-            return JSONResponse(status_code=503, content={"detail": "no model deployed"})
+            return JSONResponse(
+                status_code=503, content={"detail": "no model deployed"}, headers=self.retry_after
+            )
         rows = [feature_row(o, now) for o in orders]
         groups = split.assign(
-            [r["order_id"] for r in rows], [r["zone_id"] for r in rows], [r["hour"] for r in rows]
+            [r["order_id"] for r in rows],
+            [r["zone_id"] for r in rows],
+            [r["hour"] for r in rows],
+            salt=self.credentials.salt,
         )
         request_id = request_id or uuid.uuid4().hex
         faults = self.faults
+        wait = self.model_timeout_s
         calls = await asyncio.gather(
             *(
-                _call(v, handles[v], rows, idx, request_id, faults.get(v))
+                _call(v, handles[v], rows, idx, request_id, faults.get(v), wait)
                 for v, idx in groups.items()
             )
         )
         merged = merge_calls(len(rows), split.stable, calls)
-        if merged.retry:  # the candidate failed these: stable answers them, once
+        if merged.retry:  # failed the first time: stable answers them, once
             stable = split.stable
             again = await _call(
-                stable, handles[stable], rows, merged.retry, request_id, faults.get(stable)
+                stable, handles[stable], rows, merged.retry, request_id, faults.get(stable), wait
             )
             merged = merge_calls(len(rows), split.stable, [again], merged)
         for c in merged.observed:
-            self.metrics.observe(c.version, c.latency_ms, len(c.values), c.values, c.error)
+            self.metrics.observe(
+                c.version, c.latency_ms, len(c.values), c.values, c.error, c.degraded
+            )
         if merged.failed or merged.unanswered:
             detail = merged.failed or f"orders {list(merged.unanswered)} got no answer"
-            return JSONResponse(status_code=503, content={"detail": detail})
+            return JSONResponse(
+                status_code=503, content={"detail": detail}, headers=self.retry_after
+            )
         latency_ms = (time.perf_counter() - t0) * 1000
         response = ETAResponse(
             predictions=[Prediction(**a) for a in merged.answers if a is not None],
@@ -317,7 +375,9 @@ class Router:
         return JSONResponse(content=response.model_dump())
 
     @api.get("/v1/models", response_model=ModelsResponse)
-    async def models(self) -> JSONResponse:
+    async def models(self, request: Request) -> JSONResponse:
+        if (denied := self._denied(request, admin=True)) is not None:
+            return denied
         split = self.split
         if split is None:
             return JSONResponse(
@@ -342,16 +402,31 @@ class Router:
 
     @api.get("/readyz")
     async def readyz(self) -> JSONResponse:
-        if self.split is None:
-            return JSONResponse(status_code=503, content={"status": "no model deployed"})
-        return JSONResponse(content={"status": "ready", "versions": self.split.versions()})
+        """Ready when the stable version answers (its model replicas, within the model
+        timeout); ``online_store`` says whether answers are degraded to defaults now."""
+        split, handles = self.split, self.handles
+        if split is None:
+            return JSONResponse(
+                status_code=503, content={"status": "no model deployed"}, headers=self.retry_after
+            )
+        try:
+            stable = handles[split.stable].ready.remote()
+            state = await asyncio.wait_for(_result(stable), self.model_timeout_s)
+        except Exception as exc:
+            why = f"stable version {split.stable} not answering: {type(exc).__name__}"
+            return JSONResponse(status_code=503, content={"status": why}, headers=self.retry_after)
+        return JSONResponse(
+            content={"status": "ready", "versions": split.versions(), **state},
+        )
 
-    @api.get("/metrics")
-    async def metrics_text(self) -> PlainTextResponse:
+    @api.get("/metrics", response_model=None)
+    async def metrics_text(self, request: Request) -> PlainTextResponse | JSONResponse:
         """Every router replica's counters added (this one's own when the hub is unreachable:
         the ``x-relay-metrics-scope`` header says which)."""
         from relay.serve.metrics import prometheus_text
 
+        if (denied := self._denied(request, admin=True)) is not None:
+            return denied
         cluster = await self.hub.cluster()
         return PlainTextResponse(
             prometheus_text(cluster.windows),
@@ -360,10 +435,12 @@ class Router:
         )
 
     @api.get("/v1/metrics")
-    async def metrics_json(self) -> JSONResponse:
+    async def metrics_json(self, request: Request) -> JSONResponse:
         """The live window per version, every router replica's added, for the rollout logic;
         each carries ``scope`` (``cluster``, or ``replica`` when the hub was unreachable) and
         how many ``replicas`` were added."""
+        if (denied := self._denied(request, admin=True)) is not None:
+            return denied
         cluster = await self.hub.cluster()
         return JSONResponse(cluster.to_json(), headers={SCOPE_HEADER: cluster.scope})
 
@@ -378,6 +455,19 @@ class Router:
             hub.push()
 
 
+def _resilience(sv: Any) -> dict[str, Any]:
+    """Both deployments: a bounded queue per caller (overload is a quick 503 with
+    Retry-After, not a wait) and Serve's health checks (a failing replica is replaced)."""
+    from ray.serve.config import BackpressureConfig
+
+    return {
+        "max_queued_requests": sv.max_queued_requests,
+        "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=sv.retry_after_s),
+        "health_check_period_s": sv.health_check_period_s,
+        "health_check_timeout_s": sv.health_check_timeout_s,
+    }
+
+
 def model_application(version: str, settings: Any = None) -> Any:
     """One model version's Serve application, sized from the settings (``relay.serve.control``
     deploys it; ``serve deploy`` reaches it through :func:`build_model_app`)."""
@@ -388,6 +478,7 @@ def model_application(version: str, settings: Any = None) -> Any:
     return ETAModel.options(
         num_replicas=sv.model_replicas,
         max_ongoing_requests=sv.max_ongoing_requests,
+        **_resilience(sv),
         ray_actor_options={"num_cpus": sv.model_cpus, "runtime_env": {"env_vars": relay_env()}},
     ).bind(
         version,
@@ -406,12 +497,16 @@ def router_application(settings: Any = None, initial: dict[str, Any] | None = No
     return Router.options(
         num_replicas=sv.router_replicas,
         max_ongoing_requests=sv.max_ongoing_requests,
+        **_resilience(sv),
         ray_actor_options={"num_cpus": sv.router_cpus, "runtime_env": {"env_vars": relay_env()}},
     ).bind(
         initial,
         metrics_push_s=sv.metrics_push_s,
         metrics_hub_timeout_s=sv.metrics_hub_timeout_s,
         limits=Limits.of(sv),
+        secrets=SecretFiles.of(sv),
+        model_timeout_s=sv.model_timeout_s,
+        retry_after_s=sv.retry_after_s,
     )
 
 

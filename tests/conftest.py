@@ -22,6 +22,12 @@ def pytest_configure(config: pytest.Config) -> None:
     # The tests replay fixed days of November 2026 through the endpoint; the contract refuses
     # an order created more than a month before now (tests/unit/serve/test_contract.py).
     os.environ["RELAY_SERVING__CREATED_AT_MAX_AGE_S"] = str(10 * 365 * 86_400)
+    # On 2 busy cores an online read now and then takes longer than production's 50 ms; a test
+    # comparing served with offline predictions must not get the defaults for it. The tests of
+    # the timeout itself set their own (tests/unit/features/test_guarded.py, test_serving.py).
+    os.environ["RELAY_FEAST__ONLINE_READ_TIMEOUT_S"] = "1.0"
+    # Likewise a model call: four clients on 2 cores reach ~1.75 s at worst (test_serving.py).
+    os.environ["RELAY_SERVING__MODEL_TIMEOUT_S"] = "10.0"
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -288,3 +288,9 @@ def test_relay_containers_get_valid_prod_settings(services, env_example, monkeyp
         assert s.feast.redis_connection == "redis:6379,password=0123456789abcdef", name
         assert s.ray.address == "ray-head:6380", name
         assert container["AWS_ACCESS_KEY_ID"] and container["AWS_SECRET_ACCESS_KEY"], name
+        # The endpoint's secrets: files compose mounts, named by path (relay.serve.auth).
+        sv = s.serving
+        files = [sv.api_keys_file, sv.admin_token_file, sv.bucket_salt_file]
+        mounted = {f"/run/secrets/{x}" for x in services[name].get("secrets", [])}
+        assert {str(f) for f in files} <= mounted, name
+        assert (sv.model_replicas, sv.router_replicas) == (2, 2), name

@@ -34,9 +34,25 @@ def test_prod_profile_defaults_to_redis_and_requires_remote_stores(monkeypatch):
     monkeypatch.setenv("RELAY_LAKE__URI", "s3://lake/eta")
     monkeypatch.setenv("RELAY_ARTIFACTS__URI", "s3://artifacts/eta")
     monkeypatch.setenv("RELAY_AIRFLOW__DATABASE_URL", "postgresql://airflow@db/airflow")
+    with pytest.raises(ConfigError, match=r"API_KEYS_FILE.*ADMIN_TOKEN_FILE.*BUCKET_SALT_FILE"):
+        Settings()
+    for name in ("API_KEYS", "ADMIN_TOKEN", "BUCKET_SALT"):
+        monkeypatch.setenv(f"RELAY_SERVING__{name}_FILE", f"/run/secrets/{name.lower()}")
     s = Settings()
     assert s.feast.online_store == "redis"
     assert s.lake.uri == "s3://lake/eta"
+    assert (s.serving.model_replicas, s.serving.router_replicas) == (2, 2)
+    monkeypatch.setenv("RELAY_SERVING__MODEL_REPLICAS", "3")
+    assert Settings().serving.model_replicas == 3
+    monkeypatch.setenv("RELAY_SERVING__ROUTER_REPLICAS", "1")
+    with pytest.raises(ConfigError, match="ROUTER_REPLICAS must be ≥ 2"):
+        Settings()
+
+
+def test_the_local_profile_runs_one_replica_each_and_open(monkeypatch):
+    s = Settings()
+    assert (s.serving.model_replicas, s.serving.router_replicas) == (1, 1)
+    assert s.serving.api_keys_file is None and s.serving.bucket_salt_file is None
 
 
 def test_invalid_values_are_rejected(monkeypatch):

@@ -36,8 +36,13 @@ ENTITY_KEYS = tuple(v.entity for v in VIEWS if v.entity is not None)
 REQUEST_FIELDS = ("distance_km", "hour", "weekday")
 
 
-def repo_config(settings: Settings | None = None) -> RepoConfig:
-    """Feast's RepoConfig for the configured profile."""
+def repo_config(settings: Settings | None = None, *, read_timeouts: bool = False) -> RepoConfig:
+    """Feast's RepoConfig for the configured profile.
+
+    ``read_timeouts``: a Redis client that gives up after ``RELAY_FEAST__ONLINE_CONNECT_TIMEOUT_S``
+    and ``__ONLINE_READ_TIMEOUT_S`` without retrying (serving's reads, which answer with defaults
+    instead); materialization's writes keep redis-py's defaults.
+    """
     from feast import RepoConfig
     from feast.infra.offline_stores.duckdb import DuckDBOfflineStoreConfig
     from feast.infra.online_stores.redis import RedisOnlineStoreConfig
@@ -49,7 +54,12 @@ def repo_config(settings: Settings | None = None) -> RepoConfig:
     f.registry_path.parent.mkdir(parents=True, exist_ok=True)
     online: Any
     if f.online_store == "redis":
-        online = RedisOnlineStoreConfig(connection_string=f.redis_connection)
+        connection = f.redis_connection
+        if read_timeouts:
+            connection = with_timeouts(
+                connection, f.online_connect_timeout_s, f.online_read_timeout_s
+            )
+        online = RedisOnlineStoreConfig(connection_string=connection)
     else:
         f.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
         online = SqliteOnlineStoreConfig(path=str(f.sqlite_path))
@@ -62,6 +72,16 @@ def repo_config(settings: Settings | None = None) -> RepoConfig:
         entity_key_serialization_version=3,
         repo_path=f.repo_path,
     )
+
+
+def with_timeouts(connection: str, connect_s: float, read_s: float) -> str:
+    """A Feast Redis connection string whose client times out and never retries (redis-py 7
+    retries three times with up to 10 s of backoff by default). Options the string sets itself
+    are kept."""
+    options = {p.split("=", 1)[0] for p in connection.split(",") if "=" in p}
+    wanted = {"socket_connect_timeout": connect_s, "socket_timeout": read_s, "retry": "null"}
+    extra = [f"{k}={v}" for k, v in wanted.items() if k not in options]
+    return ",".join([connection, *extra])
 
 
 @functools.cache
@@ -80,12 +100,12 @@ def _release_duckdb() -> None:
         ibis.options.default_backend = None
 
 
-def get_store(settings: Settings | None = None) -> FeatureStore:
-    """A FeatureStore on the configured registry and stores."""
+def get_store(settings: Settings | None = None, *, read_timeouts: bool = False) -> FeatureStore:
+    """A FeatureStore on the configured registry and stores (see :func:`repo_config`)."""
     from feast import FeatureStore
 
     _release_duckdb_at_exit()
-    cfg = repo_config(settings)
+    cfg = repo_config(settings, read_timeouts=read_timeouts)
     return FeatureStore(config=cfg, repo_path=str(cfg.repo_path))
 
 
@@ -253,7 +273,13 @@ class OnlineFeatures:
     on every call costs more than the online read itself.
     """
 
-    def __init__(self, settings: Settings | None = None, service: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        service: str | None = None,
+        *,
+        read_timeouts: bool = False,
+    ) -> None:
         """Open the store and resolve the service.
 
         Args:
@@ -261,16 +287,44 @@ class OnlineFeatures:
             service: The feature service to read, e.g. the one a model version was trained on
                 (``lineage.feature_service``); None: the configured one
                 (``RELAY_FEAST__FEATURE_SERVICE``).
+            read_timeouts: Redis reads give up after the online timeouts (serving's).
         """
         s = settings or get_settings()
-        self.store = get_store(s)
+        self.store = get_store(s, read_timeouts=read_timeouts)
         self.service = self.store.get_feature_service(service or s.feast.feature_service)
+        # Resolved now, from the registry: the defaults must not need the online store.
+        self._stored: list[str] = []
+        self._on_demand: list[Any] = []
+        on_demand = {v.name for v in self.store.list_on_demand_feature_views()}
+        for projection in self.service.feature_view_projections:
+            if projection.name in on_demand:
+                self._on_demand.append(self.store.get_on_demand_feature_view(projection.name))
+            else:
+                self._stored.extend(f.name for f in projection.features)
+        self._columns: tuple[str, ...] | None = None
 
     def read(self, orders: list[dict[str, Any]]) -> dict[str, list[Any]]:
         """Feature columns for orders given as request rows (keys and request fields)."""
         rows = [{k: r[k] for k in (*ENTITY_KEYS, *REQUEST_FIELDS)} for r in orders]
         resp = self.store.get_online_features(features=self.service, entity_rows=rows)
-        return dict(resp.to_dict())
+        out = dict(resp.to_dict())
+        self._columns = tuple(out)
+        return out
+
+    def defaults(self, orders: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        """What :meth:`read` answers for entities the store does not know, without asking it:
+        the keys and request fields from the rows, None for every stored feature (the model
+        uses its defaults), the on-demand features computed here as Feast would."""
+        n = len(orders)
+        out: dict[str, list[Any]] = {k: [r[k] for r in orders] for k in ENTITY_KEYS}
+        out |= {k: [r[k] for r in orders] for k in REQUEST_FIELDS}
+        out |= {name: [None] * n for name in self._stored}
+        for view in self._on_demand:
+            inputs = {k: [r[k] for r in orders] for k in REQUEST_FIELDS}
+            out |= {k: list(v) for k, v in view.transform_dict(inputs).items()}
+        if self._columns is not None:  # the same columns as the store's answers
+            return {k: out.get(k, [None] * n) for k in self._columns}
+        return out
 
     def read_frame(self, orders: pd.DataFrame | list[dict[str, Any]]) -> pd.DataFrame:
         """Like :meth:`read`, for a frame of orders (``created_at`` gives hour and weekday)."""

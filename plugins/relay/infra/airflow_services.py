@@ -20,15 +20,38 @@ from relay.settings import Settings, get_settings
 ADMIN_USER = "admin"
 GPU_POOL = "ray_gpu"
 SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
+#: The scheduler's and triggerer's log servers bind every interface (Airflow hard-codes it) and
+#: serve logs to remote workers only: here the api-server reads the task logs from local disk.
+SERVICE_ARGS = {"scheduler": ["--skip-serve-logs"], "triggerer": ["--skip-serve-logs"]}
+
+
+def write_private(path: Path, text: str) -> bool:
+    """Create ``path`` holding ``text``, readable by its owner only from its first byte (mode
+    600 at creation, not chmod after: no moment where another user may read it). False when
+    it existed already (it is left as it is)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return True
 
 
 def _secret(path: Path) -> str:
     """A random secret kept in a file of the stack's home (created once, mode 600)."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
+    write_private(path, secrets.token_urlsafe(32))
     return path.read_text().strip()
+
+
+def ensure_admin_password(settings: Settings | None = None) -> Path:
+    """The simple auth manager's password file, created by Relay (mode 600) before Airflow
+    starts: Airflow would write it with the default umask (world-readable)."""
+    s = settings or get_settings()
+    path = s.home / "airflow" / "passwords.json"
+    write_private(path, json.dumps({ADMIN_USER: secrets.token_urlsafe(16)}))
+    return path
 
 
 def airflow_env(settings: Settings | None = None) -> dict[str, str]:
@@ -56,6 +79,8 @@ def airflow_env(settings: Settings | None = None) -> dict[str, str]:
         "AIRFLOW__API_AUTH__JWT_SECRET": _secret(home / ".jwt_secret"),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+        # Its health server binds 0.0.0.0 by default: every service of the stack is loopback.
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
     }
     return env
@@ -83,11 +108,13 @@ def start_airflow(settings: Settings | None = None) -> None:
     """Migrate the database, create the GPU pool, start the four Airflow services."""
     s = settings or get_settings()
     (s.home / "airflow").mkdir(parents=True, exist_ok=True)
+    ensure_admin_password(s)
     airflow(["db", "migrate"], s)
     airflow(
         ["pools", "set", GPU_POOL, str(s.airflow.gpu_pool_slots), "Ray jobs that may use a GPU"], s
     )
     env = airflow_env(s)
     for service in SERVICES:
-        start_process(f"airflow-{service}", [venv_bin("airflow"), service], env, s)
+        argv = [venv_bin("airflow"), service, *SERVICE_ARGS.get(service, [])]
+        start_process(f"airflow-{service}", argv, env, s)
     wait_until(lambda: http_ok(f"{s.airflow.api_url}/api/v2/monitor/health"), "Airflow API", 240)

@@ -28,6 +28,7 @@ def answer_rows(
     served_at: dt.datetime,
     eta_range: tuple[float, float] | None = None,
     prior_minutes: float | None = None,
+    degraded: str | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """One answer per row, and one serving-log record per row that can be returned.
 
@@ -50,6 +51,8 @@ def answer_rows(
             only.
         prior_minutes: what to answer when the model's own prediction is unusable and cannot
             be clamped (the training set's mean ETA); None: no fallback.
+        degraded: why ``features`` are the defaults rather than the store's
+            (:class:`relay.features.guarded.OnlineRead`): every answer is flagged ``degraded``.
 
     Raises:
         ValueError: ``eta_range`` is empty (``low >= high``).
@@ -69,6 +72,8 @@ def answer_rows(
             "model_version": version,
             "missing_features": missing,
         }
+        if degraded:
+            answer["degraded"] = True
         if error:
             fallback = fallback_eta(raw, eta_range, prior_minutes)
             answers.append({**answer, "error": error, "fallback_minutes": fallback})
@@ -139,12 +144,14 @@ class VersionCall:
 @dataclass(frozen=True)
 class CallMetrics:
     """What the live metrics record of one call (:meth:`LiveMetrics.observe`): its valid
-    predictions, and whether it failed or produced any prediction that cannot be returned."""
+    predictions, whether it failed or produced any prediction that cannot be returned, and how
+    many of its answers were served ``degraded``."""
 
     version: str
     latency_ms: float
     values: tuple[float, ...]
     error: bool
+    degraded: int = 0
 
 
 @dataclass(frozen=True)
@@ -180,10 +187,11 @@ def merge_calls(
     """Put a request's answers together, and decide what a failed call or row turns into.
 
     A candidate's failure (its call raised or returned the wrong number of answers, or a row's
-    prediction cannot be returned) is answered by stable: its rows go to ``retry``, once. A
+    prediction cannot be returned) is answered by stable: its rows go to ``retry``, once; so
+    do the rows of a stable call that failed the first time (its replica died or was late). A
     stable row whose prediction cannot be returned is answered with its ``fallback_minutes``,
     flagged ``degraded``: an order the contract allows is never a 5xx for what the model made
-    of it. A stable call that failed, or a row without a fallback, fails the request
+    of it. A stable retry that failed, or a row without a fallback, fails the request
     (``failed``, a 503 naming stable): there is nothing safer to fall back on. Every call
     counts in the metrics of the version that made it, an error where it failed or produced
     a prediction that cannot be returned.
@@ -208,13 +216,15 @@ def merge_calls(
                 or f"{0 if got is None else len(got)} answers for {len(call.rows)} orders"
             )
             observed.append(CallMetrics(call.version, call.latency_ms, (), True))
-            if call.version == stable:
+            if call.version == stable and before is not None:
                 failed = failed or f"model {call.version} failed: {why}"
+            # A first failure is retried on stable once: the candidate's, or stable's own (a
+            # replica that died or was late; Serve routes the retry to a live one).
             retry.extend(call.rows)
             continue
         bad: list[tuple[int, str]] = []
         values: list[float] = []
-        degraded = False
+        fell_back = False
         for i, a in zip(call.rows, got, strict=True):
             error = row_error(a)
             if error is None:
@@ -224,11 +234,12 @@ def merge_calls(
                 # Nothing safer to ask: the order still gets an ETA, flagged, and the version's
                 # metrics count the error.
                 answers[i] = _degraded(a)
-                degraded = True
+                fell_back = True
             else:
                 bad.append((i, f"order {a.get('order_id')}: {error}"))
-        failing = bool(bad) or degraded
-        observed.append(CallMetrics(call.version, call.latency_ms, tuple(values), failing))
+        failing = bool(bad) or fell_back
+        flagged = sum(1 for i in call.rows if (answers[i] or {}).get("degraded"))
+        observed.append(CallMetrics(call.version, call.latency_ms, tuple(values), failing, flagged))
         if bad and call.version == stable:
             failed = failed or f"model {call.version} gave no valid prediction for {bad[0][1]}"
         retry.extend(i for i, _ in bad)

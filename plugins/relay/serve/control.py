@@ -56,7 +56,9 @@ def start_serve(settings: Settings | None = None, *, haproxy: bool = False) -> N
                 f"(`{needed} ray start --head ...`, or os.environ before ray.init); "
                 f"Ray's workers have {wrong}"
             )
-    serve.start(http_options={"host": s.host, "port": s.port})
+    serve.start(
+        http_options={"host": s.host, "port": s.port, "request_timeout_s": s.request_timeout_s}
+    )
 
 
 def _cluster_env(keys: list[str]) -> dict[str, str | None]:
@@ -196,8 +198,14 @@ def endpoint(settings: Settings | None = None) -> str:
 
 
 def _get(path: str, settings: Settings | None = None) -> Any:
-    """GET ``path`` of the endpoint; its JSON (:class:`httpx.HTTPError` when it fails)."""
-    resp = httpx.get(endpoint(settings) + path, timeout=5)
+    """GET ``path`` of the endpoint (an admin route); its JSON (:class:`httpx.HTTPError` when
+    it fails)."""
+    from relay.serve.auth import read_secret
+
+    sv = (settings or get_settings()).serving
+    token = read_secret(sv.admin_token_file, "ADMIN_TOKEN_FILE")
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    resp = httpx.get(endpoint(settings) + path, timeout=5, headers=headers)
     resp.raise_for_status()
     return resp.json()
 

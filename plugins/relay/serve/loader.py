@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from relay.features.guarded import OnlineRead
+
 
 class Predictor(Protocol):
     """Minutes for a batch of feature columns (a :class:`relay.model.bundle.ModelBundle`)."""
@@ -18,9 +20,16 @@ class Predictor(Protocol):
 
 
 class FeatureReader(Protocol):
-    """Online features for feature rows (a :class:`relay.features.store.OnlineFeatures`)."""
+    """Online features for feature rows, never failing: the defaults and the reason when the
+    store cannot answer (a :class:`relay.features.guarded.GuardedReader`)."""
 
-    def read(self, orders: list[dict[str, Any]]) -> dict[str, list[Any]]: ...
+    def read(self, orders: list[dict[str, Any]]) -> OnlineRead: ...
+
+    def defaults(self, orders: list[dict[str, Any]]) -> dict[str, list[Any]]: ...
+
+    def status(self) -> str: ...
+
+    def warm_up(self, orders: list[dict[str, Any]]) -> None: ...
 
 
 class RecordLog(Protocol):
@@ -51,6 +60,7 @@ def load_version(version: str) -> Loaded:
     """The registry version (sha256 checked), read with its own feature service, logging to the
     lake (all from the settings of the process that loads it)."""
     from relay.data.lake import Lake
+    from relay.features.guarded import GuardedReader
     from relay.features.store import OnlineFeatures
     from relay.model.bundle import ModelBundle
     from relay.registry import Registry
@@ -61,7 +71,11 @@ def load_version(version: str) -> Loaded:
     bundle = ModelBundle.from_registry(Registry(s), version)
     return Loaded(
         model=bundle,
-        features=OnlineFeatures(s, bundle.feature_service),  # what it was trained on
+        features=GuardedReader(
+            OnlineFeatures(s, bundle.feature_service, read_timeouts=True),  # as trained on
+            timeout_s=s.feast.online_read_timeout_s,
+            retry_after_s=s.feast.online_retry_after_s,
+        ),
         log=ServingLogWriter(
             Lake(s), max_batch=s.serving.log_max_batch, max_delay_s=s.serving.log_max_delay_s
         ),

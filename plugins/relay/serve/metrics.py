@@ -30,6 +30,7 @@ class _Counters:
     """Mutable counters of one version; only touched under :class:`LiveMetrics`'s lock."""
 
     __slots__ = (
+        "degraded",
         "errors",
         "first_observed",
         "last_observed",
@@ -47,6 +48,7 @@ class _Counters:
         self.requests = 0
         self.errors = 0
         self.predictions = 0
+        self.degraded = 0
         self.latency_counts = [0] * n_latency
         self.latency_sum_ms = 0.0
         self.prediction_counts = [0] * n_prediction
@@ -87,6 +89,7 @@ class LiveMetrics:
         n_predictions: int,
         predictions: Sequence[float] | None,
         error: bool = False,
+        degraded: int = 0,
     ) -> None:
         """Record one request.
 
@@ -97,6 +100,7 @@ class LiveMetrics:
             predictions: the predicted minutes, for the prediction histogram, or None to
                 count them only. Non-finite values are counted but kept out of the histogram.
             error: True when the request failed.
+            degraded: how many of its answers were served ``degraded``.
 
         Raises:
             ValueError: a negative or non-finite latency, a negative ``n_predictions``, or
@@ -125,6 +129,7 @@ class LiveMetrics:
             c.requests += 1
             c.errors += int(error)
             c.predictions += n_predictions
+            c.degraded += degraded
             c.latency_counts[lat_bucket] += 1
             c.latency_sum_ms += latency_ms
             for b in pred_buckets:
@@ -198,6 +203,7 @@ class LiveMetrics:
             requests=c.requests,
             errors=c.errors,
             predictions=c.predictions,
+            degraded=c.degraded,
             latency_bounds=self._latency_bounds,
             latency_counts=tuple(c.latency_counts),
             latency_sum_ms=c.latency_sum_ms,
@@ -232,6 +238,11 @@ _COUNTERS = (
     ("relay_requests_total", "Requests served, failed ones included.", "requests"),
     ("relay_errors_total", "Requests that failed.", "errors"),
     ("relay_predictions_total", "Predictions returned.", "predictions"),
+    (
+        "relay_degraded_total",
+        "Answers served degraded: default features (online store down or slow) or a fallback ETA.",
+        "degraded",
+    ),
 )
 """Counter name, help text and the :class:`VersionWindow` field it exposes."""
 

@@ -2,13 +2,15 @@
 
 The split hashes the order id, so the same order always reaches the same version (a customer
 refreshing the app sees one ETA) and a share of 10% sends a stable 10% of orders to the
-candidate. A split may also target orders (named zones, a hashed share of zones, hours of the
-day): orders outside the targeting always reach stable. Pure functions: the router calls them
-per request.
+candidate. In production the hash is keyed with a secret salt (:mod:`relay.serve.auth`), so a
+client cannot choose order ids that reach the candidate. A split may also target orders
+(named zones, a hashed share of zones, hours of the day): orders outside the targeting
+always reach stable. Pure functions: the router calls them per request.
 """
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,13 +19,17 @@ from typing import Any
 BUCKETS = 10_000
 
 
-def bucket(key: str) -> int:
-    """A stable bucket in [0, 10000) for an order or zone id (crc32: same in every process)."""
+def bucket(key: str, salt: bytes = b"") -> int:
+    """A stable bucket in [0, 10000) for an order or zone id: keyed BLAKE2b with a salt,
+    crc32 without (both the same in every process)."""
+    if salt:
+        digest = hashlib.blake2b(key.encode(), key=salt[:64], digest_size=8).digest()
+        return int.from_bytes(digest, "big") % BUCKETS
     return zlib.crc32(key.encode()) % BUCKETS
 
 
-def _within(key: str, share: float) -> bool:
-    return bucket(key) < round(share * BUCKETS)
+def _within(key: str, share: float, salt: bytes = b"") -> bool:
+    return bucket(key, salt) < round(share * BUCKETS)
 
 
 @dataclass(frozen=True)
@@ -117,9 +123,14 @@ class TrafficSplit:
         )
 
     def version_for(
-        self, order_id: str, zone_id: str | None = None, hour: int | None = None
+        self,
+        order_id: str,
+        zone_id: str | None = None,
+        hour: int | None = None,
+        salt: bytes = b"",
     ) -> str:
-        """The version that answers an order; a targeted split needs its zone and hour."""
+        """The version that answers an order; a targeted split needs its zone and hour.
+        ``salt`` keys the order hash (zones are not salted: a client does not choose them)."""
         if not self.candidate:
             return self.stable
         if self.targeting is not None:
@@ -127,21 +138,22 @@ class TrafficSplit:
                 raise ValueError("a targeted split needs each order's zone and hour")
             if not self.targeting.matches(zone_id, hour):
                 return self.stable
-        return self.candidate if _within(order_id, self.candidate_share) else self.stable
+        return self.candidate if _within(order_id, self.candidate_share, salt) else self.stable
 
     def assign(
         self,
         order_ids: Sequence[str],
         zone_ids: Sequence[str] | None = None,
         hours: Sequence[int] | None = None,
+        salt: bytes = b"",
     ) -> dict[str, list[int]]:
         """Version -> indexes of the orders it answers (``zone_ids`` and ``hours`` run
-        alongside ``order_ids``; a targeted split needs them)."""
+        alongside ``order_ids``; a targeted split needs them; ``salt`` as :meth:`version_for`)."""
         zones = list(zone_ids) if zone_ids is not None else [None] * len(order_ids)
         at = list(hours) if hours is not None else [None] * len(order_ids)
         groups: dict[str, list[int]] = {}
         for i, (oid, zone, hour) in enumerate(zip(order_ids, zones, at, strict=True)):
-            groups.setdefault(self.version_for(oid, zone, hour), []).append(i)
+            groups.setdefault(self.version_for(oid, zone, hour, salt), []).append(i)
         return groups
 
     def shares(self) -> dict[str, float]:

@@ -41,6 +41,7 @@ class VersionWindow:
         requests: requests observed, failed ones included.
         errors: requests that failed.
         predictions: predictions returned (``n_predictions`` summed).
+        degraded: answers served ``degraded`` (the features' defaults, or a fallback ETA).
         latency_bounds: finite upper bounds (ms) of the latency buckets.
         latency_counts: requests per latency bucket, not cumulative; one more entry than
             ``latency_bounds``, the last being the ``+Inf`` bucket.
@@ -61,6 +62,7 @@ class VersionWindow:
     requests: int = 0
     errors: int = 0
     predictions: int = 0
+    degraded: int = 0
     latency_bounds: tuple[float, ...] = LATENCY_BUCKETS_MS
     latency_counts: tuple[int, ...] = (0,) * (len(LATENCY_BUCKETS_MS) + 1)
     latency_sum_ms: float = 0.0
@@ -144,6 +146,7 @@ class VersionWindow:
             "requests": self.requests,
             "errors": self.errors,
             "predictions": self.predictions,
+            "degraded": self.degraded,
             "qps": self.qps,
             "error_rate": self.error_rate,
             "mean_latency_ms": self.mean_latency_ms,
@@ -212,6 +215,7 @@ def diff(later: VersionWindow, earlier: VersionWindow) -> VersionWindow:
         requests=requests,
         errors=later.errors - earlier.errors,
         predictions=later.predictions - earlier.predictions,
+        degraded=later.degraded - earlier.degraded,
         latency_bounds=later.latency_bounds,
         latency_counts=_sub(later.latency_counts, earlier.latency_counts),
         latency_sum_ms=later.latency_sum_ms - earlier.latency_sum_ms,
@@ -258,6 +262,7 @@ def total(
         requests=sum(w.requests for w in windows),
         errors=sum(w.errors for w in windows),
         predictions=sum(w.predictions for w in windows),
+        degraded=sum(w.degraded for w in windows),
         latency_bounds=head.latency_bounds,
         latency_counts=_add(w.latency_counts for w in windows),
         latency_sum_ms=sum(w.latency_sum_ms for w in windows),

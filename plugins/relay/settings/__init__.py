@@ -54,6 +54,17 @@ class FeastSettings(BaseModel):
     sqlite_path: Path | None = None
     redis_connection: str = "127.0.0.1:6379"
     feature_service: str = "eta_v1"
+    # Serving's online reads (relay.features.guarded): a store that is down or slow degrades
+    # answers to the features' defaults instead of failing or holding them.
+    online_read_timeout_s: float = Field(
+        0.05, gt=0, description="An online read slower than this is answered with defaults"
+    )
+    online_connect_timeout_s: float = Field(
+        0.05, gt=0, description="Connecting to Redis: longer is the store being down"
+    )
+    online_retry_after_s: float = Field(
+        1.0, ge=0, description="After a failed or slow read, defaults without asking for this long"
+    )
 
 
 class RaySettings(BaseModel):
@@ -226,6 +237,8 @@ class Settings(BaseSettings):
         f.registry_path = f.registry_path or self.home / "feast" / "registry.db"
         f.sqlite_path = f.sqlite_path or self.home / "feast" / "online.db"
         f.online_store = f.online_store or ("redis" if prod else "sqlite")
+        if prod:
+            _prod_serving(self.serving)
         if self.airflow.database_url is None:
             if prod:
                 raise ConfigError("RELAY_AIRFLOW__DATABASE_URL is required in the prod profile")
@@ -236,6 +249,23 @@ class Settings(BaseSettings):
     def reports_dir(self) -> Path:
         """Local folder for HTML reports (copied to the artifact store when it is remote)."""
         return self.home / "reports"
+
+
+def _prod_serving(sv: ServingSettings) -> None:
+    """The prod profile's endpoint: two replicas of each deployment at least (one dying must not
+    take the endpoint down), and the three secrets (:mod:`relay.serve.auth`)."""
+    for name in ("model_replicas", "router_replicas"):
+        if name not in sv.model_fields_set:
+            setattr(sv, name, 2)
+        elif getattr(sv, name) < 2:
+            raise ConfigError(f"RELAY_SERVING__{name.upper()} must be ≥ 2 in the prod profile")
+    missing = [
+        f"RELAY_SERVING__{name.upper()}"
+        for name in ("api_keys_file", "admin_token_file", "bucket_salt_file")
+        if getattr(sv, name) is None
+    ]
+    if missing:
+        raise ConfigError(f"the prod profile needs {', '.join(missing)} (secret files)")
 
 
 def _project_root() -> Path:

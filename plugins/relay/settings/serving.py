@@ -6,6 +6,8 @@ small.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, Field, field_validator
 
 
@@ -137,8 +139,29 @@ class ServingSettings(BaseModel):
     batch_wait_timeout_s: float = 0.010
     # Must exceed batch size x concurrent batches, or batches never fill (Serve's default is 5).
     max_ongoing_requests: int = 256
-    model_replicas: int = 1
-    router_replicas: int = 1
+    # Replicas of each model version and of the router (prod profile: 2 at least, one dying
+    # must not take the endpoint down; relay.settings fills them).
+    model_replicas: int = Field(1, ge=1, description="Replicas of each model version's deployment")
+    router_replicas: int = Field(1, ge=1, description="Replicas of the router (HTTP ingress)")
+    # Overload answers at once instead of queueing (relay.serve.control, serving/app.py).
+    max_queued_requests: int = Field(
+        1024, ge=1, description="Requests waiting per caller beyond that: 503 with Retry-After"
+    )
+    retry_after_s: float = Field(
+        1.0, ge=0, description="The Retry-After of an overloaded or unready endpoint's 503"
+    )
+    model_timeout_s: float = Field(
+        2.0, gt=0, description="The router's wait for a model call (late: stable, else 503)"
+    )
+    request_timeout_s: float = Field(
+        10.0, gt=0, description="Serve's end-to-end limit on one HTTP request (then 408)"
+    )
+    health_check_period_s: float = Field(
+        5.0, gt=0, description="How often Serve checks each replica (a failing one is replaced)"
+    )
+    health_check_timeout_s: float = Field(
+        1.0, gt=0, description="A replica's health check slower than this fails"
+    )
     model_cpus: float = 0.5
     router_cpus: float = 0.25
     log_max_batch: int = 1000
@@ -170,6 +193,17 @@ class ServingSettings(BaseModel):
     )
     max_request_id_chars: int = Field(
         128, ge=1, description="POST /v1/eta: the x-request-id header's length at most"
+    )
+    # Secrets, each in a file a router reads on its own node (relay.serve.auth); required in
+    # the prod profile.
+    api_keys_file: Path | None = Field(
+        None, description="POST /v1/eta needs a bearer key from this file (one per line)"
+    )
+    admin_token_file: Path | None = Field(
+        None, description="/v1/models, /v1/metrics, /metrics need the bearer token in this file"
+    )
+    bucket_salt_file: Path | None = Field(
+        None, description="A secret keying the canary's order hash (clients can't pick versions)"
     )
     min_eta_minutes: float = Field(0.0, description="A returned prediction exceeds this")
     max_eta_minutes: float = Field(600.0, gt=0, description="A returned prediction is at most this")

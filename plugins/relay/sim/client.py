@@ -78,12 +78,16 @@ class EndpointClient:
         url: the endpoint.
         timeout_s: the limit on connecting, and on each read or write.
         connections: connections kept open at most (the requests in flight at most).
+        api_key: sent as ``Authorization: Bearer`` (an endpoint with API keys).
     """
 
-    def __init__(self, url: str, timeout_s: float, connections: int) -> None:
+    def __init__(
+        self, url: str, timeout_s: float, connections: int, api_key: str | None = None
+    ) -> None:
         self.url = url
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         self._http = httpx.Client(timeout=timeout_s, limits=limits, trust_env=False)
+        self._auth = {} if api_key is None else {"Authorization": f"Bearer {api_key}"}
 
     def post(self, body: bytes, request_id: str) -> tuple[int, bytes]:
         """POST ``body``; its status and body. One retry when a kept-alive connection turns
@@ -92,7 +96,7 @@ class EndpointClient:
         Raises:
             httpx.RequestError: no HTTP answer (refused, reset, timed out).
         """
-        headers = {"Content-Type": "application/json", "x-request-id": request_id}
+        headers = {"Content-Type": "application/json", "x-request-id": request_id, **self._auth}
         try:
             resp = self._http.post(self.url, content=body, headers=headers)
         except _STALE:

@@ -45,6 +45,7 @@ import pandas as pd
 
 from relay.clock import utcnow
 from relay.data.lake import ACTUALS, Lake
+from relay.serve.auth import read_secret
 from relay.settings import Settings, get_settings
 from relay.sim.client import EndpointClient, endpoint_url, preflight, require_loopback
 from relay.sim.config import (
@@ -152,6 +153,7 @@ class _Run:
         orders: pd.DataFrame,
         lake: Lake,
         on_progress: Callable[[ReplayProgress], None] | None,
+        api_key: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.orders = orders
@@ -159,7 +161,7 @@ class _Run:
         self.on_progress = on_progress
         self.planned = min(cfg.max_orders, len(orders))
         self.payloads = order_payloads(orders.iloc[: self.planned])
-        self.client = EndpointClient(url, cfg.timeout_s, cfg.workers)
+        self.client = EndpointClient(url, cfg.timeout_s, cfg.workers, api_key)
         self.tally = _Tally()
         self.slots = threading.BoundedSemaphore(cfg.workers)
         self.landed = 0
@@ -303,7 +305,9 @@ def replay(
         raise ReplayError(f"skip {config.skip} leaves none of the day's {len(orders)} orders")
     orders = orders.iloc[config.skip :].reset_index(drop=True)
     preflight(url, config.timeout_s)
-    run = _Run(config, url, orders, Lake(s), on_progress)
+    # The endpoint's first key: replay is the operator's own client, on the same machine.
+    api_key = read_secret(s.serving.api_keys_file, "API_KEYS_FILE")
+    run = _Run(config, url, orders, Lake(s), on_progress, api_key)
     stopped, elapsed = run.run()
     t = run.tally
     p50, p99 = percentiles(t.latencies_ms)

@@ -1,12 +1,16 @@
 """Feast round trips on SQLite and on Redis, and point-in-time correctness of training sets."""
 
 import datetime as dt
+import time
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from relay.data.lake import COURIER_STATS, MERCHANT_STATS, VALIDATED_ORDERS, ZONE_STATS, Lake
+from relay.features.catalog import WEATHER
+from relay.features.guarded import GuardedReader
 from relay.features.store import (
     OnlineFeatures,
     entity_frame,
@@ -15,6 +19,7 @@ from relay.features.store import (
     training_frame,
 )
 from relay.features.tables import COURIER_FEATURES, MERCHANT_FEATURES, ZONE_FEATURES
+from tests.integration.tcp_fault import FaultProxy
 
 
 def _latest(lake: Lake, ds, key: str) -> pd.DataFrame:
@@ -128,3 +133,58 @@ def test_a_planted_future_value_does_not_leak(feast_settings, lake_days):
     finally:
         lake.fs.delete_dir(uri.rsplit("/", 1)[0])
     assert store is not None
+
+
+def _rows(orders: pd.DataFrame) -> list[dict[str, Any]]:
+    return entity_frame(orders).to_dict("records")  # type: ignore[return-value]
+
+
+def test_defaults_are_what_the_store_answers_for_entities_it_does_not_know(
+    feast_settings, lake_days
+):
+    """Serving's answer without the store (relay.features.guarded) is the unknown-entity one:
+    the same columns, None for every stored feature, the request features computed alike."""
+    orders = Lake().read(VALIDATED_ORDERS, lake_days[-1]).head(4).copy()
+    for key in ("courier_id", "merchant_id", "zone_id"):
+        orders[key] = [f"{key}-never-seen-{i}" for i in range(4)]
+    rows = _rows(orders)
+    unread = OnlineFeatures(feast_settings).defaults(rows)  # before any read: from the registry
+    reader = OnlineFeatures(feast_settings)
+    read = reader.read(rows)
+    assert reader.defaults(rows) == read
+    assert {k: unread[k] for k in read} == read
+    assert read["order_distance_km"] == list(orders["distance_km"])
+
+
+@pytest.mark.parametrize("feast_settings", ["redis"], indirect=True)
+def test_a_redis_that_is_stopped_or_hangs_is_answered_with_defaults_within_the_timeout(
+    feast_settings, lake_days
+):
+    timeout = 0.1
+    proxy = FaultProxy(("127.0.0.1", 6379))
+    s = feast_settings.model_copy(deep=True)
+    db = s.feast.redis_connection.split("db=")[1]
+    s.feast.redis_connection = f"127.0.0.1:{proxy.port},db={db}"
+    store = OnlineFeatures(s, read_timeouts=True)
+    reader = GuardedReader(store, timeout_s=timeout, retry_after_s=0.0)
+    rows = _rows(Lake().read(VALIDATED_ORDERS, lake_days[-1]).head(8))
+    try:
+        reader.warm_up(rows)
+        fresh = reader.read(rows)
+        assert fresh.degraded is None and all(v is not None for v in fresh.features[WEATHER])
+        for mode, why in (("refuse", "failed"), ("blackhole", "slower than")):
+            proxy.set(mode)
+            t0 = time.perf_counter()
+            got = reader.read(rows)
+            took = time.perf_counter() - t0
+            assert got.degraded is not None and why in got.degraded, (mode, got.degraded)
+            assert got.features == store.defaults(rows)
+            assert took < timeout + 0.05, (mode, took)
+            proxy.set("forward")
+            deadline = time.monotonic() + 10
+            while (back := reader.read(rows)).degraded is not None:  # until the store answers
+                assert time.monotonic() < deadline, back.degraded
+            assert back.features == fresh.features
+    finally:
+        reader.close()
+        proxy.close()

@@ -43,10 +43,12 @@ def _train_and_register(frame: pd.DataFrame, out: Path, seed: int, epochs: int) 
     return register_trained(out, training_set_uri="test", data_partitions=[]).id
 
 
-def _post(url: str, body: Any, timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
+def _post(
+    url: str, body: Any, timeout: float = 10.0, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     req = urllib.request.Request(
-        url + "/v1/eta", data=data, headers={"Content-Type": "application/json"}
+        url + "/v1/eta", data=data, headers={"Content-Type": "application/json", **(headers or {})}
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -98,6 +100,9 @@ def served(lake_days, tmp_path_factory):
             "url": control.endpoint(settings),
             "settings": settings,
             "orders": orders[orders["created_at"].dt.date == lake_days[-1]],
+            "frame": frame,
+            "runs": base,
+            "end": end,
         }
     finally:
         serve.shutdown()
@@ -125,6 +130,13 @@ def test_one_order_without_a_list_is_accepted(served):
     status, body = _post(served["url"], _order(row))
     assert status == 200 and len(body["predictions"]) == 1
     assert body["predictions"][0]["order_id"] == row["order_id"]
+
+
+def test_ready_means_the_stable_version_answers_and_says_how_the_store_is(served):
+    with urllib.request.urlopen(served["url"] + "/readyz", timeout=10) as resp:
+        body = json.loads(resp.read())
+    assert body["status"] == "ready" and body["online_store"] == "ok", body
+    assert served["v1"] in body["versions"]
 
 
 @pytest.mark.parametrize(
@@ -394,6 +406,147 @@ def test_two_router_replicas_count_every_request_once_in_the_cluster_metrics(ser
         serve.delete("eta-two-routers")
     # The replicas are gone; what they counted is not.
     assert counted()["requests"] >= after["requests"]
+
+
+def test_a_router_with_secrets_wants_keys_and_salts_the_canary(served, tmp_path):
+    """The prod profile's router: an API key on /v1/eta, the admin token on the admin routes,
+    the canary's order hash salted; only the files' paths travel with the deployment."""
+    from ray import serve
+
+    from relay.serve import control
+    from relay.serve.auth import API_KEY_HEADER
+    from serving.app import router_application
+
+    for name, secret in (("keys", "k-123\nk-456"), ("admin", "adm-789"), ("salt", "salt-0")):
+        (tmp_path / name).write_text(secret)
+        (tmp_path / name).chmod(0o600)
+    s = served["settings"].model_copy(deep=True)
+    sv = s.serving
+    sv.api_keys_file, sv.admin_token_file = tmp_path / "keys", tmp_path / "admin"
+    sv.bucket_salt_file = tmp_path / "salt"
+    app = router_application(s)
+    assert "k-123" not in repr(app._bound_deployment.init_kwargs)  # paths, not secrets
+    url = served["url"] + "/auth"
+    control.set_traffic(TrafficSplit(served["v1"], served["v2"], 0.3), served["settings"])
+    serve.run(app, name="eta-auth", route_prefix="/auth")
+    try:
+        rows = served["orders"].iloc[40:80]
+        batch = {"orders": [_order(r, f"salted-{i}") for i, (_, r) in enumerate(rows.iterrows())]}
+        status, body = _post(url, batch)
+        assert status == 401 and body["detail"][0]["loc"] == ["header", "authorization"]
+        status, body = _post(url, batch, headers={API_KEY_HEADER: "k-456"})
+        assert status == 200, body
+        split = TrafficSplit(served["v1"], served["v2"], 0.3)
+        got = {p["order_id"]: p["model_version"] for p in body["predictions"]}
+        salted = {o: split.version_for(o, salt=b"salt-0") for o in got}
+        plain = {o: split.version_for(o) for o in got}
+        assert got == salted and got != plain
+        status, body = _post(served["url"], batch)  # the open router keeps crc32
+        assert {p["order_id"]: p["model_version"] for p in body["predictions"]} == plain
+        for route in ("/v1/models", "/v1/metrics", "/metrics"):
+            req = urllib.request.Request(url + route, headers={"Authorization": "Bearer k-123"})
+            with pytest.raises(urllib.error.HTTPError) as denied:
+                urllib.request.urlopen(req, timeout=10)
+            assert denied.value.code == 401, route
+            req = urllib.request.Request(url + route, headers={"Authorization": "Bearer adm-789"})
+            assert urllib.request.urlopen(req, timeout=10).status == 200, route
+    finally:
+        serve.delete("eta-auth")
+        control.set_traffic(TrafficSplit(stable=served["v1"]), served["settings"])
+
+
+def test_an_online_store_that_stops_or_hangs_degrades_answers_and_fails_none(served, monkeypatch):
+    """A version reading Redis through a fault proxy, under load: the store stopped, then
+    blackholed. Every answer meanwhile is 200 and flagged degraded, none hangs, the metric
+    counts them, and answers are normal again once the store is back."""
+    from ray import serve
+
+    from relay.serve import control
+    from relay.serve.traffic_state import model_app_name
+    from tests.integration.conftest import _feast_settings
+    from tests.integration.tcp_fault import FaultProxy
+
+    timeout_s = 0.25
+    feast = _feast_settings("redis", redis_db=13)
+    apply(feast)
+    materialize(served["end"], settings=feast)
+    proxy = FaultProxy(("127.0.0.1", 6379))
+    f = feast.feast
+    for name, value in {
+        "PROJECT": f.project,
+        "REGISTRY_PATH": str(f.registry_path),
+        "ONLINE_STORE": "redis",
+        "REDIS_CONNECTION": f"127.0.0.1:{proxy.port},db=13",
+        "ONLINE_READ_TIMEOUT_S": str(timeout_s),
+        "ONLINE_RETRY_AFTER_S": "0.5",
+    }.items():
+        monkeypatch.setenv(f"RELAY_FEAST__{name}", value)  # what v3's replicas are given
+    v3 = _train_and_register(served["frame"], served["runs"] / "v3", seed=3, epochs=1)
+    s = served["settings"]
+    row = served["orders"].iloc[6]
+    results: list[tuple[float, float, int, bool]] = []  # sent, answered, status, degraded
+    stop = threading.Event()
+
+    def load(k: int) -> None:
+        i, deadline = 0, time.monotonic() + 120  # bounded even if the test fails early
+        while not stop.is_set() and time.monotonic() < deadline:
+            t0 = time.monotonic()
+            status, body = _post(served["url"], _order(row, f"store-{k}-{i}"))
+            flagged = status == 200 and body["predictions"][0]["degraded"]
+            results.append((t0, time.monotonic(), status, flagged))
+            i += 1
+
+    def wait_for(n: int, since: float, healthy: bool = False) -> None:
+        deadline = time.monotonic() + 30
+        while True:  # polling what the load threads recorded, bounded
+            after = [r for r in results if r[0] >= since]
+            if healthy:
+                after = after[-n:] if len(after) >= n and not any(r[3] for r in after[-n:]) else []
+            if len(after) >= n:
+                return
+            assert time.monotonic() < deadline, (n, since, results[-5:])
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=load, args=(k,)) for k in range(4)]
+    try:
+        control.deploy_model(v3, s)
+        control.set_traffic(TrafficSplit(stable=v3), s)
+        for t in threads:
+            t.start()
+        wait_for(30, time.monotonic(), healthy=True)
+        outages = []
+        for mode in ("refuse", "blackhole"):
+            proxy.set(mode)
+            began = time.monotonic()
+            wait_for(60, began)
+            proxy.set("forward")
+            ended = time.monotonic()
+            outages.append((began, ended))
+            wait_for(30, ended, healthy=True)  # normal answers again
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        proxy.close()
+        control.set_traffic(TrafficSplit(stable=served["v1"]), s)
+        serve.delete(model_app_name(v3))
+    statuses = Counter(r[2] for r in results)
+    assert statuses == {200: len(results)}, statuses
+    during = [r for b, e in outages for r in results if b <= r[0] and r[1] <= e]
+    assert len(during) >= 100 and all(r[3] for r in during), Counter(r[3] for r in during)
+    slowest = max(r[1] - r[0] for r in during)
+    assert slowest < 3.0, slowest  # nothing waits on the store: 2 cores, 4 clients, Serve
+    degraded = sum(r[3] for r in results)
+
+    def counted() -> float:
+        text = urllib.request.urlopen(served["url"] + "/metrics", timeout=10).read().decode()
+        line = f'relay_degraded_total{{version="{v3}"}}'
+        return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith(line))
+
+    deadline = time.monotonic() + 15
+    while counted() < degraded:  # the replicas push their counters every 0.5 s
+        assert time.monotonic() < deadline, (counted(), degraded)
+        time.sleep(0.1)
 
 
 def test_training_frees_the_version_without_traffic_and_v1_keeps_answering(served):

@@ -126,38 +126,27 @@ def test_a_candidate_answering_the_wrong_number_of_rows_is_a_failed_call():
     assert merged.retry == (0, 1) and merged.observed[0].error
 
 
-@pytest.mark.parametrize(
-    "stable_call",
-    [
-        VersionCall("s", (0,), 5.0, None, "TimeoutError: slow"),
-        _bad_rows("s", (0,), {0}),
-    ],
-    ids=["call-failed", "unreturnable-row"],
-)
-def test_a_stable_failure_fails_the_request_naming_stable(stable_call):
-    merged = merge_calls(2, "s", [stable_call, _ok("c", (1,))])
+def test_a_stable_row_without_a_fallback_fails_the_request_naming_stable():
+    merged = merge_calls(2, "s", [_bad_rows("s", (0,), {0}), _ok("c", (1,))])
     assert merged.failed is not None and "model s" in merged.failed
     assert merged.retry == ()
     assert [(o.version, o.error) for o in merged.observed] == [("s", True), ("c", False)]
 
 
-def test_a_stable_row_without_a_usable_prediction_gets_its_fallback_flagged_degraded():
-    merged = merge_calls(3, "s", [_bad_rows("s", (0, 2), {2}, fallback=41.0), _ok("c", (1,))])
-    assert merged.failed is None and merged.retry == () and merged.unanswered == ()
-    fallback = merged.answers[2]
-    assert fallback is not None and fallback["eta_minutes"] == 41.0 and fallback["degraded"]
-    assert "error" not in fallback and "fallback_minutes" not in fallback
-    assert merged.answers[0] is not None and "degraded" not in merged.answers[0]
-    # The fallback is not the model's: its value is not recorded, its error is.
-    assert [(o.version, o.values, o.error) for o in merged.observed] == [
-        ("s", (20.0,), True),
-        ("c", (20.0,), False),
+def test_a_stable_call_that_failed_is_retried_once_and_then_fails_the_request():
+    first = merge_calls(
+        2, "s", [VersionCall("s", (0,), 5.0, None, "RayActorError: died"), _ok("c", (1,))]
+    )
+    assert first.failed is None and first.retry == (0,)  # another replica may answer
+    answered = merge_calls(2, "s", [_ok("s", (0,), 12.0)], first)
+    assert answered.failed is None and answered.unanswered == ()
+    again = merge_calls(2, "s", [VersionCall("s", (0,), 5.0, None, "TimeoutError: slow")], first)
+    assert again.failed == "model s failed: TimeoutError: slow" and again.retry == ()
+    assert [(o.version, o.error) for o in again.observed] == [
+        ("s", True),
+        ("c", False),
+        ("s", True),
     ]
-
-
-def test_a_candidates_row_is_retried_on_stable_even_with_a_fallback():
-    merged = merge_calls(1, "s", [_bad_rows("c", (0,), {0}, fallback=41.0)])
-    assert merged.retry == (0,) and merged.unanswered == (0,)
 
 
 def test_stable_failing_the_retry_fails_the_request_and_both_count_errors():

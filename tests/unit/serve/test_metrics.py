@@ -168,7 +168,9 @@ def _parse(text: str) -> tuple[list[tuple[str, dict[str, str], float]], dict[str
 
 def _observe_some(metrics: LiveMetrics) -> None:
     for i in range(40):
-        metrics.observe("v1", float(i * 7 % 400), 2, [float(i), float(i * 3)], error=i % 10 == 0)
+        metrics.observe(
+            "v1", float(i * 7 % 400), 2, [float(i), float(i * 3)], i % 10 == 0, int(i % 8 == 0)
+        )
     for i in range(15):
         metrics.observe('v"2\\x', 3.0 + i, 1, [25.0])
 
@@ -181,6 +183,7 @@ def test_prometheus_text_parses_and_histograms_are_cumulative(metrics):
         "relay_requests_total": "counter",
         "relay_errors_total": "counter",
         "relay_predictions_total": "counter",
+        "relay_degraded_total": "counter",
         "relay_request_latency_ms": "histogram",
         "relay_prediction_minutes": "histogram",
     }
@@ -188,6 +191,7 @@ def test_prometheus_text_parses_and_histograms_are_cumulative(metrics):
     assert value[("relay_requests_total", (("version", "v1"),))] == 40
     assert value[("relay_errors_total", (("version", "v1"),))] == 4
     assert value[("relay_predictions_total", (("version", "v1"),))] == 80
+    assert value[("relay_degraded_total", (("version", "v1"),))] == 5
     # The awkward version name survives escaping.
     assert value[("relay_requests_total", (("version", 'v\\"2\\\\x'),))] == 15
 

@@ -36,14 +36,14 @@ def test_the_hub_adds_every_replicas_counters_per_version():
     clock.t = 1_010.0
     a.observe("v1", 12.0, 2, [20.0, 40.0])
     clock.t = 1_020.0
-    b.observe("v1", 300.0, 0, None, error=True)
+    b.observe("v1", 300.0, 0, None, error=True, degraded=3)
     b.observe("v2", 5.0, 1, [30.0])
     clock.t = 1_030.0
     assert hub.push("a", 1, a.snapshot()) and hub.push("b", 1, b.snapshot())
 
     got = hub.read()
     v1, v2 = got.windows["v1"], got.windows["v2"]
-    assert (v1.requests, v1.errors, v1.predictions) == (2, 1, 2)
+    assert (v1.requests, v1.errors, v1.predictions, v1.degraded) == (2, 1, 2, 3)
     assert v1.latency_sum_ms == 312.0 and sum(v1.latency_counts) == 2
     assert (v1.latency_counts[4], v1.latency_counts[11]) == (1, 1)  # (10, 20] and (200, 300]
     assert v1.mean_prediction == 30.0 and v1.observed_prediction_values == 2
@@ -117,14 +117,14 @@ def test_the_cluster_sum_diffs_into_a_step_window_as_one_replicas_did():
     first = windows(hub.read().to_json(), ["v1", "v2"], clock.t)
     for _ in range(4):
         a.observe("v1", 40.0, 1, None)
-        b.observe("v2", 40.0, 1, None, error=True)
+        b.observe("v2", 40.0, 1, None, error=True, degraded=1)
     clock.t = 1_030.0
     hub.push("a", 2, a.snapshot())
     hub.push("b", 1, b.snapshot())
     later = windows(hub.read().to_json(), ["v1", "v2"], clock.t)
     v1, v2 = (step_window(later[v], first[v]) for v in ("v1", "v2"))
     assert (v1.requests, v1.since, v1.until, v1.qps) == (4, 1_010.0, 1_030.0, 0.2)
-    assert (v2.requests, v2.errors, v2.since) == (4, 4, 1_010.0)
+    assert (v2.requests, v2.errors, v2.degraded, v2.since) == (4, 4, 4, 1_010.0)
 
 
 def test_the_json_answer_round_trips_and_renders_for_prometheus():

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from relay.features.catalog import NUMERIC, WEATHER
+from relay.features.guarded import GuardedReader
 from relay.serve.loader import Loaded
 
 
@@ -21,19 +22,34 @@ class Minutes:
         return [10.0 * d for d in frame["order_distance_km"]]
 
 
-class Features:
-    """Knows every courier but ``C-unknown``; counts its reads (one per batch)."""
+class Store:
+    """Knows every courier but ``C-unknown``; counts its reads (one per batch); ``down``
+    makes it refuse."""
 
     def __init__(self) -> None:
         self.reads: list[int] = []
+        self.down = False
 
     def read(self, orders: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        if self.down:
+            raise ConnectionError("refused")
         self.reads.append(len(orders))
         known = [o["courier_id"] != "C-unknown" for o in orders]
         out: dict[str, list[Any]] = {name: [1.0 if k else None for k in known] for name in NUMERIC}
         out[WEATHER] = ["clear"] * len(orders)
         out["order_distance_km"] = [o["distance_km"] for o in orders]
         return out
+
+    def defaults(self, orders: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {name: [None] * len(orders) for name in (*NUMERIC, WEATHER)}
+        out["order_distance_km"] = [o["distance_km"] for o in orders]
+        return out
+
+
+class Features(GuardedReader):
+    def __init__(self) -> None:
+        super().__init__(Store(), timeout_s=5.0, retry_after_s=60.0)
+        self.reads = self.store.reads
 
 
 class Log:
@@ -106,3 +122,38 @@ def test_a_prediction_that_cannot_be_returned_is_an_error_answer_and_not_logged(
     assert answers[0]["eta_minutes"] is None and answers[1]["eta_minutes"] == 20.0
     assert [a.get("fallback_minutes") for a in answers] == [35.0, None, 60.0]  # prior, cap
     assert [r["order_id"] for r in log.records] == ["b"]
+
+
+def test_with_the_store_down_every_answer_is_degraded_with_the_defaults_and_still_logged() -> None:
+    from serving.app import ETAModel
+
+    features, log = Features(), Log()
+    model = ETAModel.func_or_class(
+        "v1", 32, 0.05, loader=lambda version: Loaded(Minutes(), features, log)
+    )
+    log.records.clear()
+    features.store.down = True
+    (answers,) = model.answer([([_row("a", 1.0), _row("b", 2.0)], "req-1")])
+    assert [(a["eta_minutes"], a.get("degraded")) for a in answers] == [(10.0, True), (20.0, True)]
+    assert all(a["missing_features"] == [*NUMERIC, WEATHER] for a in answers)
+    assert [r["order_id"] for r in log.records] == ["a", "b"]  # served, so logged
+    assert features.degraded_reads == 1
+
+
+def test_the_health_check_needs_a_finite_prediction_and_not_the_store() -> None:
+    import pytest
+
+    from serving.app import ETAModel
+
+    features, log = Features(), Log()
+    model = ETAModel.func_or_class(
+        "v1", 32, 0.05, loader=lambda version: Loaded(Minutes(), features, log)
+    )
+    features.store.down = True
+    model.check_health()  # the store down is no reason to replace the replica
+    assert model.ready() == {"online_store": "ok"}
+    model.answer([([_row("a", 1.0)], "req-1")])
+    assert "ConnectionError" in model.ready()["online_store"]
+    model.bundle = Wild()  # NaN for the first row
+    with pytest.raises(RuntimeError, match="predicts nan"):
+        model.check_health()
