@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Everything local (lake, artifacts, Feast stores, reports) lives under RELAY_HOME.
 export RELAY_HOME ?= $(CURDIR)/var
 
-.PHONY: help setup services up down demo test e2e unit integration lint bench clean
+.PHONY: help setup services up down demo test e2e unit integration lint bench drill clean
 
 help:
 	@echo "make up     install, start Airflow + Ray + Serve, train and serve a first model"
@@ -75,6 +75,10 @@ test: setup services lint
 
 bench: setup services
 	$(BIN)/python -m bench.run_all
+
+# Fault drills under load (kill -9 of a model replica, then of a router replica): ~3 min.
+drill: setup services
+	$(BIN)/pytest -m drill -s -q tests/integration
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

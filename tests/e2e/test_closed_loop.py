@@ -465,7 +465,7 @@ def test_rest_api_trigger_on_postgresql(stack: dict[str, Any], trained: dict[str
                 "restore": "success",
             }
         finally:
-            processes.stop_all(s)
+            processes.stop_all(s, timeout_s=10)  # what is still up then gets SIGKILL
             with admin.cursor() as cur:
                 cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
             admin.close()

@@ -32,6 +32,7 @@ def start_ray(settings: Settings | None = None) -> int:
     from relay.serve.control import HAPROXY_ENV
 
     s = settings or get_settings()
+    ray_token_file()
     dash = urllib.parse.urlparse(s.ray.dashboard_url)
     argv = [
         venv_bin("ray"),
@@ -50,6 +51,20 @@ def start_ray(settings: Settings | None = None) -> int:
     url = f"{s.ray.dashboard_url}/api/version"
     wait_until(lambda: http_ok(url, auth_headers()), "Ray dashboard", 180)
     return pid
+
+
+def ray_token_file() -> Path:
+    """Ray's token file (its clients' and nodes' shared secret), mode 600: Ray 2.60 turns token
+    authentication on by default and writes the file world-readable when it creates it, so
+    Relay creates it first, or narrows one that exists."""
+    import secrets
+
+    from relay.infra.airflow_services import write_private
+
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if not write_private(path, secrets.token_hex(32)):
+        path.chmod(0o600)
+    return path
 
 
 def first_run_conf(today: dt.date, days: int = 3) -> dict[str, Any]:

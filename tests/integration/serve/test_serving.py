@@ -549,6 +549,110 @@ def test_an_online_store_that_stops_or_hangs_degrades_answers_and_fails_none(ser
         time.sleep(0.1)
 
 
+@pytest.mark.drill
+def test_a_sigkilled_model_replica_then_router_replica_lose_almost_nothing(served, capsys):
+    """Two replicas of each deployment under 8 clients: kill -9 one model replica, then one
+    router replica. At most 0.1% of requests fail; the time until each deployment runs two
+    replicas again is measured and printed. A drill (`make drill`), not in `make test`: its
+    verdict needs thousands of requests (~3 min here)."""
+    import os
+    import signal
+
+    import ray
+    from ray import serve
+
+    from relay.serve import control
+    from relay.serve.traffic_state import MODEL_DEPLOYMENT, ROUTER_DEPLOYMENT, model_app_name
+    from serving.app import model_application, router_application
+
+    s = served["settings"].model_copy(deep=True)
+    sv = s.serving
+    sv.model_replicas = sv.router_replicas = 2
+    sv.model_cpus, sv.router_cpus = 0.1, 0.05  # logical: they share 2 cores with the rest
+    v2, app = served["v2"], "eta-drill"
+    serve.run(model_application(v2, s), name=model_app_name(v2), route_prefix=None)
+    control.set_traffic(TrafficSplit(stable=v2), served["settings"])
+    serve.run(router_application(s), name=app, route_prefix="/drill")
+    url, row = served["url"] + "/drill", served["orders"].iloc[7]
+    results: list[tuple[float, int | str]] = []
+    stop = threading.Event()
+
+    def load(k: int) -> None:
+        i, deadline = 0, time.monotonic() + 300  # bounded even if the test fails early
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                status, _ = _post(url, _order(row, f"drill-{k}-{i}"))
+            except Exception as exc:  # reset, refused, timed out: a failure, never a pass
+                status = type(exc).__name__
+            results.append((time.monotonic(), status))
+            i += 1
+
+    def running(app_name: str, deployment: str) -> int:
+        d = serve.status().applications[app_name].deployments[deployment]
+        return int(d.replica_states.get("RUNNING", 0))
+
+    def kill_one(app_name: str, deployment: str) -> int:
+        """kill -9 of one replica's process, as an operator (or the OOM killer) would."""
+        named = ray.util.list_named_actors(all_namespaces=True)
+        tag = f"SERVE_REPLICA::{app_name}#{deployment}#"
+        replicas = [a for a in named if a["name"].startswith(tag)]
+        assert len(replicas) == 2, (tag, named)
+        actor = ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"])
+        pid = ray.get(actor.__ray_call__.remote(lambda _: os.getpid()), timeout=30)
+        os.kill(pid, signal.SIGKILL)
+        return int(pid)
+
+    def restored(app_name: str, deployment: str, killed: int) -> float:
+        t0 = time.monotonic()
+        while not _gone(killed):
+            time.sleep(0.05)  # polling until the kernel took it
+        seen_down = False
+        while True:  # polling Serve's view, bounded: until two replicas run again
+            n = running(app_name, deployment)
+            seen_down |= n < 2
+            if seen_down and n == 2:
+                return time.monotonic() - t0
+            assert time.monotonic() - t0 < 90, (app_name, deployment, n)
+            time.sleep(0.2)
+
+    threads = [threading.Thread(target=load, args=(k,)) for k in range(8)]
+    try:
+        assert running(model_app_name(v2), MODEL_DEPLOYMENT) == 2 == running(app, ROUTER_DEPLOYMENT)
+        for t in threads:
+            t.start()
+        while len(results) < 200:  # load on both before the first kill
+            time.sleep(0.05)
+        model_down = kill_one(model_app_name(v2), MODEL_DEPLOYMENT)
+        model_s = restored(model_app_name(v2), MODEL_DEPLOYMENT, model_down)
+        router_down = kill_one(app, ROUTER_DEPLOYMENT)
+        router_s = restored(app, ROUTER_DEPLOYMENT, router_down)
+        while len(results) < 6000:  # full capacity again, and enough requests to judge 0.1%
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        serve.delete(app)
+        control.set_traffic(TrafficSplit(stable=served["v1"]), served["settings"])
+    failed = [r for r in results if r[1] != 200]
+    with capsys.disabled():
+        print(
+            f"\nreplica kill drill: {len(results)} requests, {len(failed)} failed "
+            f"({100 * len(failed) / len(results):.3f}%), {Counter(r[1] for r in failed)}; "
+            f"model replica back in {model_s:.1f} s, router replica in {router_s:.1f} s"
+        )
+    assert len(failed) <= 0.001 * len(results), Counter(r[1] for r in failed)
+
+
+def _gone(pid: int) -> bool:
+    import psutil
+
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+
+
 def test_training_frees_the_version_without_traffic_and_v1_keeps_answering(served):
     # Last in the module: it deletes v2. Training calls this before asking Ray for workers.
     from relay.rollout.manual import free_idle_models

@@ -37,3 +37,13 @@ def test_airflows_password_and_jwt_files_are_600(tmp_path, monkeypatch):
     assert _mode(passwords) == 0o600 and len(json.loads(passwords.read_text())["admin"]) >= 16
     jwt = tmp_path / "airflow" / ".jwt_secret"
     assert _mode(jwt) == 0o600 and env["AIRFLOW__API_AUTH__JWT_SECRET"] == jwt.read_text()
+
+
+def test_rays_token_file_is_600_whether_relay_or_ray_made_it(tmp_path, monkeypatch):
+    from relay.infra.stack import ray_token_file
+
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "ray" / "auth_token"))
+    made = ray_token_file()
+    assert _mode(made) == 0o600 and len(made.read_text()) == 64
+    made.chmod(0o644)  # as Ray 2.60 writes it
+    assert _mode(ray_token_file()) == 0o600 and len(made.read_text()) == 64

@@ -70,6 +70,7 @@ def test_a_restore_of_another_version_is_what_an_in_flight_tick_heals_towards(wo
 
 def test_a_restore_waits_for_no_one_but_refuses_a_held_lease(world: World) -> None:
     w = world
+    w.s.rollout.lease_wait_s = 0.5  # how long it waits is the setting's; that it gives up is this
     w.lease.acquire("cli:someone-else")
     with pytest.raises(LeaseHeld, match="someone-else"):
         restore(w.candidate, w.s, registry=w.reg, store=w.store, endpoint=w.ep, lease=w.lease)
