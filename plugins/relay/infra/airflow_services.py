@@ -15,6 +15,7 @@ import urllib.parse
 from pathlib import Path
 
 from relay.infra.processes import http_ok, project_root, start_process, venv_bin, wait_until
+from relay.infra.secret_files import write_private
 from relay.settings import Settings, get_settings
 
 ADMIN_USER = "admin"
@@ -23,20 +24,6 @@ SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
 #: The scheduler's and triggerer's log servers bind every interface (Airflow hard-codes it) and
 #: serve logs to remote workers only: here the api-server reads the task logs from local disk.
 SERVICE_ARGS = {"scheduler": ["--skip-serve-logs"], "triggerer": ["--skip-serve-logs"]}
-
-
-def write_private(path: Path, text: str) -> bool:
-    """Create ``path`` holding ``text``, readable by its owner only from its first byte (mode
-    600 at creation, not chmod after: no moment where another user may read it). False when
-    it existed already (it is left as it is)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    return True
 
 
 def _secret(path: Path) -> str:

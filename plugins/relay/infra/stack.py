@@ -59,7 +59,7 @@ def ray_token_file() -> Path:
     Relay creates it first, or narrows one that exists."""
     import secrets
 
-    from relay.infra.airflow_services import write_private
+    from relay.infra.secret_files import write_private
 
     path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
     if not write_private(path, secrets.token_hex(32)):

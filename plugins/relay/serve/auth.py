@@ -26,9 +26,9 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from relay.errors import ConfigError
+from relay.settings import ServingSettings
 
 AUTH_HEADER = "authorization"
 API_KEY_HEADER = "x-api-key"
@@ -43,7 +43,7 @@ class SecretFiles:
     bucket_salt: Path | None = None
 
     @classmethod
-    def of(cls, serving: Any) -> SecretFiles:
+    def of(cls, serving: ServingSettings) -> SecretFiles:
         """The files the serving settings name."""
         return cls(serving.api_keys_file, serving.admin_token_file, serving.bucket_salt_file)
 

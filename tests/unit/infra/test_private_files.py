@@ -6,7 +6,8 @@ import json
 import os
 import stat
 
-from relay.infra.airflow_services import airflow_env, ensure_admin_password, write_private
+from relay.infra.airflow_services import airflow_env, ensure_admin_password
+from relay.infra.secret_files import write_private
 from relay.settings import get_settings
 
 
