@@ -8,6 +8,7 @@ so ASHA can stop a poor trial after its first epochs.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -105,8 +106,14 @@ def run_tune(
     num_workers: int = 1,
     use_gpu: bool = False,
     settings: Settings | None = None,
+    start_from: Sequence[Mapping[str, Any]] = (),
 ) -> TuneResult:
-    """Search hyperparameters; write the best config to ``output_dir/best_config.json``."""
+    """Search hyperparameters; write the best config to ``output_dir/best_config.json``.
+
+    ``start_from``: configs (every key of :func:`search_space`) tried first, in order, before
+    the sampler's own: the champion's, or ones known to be good, so the search and ASHA's
+    rungs start from a known level.
+    """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -140,6 +147,7 @@ def run_tune(
         sampler=optuna.samplers.TPESampler(n_startup_trials=5, seed=t.seed),
         metric="val_loss",
         mode="min",
+        points_to_evaluate=[dict(c) for c in start_from] or None,
     )
     scheduler = ASHAScheduler(
         metric="val_loss",
