@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -101,9 +102,37 @@ def ensure_controller(settings: Settings | None = None) -> Any:
     s = settings or get_settings()
     actor: Any = ray.remote(num_cpus=0, max_restarts=-1)(_Controller)
     env = {"env_vars": relay_job_env(s)}
-    handle = named_actor(actor, CONTROLLER_ACTOR, s.rollout.tick_s, runtime_env=env)
-    ray.get(handle.status.remote(), timeout=120)  # started, or its error raised here
-    return handle
+    for attempt in range(2):
+        handle = named_actor(actor, CONTROLLER_ACTOR, s.rollout.tick_s, runtime_env=env)
+        try:
+            ray.get(handle.status.remote(), timeout=120)  # started, or its error raised here
+            return handle
+        except ray.exceptions.ActorDiedError:
+            # A controller stopped by someone else a moment ago still held the name: wait for
+            # the name to be free, then start ours.
+            if attempt:
+                raise
+            _wait_until_gone(CONTROLLER_ACTOR)
+    raise AssertionError("unreachable")
+
+
+def _wait_until_gone(name: str, timeout_s: float = 60.0) -> None:
+    """Return once no live actor holds ``name`` (``ray.kill`` is asynchronous: a killed actor
+    keeps its name for a moment, and ``get_if_exists`` would hand back the dying one)."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            handle = ray.get_actor(name, namespace=CONTROLLER_NAMESPACE)
+        except ValueError:
+            return
+        try:
+            ray.get(handle.status.remote(), timeout=5)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            pass  # dying: its name is released once the GCS has it dead
+        time.sleep(0.1)  # polling the GCS for the name's release, bounded by the deadline
+    raise TimeoutError(f"the actor {name!r} was still alive {timeout_s} s after it was killed")
 
 
 def stop_controller() -> bool:
@@ -116,6 +145,7 @@ def stop_controller() -> bool:
     except ValueError:
         return False
     ray.kill(handle, no_restart=True)
+    _wait_until_gone(CONTROLLER_ACTOR)  # the next ensure_controller starts a fresh one
     return True
 
 

@@ -43,12 +43,19 @@ FAST = Plan(
 LONG = Plan(steps=[Step(share=0.5, min_duration_s=3600, max_duration_s=7200, min_requests=5)])
 
 
-def _until(what: str, done: Callable[[], bool], timeout_s: float = 120.0) -> None:
-    """Poll ``done`` (a state change in Ray or the store) until true, or fail naming ``what``."""
+def _until(
+    what: str,
+    done: Callable[[], bool],
+    timeout_s: float = 120.0,
+    state: Callable[[], object] | None = None,
+) -> None:
+    """Poll ``done`` (a state change in Ray or the store) until true, or fail naming ``what``
+    (and what ``state`` shows then: the record a failure is read from)."""
     deadline = time.monotonic() + timeout_s
     while not done():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+            seen = f"; state: {state()!r}" if state is not None else ""
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}{seen}")
         time.sleep(0.2)  # polling a remote state, bounded by the deadline
 
 
@@ -223,6 +230,48 @@ def test_a_killed_traffic_actor_is_healed_by_the_next_tick(cluster: dict[str, An
         assert _traffic(s) == want  # the new actor holds the record's split again
         assert _router_versions(cluster) == {cluster["v1"]: 0.5, cluster["v2"]: 0.5}
         assert _record(started.id).state in (RolloutState.RUNNING, RolloutState.HOLDING)
+
+
+def test_a_zone_targeted_step_sends_exactly_that_zones_orders_to_the_candidate(
+    cluster: dict[str, Any],
+) -> None:
+    from relay.rollout.controller import reconcile_once, start_rollout_record
+    from relay.rollout.manual import restore
+    from relay.rollout.plan import Targeting
+
+    s, rows = cluster["settings"], cluster["rows"]
+    zone = rows["zone_id"].value_counts().index[0]  # the busiest zone of the day's orders
+    plan = Plan(
+        steps=[
+            Step(
+                share=1.0,
+                targeting=Targeting(zones=[zone]),
+                min_duration_s=3600,
+                max_duration_s=7200,
+                min_requests=5,
+            )
+        ]
+    )
+    restore(cluster["v1"], s, by="test:setup", reason="test setup")
+    started = start_rollout_record(cluster["v2"], s, plan=plan, by="test:start")
+    reconcile_once(s)  # no controller running: one tick by hand applies the step
+    by_zone: dict[str, set[str]] = {}
+    for i, (_, row) in enumerate(rows.iterrows()):
+        status, body = _post(cluster["url"], {"orders": [_order(row, f"zone-{i}")]})
+        assert status == 200, body
+        by_zone.setdefault(row["zone_id"], set()).add(body["predictions"][0]["model_version"])
+    assert by_zone[zone] == {cluster["v2"]}, by_zone  # all of that zone's orders
+    others = {z: got for z, got in by_zone.items() if z != zone}
+    assert others and all(got == {cluster["v1"]} for got in others.values()), by_zone
+    # One request holding every zone's orders is split order by order.
+    batch = [_order(row, f"batch-{i}") for i, (_, row) in enumerate(rows.head(32).iterrows())]
+    status, body = _post(cluster["url"], {"orders": batch})
+    assert status == 200, body
+    zone_of = {o["order_id"]: o["zone_id"] for o in batch}
+    for p in body["predictions"]:
+        want = cluster["v2"] if zone_of[p["order_id"]] == zone else cluster["v1"]
+        assert p["model_version"] == want, (p, zone)
+    assert _record(started.id).state in (RolloutState.RUNNING, RolloutState.HOLDING)
 
 
 def test_a_restore_in_mid_rollout_aborts_it_and_the_controller_never_undoes_it(
@@ -441,6 +490,66 @@ def _production() -> str | None:
 
 def _pair(cluster: dict[str, Any]) -> tuple[str, str]:
     return cluster["v1"], cluster["v2"]
+
+
+def test_a_p99_breach_after_promotion_sustained_restores_the_previous_version(
+    cluster: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relay.registry import Registry
+    from relay.rollout.guard import GuardAction
+    from relay.rollout.guarding import Guards
+    from relay.rollout.runner import ensure_controller, stop_controller
+    from relay.serve import control
+
+    s = cluster["settings"]
+    sustain_s = 12.0  # the field's 3 minutes, shortened; the controller reads its environment
+    stop_controller()
+    monkeypatch.setenv("RELAY_ROLLOUT__GUARD_SUSTAIN_S", str(sustain_s))
+    monkeypatch.setenv("RELAY_ROLLOUT__REQUIRE_LABELS", "false")
+    started = _fresh_start(cluster, FAST)
+    ensure_controller(s)
+
+    def guard() -> Any:
+        doc, _ = Guards(RolloutStore()).read()
+        return doc if doc is not None and doc.rollout_id == started.id else None
+
+    with Traffic(cluster, rate=20) as traffic:
+        _until(
+            "the rollout's end",
+            lambda: _record(started.id).state.final,
+            timeout_s=180,
+            state=lambda: [v.reasons for v in _record(started.id).verdicts],
+        )
+        assert _record(started.id).state is RolloutState.PROMOTED
+        _until(
+            "the guard's first check",
+            lambda: (g := guard()) and g.state.checked_at,
+            state=lambda: Guards(RolloutStore()).read()[0],
+        )
+        control.inject_fault(cluster["v2"], delay_ms=150, duration_s=600)  # production slows
+        try:
+            _until(
+                "the previous version serving alone",
+                lambda: (
+                    _production() == cluster["v1"]
+                    and _router_versions(cluster) == {cluster["v1"]: 1.0}
+                    and guard().restored_at is not None  # recorded once the restore is done
+                ),
+                timeout_s=240,
+                state=lambda: (guard(), _production(), _router_versions(cluster)),
+            )
+        finally:
+            control.clear_faults()
+    doc = guard()
+    assert doc.state.ended is GuardAction.RESTORE and doc.restored_at is not None
+    assert any(r.startswith("FAIL: P99") for r in doc.state.reasons), doc.state.reasons
+    history = Registry().get(cluster["v1"]).history
+    promoted = [h for h in history if h.to_stage == "production" and h.from_stage != "production"]
+    assert promoted[-1].reason.startswith(f"guard:{cluster['v2']}"), promoted[-1]
+    # The restore came from a breach run that lasted, not from one slow tick.
+    sustained = [since for name, since in doc.state.breaches.items() if name == "p99_latency"]
+    assert sustained and (doc.state.ended_at - sustained[0]).total_seconds() >= sustain_s
+    assert set(traffic.statuses) == {200}  # slow, then restored: no order lost
 
 
 def test_an_experiment_whose_primary_fails_leaves_the_control_all_traffic(
