@@ -1,29 +1,27 @@
 #!/usr/bin/env bash
 # One-shot set-up before the Airflow services start (compose service `airflow-init`):
-#   1. migrate the metadata database (PostgreSQL) to Airflow 3.3.2's schema;
+#   1. migrate the metadata database (PostgreSQL) to Airflow 3.3.2's schema, FAB's tables with it;
 #   2. create the `ray_gpu` pool the training DAG's Ray jobs queue in (as `make up` does);
-#   3. write the simple auth manager's password file from AIRFLOW_ADMIN_PASSWORD, so the admin's
-#      password is the one in docker/.env and not a generated one printed to a log.
-# Idempotent: safe on every `docker compose up`.
+#   3. create the FAB auth manager's admin (role Admin) from the airflow_admin_password secret
+#      (a file: the password is in no environment variable, and in no log).
+# Idempotent: safe on every `docker compose up` (an existing admin keeps its password; change it
+# in the UI or with `airflow users reset-password`).
 set -euo pipefail
 
-: "${AIRFLOW_ADMIN_PASSWORD:?set AIRFLOW_ADMIN_PASSWORD in docker/.env}"
-: "${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE:?the compose file sets it}"
+: "${AIRFLOW_ADMIN_PASSWORD_FILE:?the compose file sets it}"
+user="${AIRFLOW_ADMIN_USER:-admin}"
 
 airflow db migrate
 airflow pools set ray_gpu "${RELAY_AIRFLOW__GPU_POOL_SLOTS:-1}" "Ray jobs that may use a GPU"
 
-python - <<'PY'
-import json
-import os
-from pathlib import Path
-
-path = Path(os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
-user = os.environ.get("AIRFLOW_ADMIN_USER", "admin")
-path.parent.mkdir(parents=True, exist_ok=True)
-tmp = path.with_suffix(".tmp")
-tmp.write_text(json.dumps({user: os.environ["AIRFLOW_ADMIN_PASSWORD"]}) + "\n")
-tmp.chmod(0o600)
-tmp.replace(path)
-print(f"airflow-init: password for {user!r} written to {path}")
-PY
+if airflow users list --output json | tail -n 1 | grep -q "\"username\": \"${user}\""; then
+  echo "airflow-init: admin ${user} exists"
+else
+  # Airflow's CLI takes the password as an argument or from a prompt; the prompt reads stdin.
+  password="$(cat "${AIRFLOW_ADMIN_PASSWORD_FILE}")"
+  : "${password:?set AIRFLOW_ADMIN_PASSWORD in docker/.env}"
+  printf '%s\n%s\n' "${password}" "${password}" | airflow users create \
+    --username "${user}" --role Admin --email "${user}@localhost" \
+    --firstname Relay --lastname Admin
+  echo "airflow-init: admin ${user} created"
+fi

@@ -469,17 +469,20 @@ def _resilience(sv: Any) -> dict[str, Any]:
 
 
 def model_application(version: str, settings: Any = None) -> Any:
-    """One model version's Serve application, sized from the settings (``relay.serve.control``
-    deploys it; ``serve deploy`` reaches it through :func:`build_model_app`)."""
+    """One model version's Serve application, sized from the version's stored requirements
+    within the settings (``relay.serve.control`` deploys it; ``serve deploy`` reaches it through
+    :func:`build_model_app`)."""
+    from relay.serve.sizing import model_replica_options, stored_needs
     from relay.serve.traffic_state import relay_env
     from relay.settings import get_settings
 
     sv = (settings or get_settings()).serving
+    size = model_replica_options(stored_needs(version), sv)
     return ETAModel.options(
-        num_replicas=sv.model_replicas,
+        num_replicas=size["num_replicas"],
         max_ongoing_requests=sv.max_ongoing_requests,
         **_resilience(sv),
-        ray_actor_options={"num_cpus": sv.model_cpus, "runtime_env": {"env_vars": relay_env()}},
+        ray_actor_options={**size["ray_actor_options"], "runtime_env": {"env_vars": relay_env()}},
     ).bind(
         version,
         sv.max_batch_size,

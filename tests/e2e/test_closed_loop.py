@@ -277,6 +277,76 @@ def test_serve_cli_reports_what_the_dag_deployed(trained: dict[str, Any]) -> Non
     assert f"{production.id}: " in res.stdout and "requests" in res.stdout
 
 
+#: Calls each of Ray's servers answers when the caller is let in (GCS, raylet, object manager,
+#: dashboard agent, client server, a Serve replica's inter-deployment server).
+RAY_METHODS = (
+    "/ray.rpc.NodeInfoGcsService/GetAllNodeInfo",
+    "/ray.rpc.NodeManagerService/GetNodeStats",
+    "/ray.rpc.ObjectManagerService/Pull",
+    "/ray.rpc.ReporterService/GetTraceback",
+    "/ray.rpc.RayletDriver/ClusterInfo",
+    "/ray.serve.ASGIService/HandleRequest",
+)
+
+
+def _routable_addresses() -> list[str]:
+    """This machine's IPv4 addresses other than loopback: where a neighbour would connect."""
+    import psutil
+
+    return [
+        a.address
+        for addrs in psutil.net_if_addrs().values()
+        for a in addrs
+        if a.family.name == "AF_INET" and not a.address.startswith("127.")
+    ]
+
+
+def _ray_refuses_without_token(host: str, port: int) -> list[str]:
+    """Each probe's gRPC status: a Ray server refuses calls without the token."""
+    import grpc
+
+    seen = []
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
+        for method in RAY_METHODS:
+            try:
+                channel.unary_unary(method)(b"", timeout=5)
+                seen.append(f"{method}: OK")
+            except grpc.RpcError as err:
+                seen.append(f"{method}: {err.code().name}")
+    return seen
+
+
+def test_the_stack_is_closed_to_the_network(stack: dict[str, Any], trained: dict[str, Any]) -> None:
+    """With Ray, Serve (HAProxy) and a model running: Ray's GCS, raylet, agent, client server
+    and HAProxy (endpoint, stats, metrics) listen on loopback only; from the machine's own
+    network address nothing answers but Ray's servers that Ray binds to every interface (a
+    Serve replica's gRPC server), which refuse a caller without the token."""
+    import socket
+
+    from relay.infra.exposure import listeners
+
+    found = listeners(stack["settings"])
+    names = {item.process for item in found}
+    assert {"gcs_server", "raylet", "haproxy"} <= names, names
+    core = [
+        i
+        for i in found
+        if i.process in ("gcs_server", "raylet", "haproxy") or "Dashboard" in i.process
+    ]
+    assert core and all(i.loopback for i in core), [i for i in core if not i.loopback]
+    addresses = _routable_addresses()
+    assert addresses, "no address but loopback: nothing to probe from"
+    for item in found:
+        host = addresses[0]
+        if item.loopback:
+            with pytest.raises(OSError), socket.create_connection((host, item.port), timeout=3):
+                pass
+        else:
+            seen = _ray_refuses_without_token(host, item.port)
+            assert not any(s.endswith(": OK") for s in seen), (item, seen)
+            assert any(s.endswith(": UNAUTHENTICATED") for s in seen), (item, seen)
+
+
 # --- eta_monitoring ----------------------------------------------------------------------------
 
 

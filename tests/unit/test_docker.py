@@ -294,3 +294,22 @@ def test_relay_containers_get_valid_prod_settings(services, env_example, monkeyp
         mounted = {f"/run/secrets/{x}" for x in services[name].get("secrets", [])}
         assert {str(f) for f in files} <= mounted, name
         assert (sv.model_replicas, sv.router_replicas) == (2, 2), name
+
+
+def test_airflow_runs_fab_with_its_admin_created_from_a_secret(compose, services):
+    airflow_services = [n for n, svc in services.items() if "airflow" in str(svc.get("image", ""))]
+    assert {"airflow-init", "airflow-apiserver", "airflow-scheduler"} <= set(airflow_services)
+    for name in airflow_services:
+        env = services[name]["environment"]
+        assert env["AIRFLOW__CORE__AUTH_MANAGER"].endswith("fab_auth_manager.FabAuthManager")
+        assert env["RELAY_AIRFLOW__AUTH_MANAGER"] == "fab"
+        assert not any(k.startswith("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER") for k in env), name
+        assert "AIRFLOW_ADMIN_PASSWORD" not in env, f"{name}: the password in an environment"
+    init = services["airflow-init"]
+    assert "airflow_admin_password" in init["secrets"]
+    assert (
+        init["environment"]["AIRFLOW_ADMIN_PASSWORD_FILE"] == "/run/secrets/airflow_admin_password"
+    )
+    assert compose["secrets"]["airflow_admin_password"] == {"environment": "AIRFLOW_ADMIN_PASSWORD"}
+    script = (DOCKER / "airflow-init.sh").read_text()
+    assert "users create" in script and "--password" not in script  # the prompt, not argv

@@ -50,7 +50,8 @@ def stack_up(
         f"\nEndpoint     {endpoint}/v1/eta   (docs: {endpoint}/docs)"
         f"\n\ncurl -s -X POST {endpoint}/v1/eta -H 'Content-Type: application/json' "
         f"-d '{body}'"
-        f"\n\nstop everything: make down   (logs: {s.home}/logs)",
+        f"\n\nwhat listens where: relay stack ports"
+        f"\nstop everything: make down   (logs: {s.home}/logs)",
         markup=False,
         highlight=False,
     )
@@ -65,6 +66,25 @@ def stack_down() -> None:
 
     stopped = processes.stop_all()
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@app.command("ports")
+def stack_ports() -> None:
+    """What the stack's processes listen on, and what guards each port reachable from the
+    network."""
+    from relay.infra.exposure import listeners
+
+    found = listeners()
+    if not found:
+        console.print("nothing is listening: is the stack up? (make up)")
+        return
+    for item in found:
+        where = "loopback" if item.loopback else "NETWORK "
+        out.print(
+            f"{where}  {item.host:>22}:{item.port:<5}  {item.process:<20}  {item.guard}",
+            markup=False,
+            highlight=False,
+        )
 
 
 def demo() -> None:

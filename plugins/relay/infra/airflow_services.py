@@ -1,8 +1,9 @@
 """Airflow of the local stack: its environment, its CLI and its four services.
 
 Airflow runs from ``{home}/airflow`` on the database in ``RELAY_AIRFLOW__DATABASE_URL`` (SQLite
-by default, PostgreSQL in the prod profile), with the DAGs of ``dags/`` and the simple auth
-manager's ``admin`` user.
+by default, PostgreSQL in the prod profile), with the DAGs of ``dags/`` and an ``admin`` user:
+the simple auth manager's by default, FAB's (users and roles in the metadata database) with
+``RELAY_AIRFLOW__AUTH_MANAGER=fab``. Either way its password is in a file Relay creates mode 600.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from relay.infra.secret_files import write_private
 from relay.settings import Settings, get_settings
 
 ADMIN_USER = "admin"
+FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 GPU_POOL = "ray_gpu"
 SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
 #: The scheduler's and triggerer's log servers bind every interface (Airflow hard-codes it) and
@@ -61,8 +63,7 @@ def airflow_env(settings: Settings | None = None) -> dict[str, str]:
         "AIRFLOW__API__PORT": str(api.port or 8080),
         "AIRFLOW__API__BASE_URL": s.airflow.api_url,
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{s.airflow.api_url.rstrip('/')}/execution/",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        **_auth_manager_env(s),
         "AIRFLOW__API_AUTH__JWT_SECRET": _secret(home / ".jwt_secret"),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
@@ -73,6 +74,40 @@ def airflow_env(settings: Settings | None = None) -> dict[str, str]:
     return env
 
 
+def _auth_manager_env(s: Settings) -> dict[str, str]:
+    home = s.home / "airflow"
+    if s.airflow.auth_manager == "fab":
+        return {
+            "AIRFLOW__CORE__AUTH_MANAGER": FAB_AUTH_MANAGER,
+            # FAB's Flask app signs its sessions with it.
+            "AIRFLOW__API__SECRET_KEY": _secret(home / ".api_secret_key"),
+        }
+    return {
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+    }
+
+
+def create_fab_admin(settings: Settings | None = None) -> bool:
+    """The FAB auth manager's admin (role Admin), with the password of Relay's 0600 file;
+    returns whether it was created (False: it exists, its password as it was set)."""
+    s = settings or get_settings()
+    listed = airflow(["users", "list", "--output", "json"], s).strip().splitlines()
+    # Airflow prints its warnings on stdout too: the list is the last line.
+    users = json.loads(listed[-1]) if listed and listed[-1].startswith("[") else []
+    if any(user.get("username") == ADMIN_USER for user in users):
+        return False
+    # Through the prompt, not `--password`: an argument is visible to every user in `ps`.
+    password = admin_password(s)
+    who = ["--email", f"{ADMIN_USER}@localhost", "--firstname", "Relay", "--lastname", "Admin"]
+    airflow(
+        ["users", "create", "--username", ADMIN_USER, "--role", "Admin", *who],
+        s,
+        stdin=f"{password}\n{password}\n",
+    )
+    return True
+
+
 def admin_password(settings: Settings | None = None) -> str:
     """The Airflow admin's password (Airflow generates it on first start)."""
     s = settings or get_settings()
@@ -80,11 +115,20 @@ def admin_password(settings: Settings | None = None) -> str:
     return str(data[ADMIN_USER])
 
 
-def airflow(args: list[str], settings: Settings | None = None, check: bool = True) -> str:
-    """Run an ``airflow`` command with the stack's environment; returns its stdout."""
+def airflow(
+    args: list[str], settings: Settings | None = None, check: bool = True, stdin: str = ""
+) -> str:
+    """Run an ``airflow`` command with the stack's environment, ``stdin`` its input; returns its
+    stdout. No controlling terminal (a session of its own): a prompt reads ``stdin``."""
     env = {**os.environ, **airflow_env(settings)}
     res = subprocess.run(  # the stack's own command, no shell
-        [venv_bin("airflow"), *args], env=env, capture_output=True, text=True, check=False
+        [venv_bin("airflow"), *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+        start_new_session=True,
     )
     if check and res.returncode != 0:
         raise RuntimeError(f"airflow {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
@@ -97,6 +141,8 @@ def start_airflow(settings: Settings | None = None) -> None:
     (s.home / "airflow").mkdir(parents=True, exist_ok=True)
     ensure_admin_password(s)
     airflow(["db", "migrate"], s)
+    if s.airflow.auth_manager == "fab":
+        create_fab_admin(s)
     airflow(
         ["pools", "set", GPU_POOL, str(s.airflow.gpu_pool_slots), "Ray jobs that may use a GPU"], s
     )

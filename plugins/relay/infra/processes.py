@@ -126,8 +126,21 @@ def _signal(pgid: int, strays: list[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
-def _descendants(pgid: int) -> list[int]:
-    """Processes descended from members of group ``pgid`` that are not in it (Linux /proc)."""
+def stack_pids(settings: Settings | None = None) -> set[int]:
+    """Every live process this stack started: the recorded groups' members and descendants."""
+    pids: set[int] = set()
+    for pid_file in sorted(_run_dir(settings or get_settings()).glob("*.pid")):
+        pgid = int(pid_file.read_text())
+        pids |= _members(pgid) | set(_descendants(pgid))
+    return pids
+
+
+def _members(pgid: int) -> set[int]:
+    return {pid for pid, group in _proc_table()[1].items() if group == pgid}
+
+
+def _proc_table() -> tuple[dict[int, int], dict[int, int]]:
+    """Each live process's parent and process group (Linux /proc)."""
     parent: dict[int, int] = {}
     group: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -137,6 +150,12 @@ def _descendants(pgid: int) -> list[int]:
             continue  # the process ended meanwhile
         pid = int(stat.parent.name)
         parent[pid], group[pid] = int(fields[1]), int(fields[2])
+    return parent, group
+
+
+def _descendants(pgid: int) -> list[int]:
+    """Processes descended from members of group ``pgid`` that are not in it (Linux /proc)."""
+    parent, group = _proc_table()
     members = {p for p, g in group.items() if g == pgid}
     found: set[int] = set()
     frontier = set(members)

@@ -28,6 +28,7 @@ DAGS = ("eta_training", "eta_monitoring", "eta_rollback")
 
 def start_ray(settings: Settings | None = None) -> int:
     """A Ray head with its dashboard (Jobs API), Serve's HAProxy ingress enabled."""
+    from relay.infra.cluster import node_env
     from relay.infra.rayjobs import auth_headers
     from relay.serve.control import HAPROXY_ENV
 
@@ -39,6 +40,7 @@ def start_ray(settings: Settings | None = None) -> int:
         "start",
         "--head",
         f"--port={s.ray.gcs_port}",
+        f"--node-ip-address={s.ray.node_ip}",
         f"--num-cpus={s.ray.num_cpus}",
         f"--dashboard-host={dash.hostname or '127.0.0.1'}",
         f"--dashboard-port={dash.port or 8265}",
@@ -46,7 +48,7 @@ def start_ray(settings: Settings | None = None) -> int:
     ]
     # Job entrypoints say `python`: make it this environment's, wherever make up was run from.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**HAPROXY_ENV, "RELAY_HOME": str(s.home), "PATH": path}
+    env = {**HAPROXY_ENV, **node_env(s), "RELAY_HOME": str(s.home), "PATH": path}
     pid = start_process("ray", argv, env, s, daemonizes=True)
     url = f"{s.ray.dashboard_url}/api/version"
     wait_until(lambda: http_ok(url, auth_headers()), "Ray dashboard", 180)

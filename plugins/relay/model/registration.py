@@ -35,6 +35,7 @@ from relay.registry import (
     ModelState,
     ModelVersion,
     Registry,
+    ServingRequirements,
     Stage,
     TrainingInfo,
     TrainingSetRef,
@@ -58,6 +59,7 @@ def register_trained(
     owner: str = DEFAULT_OWNER,
     code_commit: str | None = None,
     registry: Registry | None = None,
+    serving: ServingRequirements | None = None,
 ) -> ModelVersion:
     """Register a finished training run as the model's next version, in state Trained.
 
@@ -76,6 +78,7 @@ def register_trained(
         code_commit: The training code's git commit; None: ``git rev-parse HEAD`` of this
             checkout, or ``"unknown"`` outside a git checkout (e.g. a Ray job's working dir).
         registry: The registry to use; one opened from ``settings`` when None.
+        serving: What a replica of it needs (CPUs, memory, replicas); unset: the settings'.
 
     Returns:
         The registered version.
@@ -122,6 +125,7 @@ def register_trained(
         bump=bump,
         state=ModelState.TRAINED,
         reason=f"trained on {training_set_uri}",
+        serving=serving,
     )
 
 

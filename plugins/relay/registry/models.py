@@ -40,10 +40,14 @@ class TrainingInfo(_Frozen):
 
 
 class ServingRequirements(_Frozen):
-    """What a replica needs and what it promises."""
+    """What a replica needs and what it promises; what is left unset, the settings decide
+    (:func:`relay.serve.sizing.model_replica_options` sizes the deployment from both)."""
 
-    memory_mb: int = Field(512, gt=0, description="Memory per replica")
-    cpus: float = Field(1.0, gt=0, description="CPUs per replica")
+    memory_mb: int | None = Field(None, gt=0, description="Memory per replica (Ray reserves it)")
+    cpus: float | None = Field(None, gt=0, description="CPUs per replica")
+    replicas: int | None = Field(
+        None, ge=1, description="Replicas the version needs; the settings' count is the floor"
+    )
     latency_sla_ms: float = Field(50.0, gt=0, description="p99 latency target")
     qps_limit: int = Field(100, gt=0, description="Requests per second per replica")
 

@@ -30,7 +30,8 @@ On 2 cores: 2.8-4.5x the default proxy's peak throughput for single-order reques
 for 32-order requests, no errors (``python -m bench.serving``). Serve reads these when Ray starts:
 put them in the environment of ``ray start``, or in ``os.environ`` before ``ray.init``. HAProxy's
 stats and metrics ports (8404, 9101; ``RAY_SERVE_HAPROXY_STATS_PORT``, ``_METRICS_PORT``) listen
-on all interfaces."""
+on all interfaces in Ray's template; a head ``make up`` starts moves them to the endpoint's host
+(:func:`relay.infra.cluster.node_env`, :mod:`relay.serve.haproxy_shim`)."""
 
 
 def start_serve(settings: Settings | None = None, *, haproxy: bool = False) -> None:

@@ -72,6 +72,11 @@ class RaySettings(BaseModel):
     gcs_port: int = Field(6380, description="Port of the Ray head `make up` starts (6379: Redis)")
     num_cpus: int = 2
     dashboard_url: str = "http://127.0.0.1:8265"
+    node_ip: str = Field(
+        "127.0.0.1",
+        description="The address the head `make up` starts advertises and binds its HTTP and "
+        "metrics servers to; a node's own address to let other nodes join",
+    )
 
 
 class AirflowSettings(BaseModel):
@@ -79,6 +84,11 @@ class AirflowSettings(BaseModel):
     api_url: str = "http://127.0.0.1:8080"
     parallelism: int = Field(4, ge=1, description="Task processes at once (2 cores: keep low)")
     gpu_pool_slots: int = Field(1, ge=1, description="Ray jobs that may use a GPU at once")
+    auth_manager: Literal["simple", "fab"] = Field(
+        "simple",
+        description="Airflow's auth manager: simple (one admin, development) or fab (users and "
+        "roles in the metadata DB; the prod compose's)",
+    )
 
 
 class DataSettings(BaseModel):

@@ -656,6 +656,31 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def test_a_version_is_deployed_as_big_as_its_stored_needs_say(served):
+    import ray
+    from ray import serve
+
+    from relay.registry import ServingRequirements
+    from relay.serve import control
+    from relay.serve.traffic_state import model_app_name
+
+    needs = ServingRequirements(cpus=0.1, memory_mb=300, replicas=2)
+    big = register_trained(
+        served["runs"] / "v1", training_set_uri="test", data_partitions=[], serving=needs
+    ).id
+    free = ray.available_resources()
+    name = control.deploy_model(big, served["settings"])
+    try:
+        app = serve.status().applications[name]
+        (deployment,) = app.deployments.values()
+        assert deployment.replica_states.get("RUNNING") == 2, deployment.replica_states
+        taken = {k: free.get(k, 0.0) - v for k, v in ray.available_resources().items()}
+        assert taken["CPU"] == pytest.approx(2 * 0.1)
+        assert taken["memory"] == pytest.approx(2 * 300 * 1024 * 1024)
+    finally:
+        serve.delete(model_app_name(big))
+
+
 def test_training_frees_the_version_without_traffic_and_v1_keeps_answering(served):
     # Last in the module: it deletes v2. Training calls this before asking Ray for workers.
     from relay.rollout.manual import free_idle_models
