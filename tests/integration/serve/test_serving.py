@@ -359,6 +359,59 @@ def test_serving_log_holds_every_answered_prediction(served):
         assert by_id.loc[p["order_id"], "eta_minutes"] == pytest.approx(p["eta_minutes"])
 
 
+#: What the order itself says, computed at request time the same way as in training.
+REQUEST_TIME = (
+    "order_distance_km",
+    "order_hour",
+    "order_weekday",
+    "order_is_weekend",
+    "order_is_rush_hour",
+    "zone_id",
+    "courier_id",
+    "merchant_id",
+)
+
+
+def test_skew_against_point_in_time_training_rows_is_measured_per_feature(served, tmp_path, capsys):
+    from ray import serve
+
+    from relay.features.skew import skew_for_day, write_skew_report
+    from relay.serve import control
+    from relay.serve.traffic_state import MODEL_DEPLOYMENT, model_app_name
+
+    control.set_traffic(TrafficSplit(stable=served["v1"]), served["settings"])
+    rows = served["orders"].sample(256, random_state=3)
+    status, body = _post(served["url"], {"orders": [_order(r) for _, r in rows.iterrows()]})
+    assert status == 200, body
+    serve.get_deployment_handle(
+        MODEL_DEPLOYMENT, app_name=model_app_name(served["v1"])
+    ).flush_log.remote().result()
+    served_on = dt.datetime.now(dt.UTC).date()
+    skew = skew_for_day(served_on, orders_of=served["orders"]["created_at"].dt.date.iloc[0])
+    with capsys.disabled():  # the measurement (README's skew table)
+        print(f"\nskew of {skew.orders} served orders against their training rows:")
+        for row in skew.table():
+            print(f"  {row['feature']:<28} {row['rate']:7.1%}  largest {row['max_abs_diff']}")
+        print(f"  only served: {skew.only_served}; only in training: {skew.only_training}")
+    assert skew.orders >= 256, skew
+    by = {f.feature: f for f in skew.features}
+    for name in REQUEST_TIME:  # the request's own features: never skewed
+        assert by[name].differing == 0, by[name]
+    page = write_skew_report(tmp_path / "skew.html", skew)
+    assert page.stat().st_size > 0
+    # `relay features skew`: the same table, the report, and exit 1 while the day is skewed.
+    from typer.testing import CliRunner
+
+    from relay.cli import app
+
+    day = served["orders"]["created_at"].dt.date.iloc[0]
+    out = tmp_path / "cli-skew.html"
+    args = ["features", "skew", "--date", f"{served_on}", "--orders-date", f"{day}"]
+    res = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert res.exit_code == (0 if skew.clean else 1), res.output
+    assert "zone_orders_1h" in res.output and out.exists()
+
+
 def test_metrics_are_exposed_per_version(served):
     text = urllib.request.urlopen(served["url"] + "/metrics").read().decode()
     assert f'relay_requests_total{{version="{served["v1"]}"}}' in text

@@ -95,3 +95,16 @@ def test_haproxys_all_interface_binds_move_to_the_endpoints_host() -> None:
     assert "bind 127.0.0.1:8000" in moved  # the endpoint's own bind, as it was
     assert moved.count("bind ") == 3 and "*:" not in moved and "bind :" not in moved
     assert "bind [::1]:8404" in bind_on(config, "::1")
+
+
+def test_the_shim_execs_the_real_haproxy_not_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ray hands the override down to HAProxy's resolver too: resolving through it looped.
+    import os
+
+    from relay.serve import haproxy_shim
+
+    shim = node_env(get_settings())["RAY_SERVE_HAPROXY_BINARY_PATH"]
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", shim)
+    monkeypatch.setattr("sys.argv", [shim])
+    binary = haproxy_shim._real_binary()
+    assert os.path.realpath(binary) != os.path.realpath(shim) and binary.endswith("haproxy")
