@@ -45,7 +45,7 @@ def fab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             )
             yield {"url": url, "settings": s, "created": created, "again": again}
         finally:
-            processes.stop_all(s)
+            processes.stop_all(s, timeout_s=10)  # the api-server drains for 30 s on SIGTERM
             reset_settings()
 
 
