@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from feast import FileSource, RequestSource
+from feast import FileSource, PushSource, RequestSource
 from feast.data_format import ParquetFormat
 from feast.field import Field
 from feast.types import Float64, Int64
@@ -17,14 +17,18 @@ from feast.types import Float64, Int64
 from relay.features.catalog import VIEWS
 
 
-def file_sources(paths: Mapping[str, str], s3_endpoint: str | None) -> dict[str, FileSource]:
-    """One Parquet source per keyed view, by view name.
+def file_sources(
+    paths: Mapping[str, str], s3_endpoint: str | None
+) -> dict[str, FileSource | PushSource]:
+    """One source per keyed view, by view name: its Parquet table in the lake, behind a
+    ``PushSource`` for a live view (the events API pushes its rows; the lake holds the same
+    rows computed from landed orders, for training and materialization).
 
     Args:
         paths: View name -> glob over the feature table's partition files.
         s3_endpoint: The S3 endpoint for an ``s3://`` lake; None for AWS or a local lake.
     """
-    return {
+    files = {
         v.name: FileSource(
             name=f"{v.name}_source",
             path=paths[v.name],
@@ -36,6 +40,14 @@ def file_sources(paths: Mapping[str, str], s3_endpoint: str | None) -> dict[str,
         for v in VIEWS
         if v.entity is not None
     }
+    pushed = {
+        v.name: PushSource(
+            name=v.push_source, batch_source=files[v.name], description=v.description
+        )
+        for v in VIEWS
+        if v.live
+    }
+    return files | pushed
 
 
 def order_request() -> RequestSource:

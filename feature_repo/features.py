@@ -1,4 +1,5 @@
-"""Feature views: courier, merchant and zone snapshots, and the order's own request features.
+"""Feature views: courier, merchant and zone snapshots, their live views (pushed by order
+events), and the order's own request features.
 
 Every view's schema is its features in the catalog (:mod:`relay.features.catalog`); only the
 on-demand view's computation is written here.
@@ -11,7 +12,7 @@ from datetime import timedelta
 from types import FunctionType
 from typing import Any
 
-from feast import Entity, FeatureView, Field, FileSource, RequestSource
+from feast import Entity, FeatureView, Field, FileSource, PushSource, RequestSource
 from feast.on_demand_feature_view import OnDemandFeatureView, on_demand_feature_view
 from feast.types import Float64, Int64, String
 
@@ -30,7 +31,7 @@ def fields(view: str, catalog: Iterable[Feature] = CATALOG) -> list[Field]:
 
 def feature_views(
     entities: Mapping[str, Entity],
-    sources: Mapping[str, FileSource],
+    sources: Mapping[str, FileSource | PushSource],
     request: RequestSource,
     catalog: Iterable[Feature] = CATALOG,
 ) -> list[FeatureView | OnDemandFeatureView]:

@@ -38,6 +38,7 @@ from relay.serve.contract import (
     parse_orders,
     request_body_schema,
 )
+from relay.serve.events import EventsAccepted, events_body_schema, parse_events
 from relay.serve.faults import Fault, InjectedFault, faults_from_config
 from relay.serve.loader import Loaded, load_version
 from relay.serve.schemas import (
@@ -241,7 +242,10 @@ class Router:
         secrets: SecretFiles | None = None,
         model_timeout_s: float | None = None,
         retry_after_s: float = 1.0,
+        events_timeout_s: float | None = None,
     ) -> None:
+        """``events_timeout_s``: how long ``POST /v1/events`` waits for its group commit (None:
+        no events route, the store is not opened)."""
         self.limits = limits or Limits()
         self.model_timeout_s = model_timeout_s
         self.retry_after = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
@@ -258,12 +262,29 @@ class Router:
         self.faults: dict[str, Fault] = {}
         self.handles: dict[str, DeploymentHandle] = {}
         self.generation = -1
+        # The event store and the Feast push open off the constructor (importing Feast takes
+        # seconds): until then POST /v1/events answers 503 with Retry-After.
+        self.events: Any = None
+        self.events_error: str | None = None
+        self.events_timeout_s = events_timeout_s
+        if events_timeout_s is not None:
+            opener = threading.Thread(target=self._open_events, name="relay-events", daemon=True)
+            opener.start()
         self._state = traffic_state()
         if initial and initial.get("stable"):
             # From `serve deploy` args: only seeds an empty state, never overrides a live split.
             ray.get(self._state.seed.remote(initial))
         self._sync()
         threading.Thread(target=self._watch, name="relay-traffic-watch", daemon=True).start()
+
+    def _open_events(self) -> None:
+        from relay.ingest.event_sink import open_sink
+
+        try:
+            self.events = open_sink()
+        except Exception as exc:  # answered on each events request, and logged once
+            self.events_error = f"{type(exc).__name__}: {exc}"[:300]
+            log.exception("the event store could not be opened")
 
     def _sync(self) -> None:
         generation, config = ray.get(self._state.get.remote())
@@ -374,6 +395,46 @@ class Router:
         )
         return JSONResponse(content=response.model_dump())
 
+    @api.post(
+        "/v1/events",
+        response_model=EventsAccepted,
+        openapi_extra={"requestBody": events_body_schema()},
+        responses={
+            401: {"model": Invalid, "description": "No valid API key (when keys are set)"},
+            413: {"model": Invalid, "description": "Body larger than the limit"},
+            422: {"model": Invalid, "description": "A field refused: `loc` names it"},
+            503: {"model": Problem, "description": "Events not stored: send them again"},
+        },
+    )
+    async def events_in(self, request: Request) -> JSONResponse:
+        """Order lifecycle events: stored durably before the answer (a re-sent event is a
+        duplicate, never stored twice), live features pushed, labels landed."""
+        now = dt.datetime.now(dt.UTC)
+        if (denied := self._denied(request, admin=False)) is not None:
+            return denied
+        try:
+            check_length(request.headers.get("content-length"), self.limits)
+            rows = parse_events(await request.body(), self.limits, now)
+        except Rejected as exc:
+            return JSONResponse(status_code=exc.status, content={"detail": exc.detail})
+        sink = self.events
+        if sink is None:
+            why = self.events_error or "the event store is opening"
+            if self.events_timeout_s is None:
+                why = "events are disabled (RELAY_EVENTS__ENABLED)"
+            return JSONResponse(status_code=503, content={"detail": why}, headers=self.retry_after)
+        try:
+            done = await asyncio.wait_for(
+                asyncio.wrap_future(sink.submit(rows)), self.events_timeout_s
+            )
+        except Exception as exc:  # not stored (or not known to be): the client sends again
+            detail = f"events not stored: {type(exc).__name__}: {exc}"[:300]
+            return JSONResponse(
+                status_code=503, content={"detail": detail}, headers=self.retry_after
+            )
+        body = EventsAccepted(accepted=done.accepted, duplicates=done.duplicates)
+        return JSONResponse(body.model_dump())
+
     @api.get("/v1/models", response_model=ModelsResponse)
     async def models(self, request: Request) -> JSONResponse:
         if (denied := self._denied(request, admin=True)) is not None:
@@ -428,8 +489,15 @@ class Router:
         if (denied := self._denied(request, admin=True)) is not None:
             return denied
         cluster = await self.hub.cluster()
+        text = prometheus_text(cluster.windows)
+        if self.events is not None:  # this replica's own: the live views' freshness
+            from relay.ingest.event_sink import freshness_text
+            from relay.settings import get_settings
+
+            alert_s = get_settings().events.freshness_alert_s
+            text += freshness_text(self.events.freshness, alert_s)
         return PlainTextResponse(
-            prometheus_text(cluster.windows),
+            text,
             media_type=CONTENT_TYPE_LATEST,
             headers={SCOPE_HEADER: cluster.scope},
         )
@@ -449,10 +517,14 @@ class Router:
         return await asyncio.to_thread(self.hub.push)
 
     def __del__(self) -> None:
-        # Serve shuts the replica down: hand the hub the counts since the last push.
+        # Serve shuts the replica down: hand the hub the counts since the last push, answer
+        # the queued events and land what is stored.
         hub = getattr(self, "hub", None)
         if hub is not None:
             hub.push()
+        events = getattr(self, "events", None)
+        if events is not None:
+            events.close()
 
 
 def _resilience(sv: Any) -> dict[str, Any]:
@@ -496,7 +568,8 @@ def router_application(settings: Any = None, initial: dict[str, Any] | None = No
     from relay.serve.traffic_state import relay_env
     from relay.settings import get_settings
 
-    sv = (settings or get_settings()).serving
+    s = settings or get_settings()
+    sv, ev = s.serving, s.events
     return Router.options(
         num_replicas=sv.router_replicas,
         max_ongoing_requests=sv.max_ongoing_requests,
@@ -510,6 +583,7 @@ def router_application(settings: Any = None, initial: dict[str, Any] | None = No
         secrets=SecretFiles.of(sv),
         model_timeout_s=sv.model_timeout_s,
         retry_after_s=sv.retry_after_s,
+        events_timeout_s=ev.request_timeout_s if ev.enabled else None,
     )
 
 

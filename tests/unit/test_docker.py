@@ -287,6 +287,7 @@ def test_relay_containers_get_valid_prod_settings(services, env_example, monkeyp
         assert s.feast.online_store == "redis", name
         assert s.feast.redis_connection == "redis:6379,password=0123456789abcdef", name
         assert s.ray.address == "ray-head:6380", name
+        assert s.events.database_url.startswith("postgresql+psycopg2://"), name
         assert container["AWS_ACCESS_KEY_ID"] and container["AWS_SECRET_ACCESS_KEY"], name
         # The endpoint's secrets: files compose mounts, named by path (relay.serve.auth).
         sv = s.serving

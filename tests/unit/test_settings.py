@@ -38,6 +38,9 @@ def test_prod_profile_defaults_to_redis_and_requires_remote_stores(monkeypatch):
         Settings()
     for name in ("API_KEYS", "ADMIN_TOKEN", "BUCKET_SALT"):
         monkeypatch.setenv(f"RELAY_SERVING__{name}_FILE", f"/run/secrets/{name.lower()}")
+    with pytest.raises(ConfigError, match="RELAY_EVENTS__DATABASE_URL"):
+        Settings()  # every router replica, on every node, stores events in one database
+    monkeypatch.setenv("RELAY_EVENTS__DATABASE_URL", "postgresql://relay@db/relay")
     s = Settings()
     assert s.feast.online_store == "redis"
     assert s.lake.uri == "s3://lake/eta"

@@ -232,7 +232,11 @@ def generate_orders(
     delivery = pickup_min + travel_min
 
     day0 = pd.Timestamp(date, tz="UTC")
-    created = day0 + pd.to_timedelta(sec, unit="s")
+    # Milliseconds, as an order service stamps them (drawn last: the rest of the day is the
+    # same as with whole seconds). Live features count orders up to an instant, so orders of
+    # one zone created in the same second must not share one.
+    # Sorting moves values only within a second: the rows stay in creation order.
+    created = day0 + pd.to_timedelta(np.sort(sec * 1000 + rng.integers(0, 1000, n)), unit="ms")
     picked = created + pd.to_timedelta(np.round(pickup_min * 60), unit="s")
     delivered = picked + pd.to_timedelta(np.round(travel_min * 60), unit="s")
     delivery_minutes = (delivered - created).total_seconds().to_numpy() / 60.0

@@ -37,11 +37,23 @@ DEFAULTS: dict[Role, str] = {
 
 @dataclass(frozen=True)
 class View:
-    """A Feast feature view: hourly snapshots of one entity (``entity``), or the request."""
+    """A Feast feature view: snapshots of one entity (``entity``), or the request.
+
+    A ``live`` view is updated by every order event (:mod:`relay.features.live`): the order
+    service's events push its rows online through a Feast ``PushSource``, and the same
+    computation over landed orders gives its offline rows. The others are hourly snapshots
+    (:mod:`relay.features.tables`), materialized.
+    """
 
     name: str
     entity: str | None
     description: str
+    live: bool = False
+
+    @property
+    def push_source(self) -> str:
+        """The name of a live view's Feast ``PushSource``."""
+        return f"{self.name}_push"
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,16 @@ VIEWS: tuple[View, ...] = (
     View("courier_stats", "courier_id", "Hourly courier snapshots"),
     View("merchant_stats", "merchant_id", "Hourly merchant snapshots"),
     View("zone_stats", "zone_id", "Hourly zone snapshots"),
+    View("courier_live", "courier_id", "The courier's load, updated by every order", live=True),
+    View(
+        "merchant_live",
+        "merchant_id",
+        "The merchant's order rate, updated by every order",
+        live=True,
+    ),
+    View(
+        "zone_live", "zone_id", "The zone's demand and weather, updated by every order", live=True
+    ),
     View("order_features", None, "The order's own features, computed from the request"),
 )
 
@@ -91,22 +113,22 @@ CATALOG: tuple[Feature, ...] = (
             "Deliveries the courier finished in the 24 h before the hour"),
     Feature("courier_mean_delivery_24h", "courier_stats", "float64", "numeric",
             "The courier's mean delivery minutes over those 24 h"),
-    Feature("courier_orders_1h", "courier_stats", "int64", "numeric",
-            "Orders the courier took in the last hour (load)"),
+    Feature("courier_orders_1h", "courier_live", "int64", "numeric",
+            "Orders the courier took in the hour up to the latest one, that one included (load)"),
     Feature("merchant_mean_prep_24h", "merchant_stats", "float64", "numeric",
             "The merchant's mean preparation minutes over 24 h"),
-    Feature("merchant_orders_1h", "merchant_stats", "int64", "numeric",
-            "Orders the merchant received in the last hour"),
+    Feature("merchant_orders_1h", "merchant_live", "int64", "numeric",
+            "Orders the merchant received in the hour up to the latest one, that one included"),
     Feature("merchant_orders_24h", "merchant_stats", "int64", "numeric",
             "Orders the merchant received in 24 h"),
-    Feature("zone_orders_1h", "zone_stats", "int64", "numeric",
-            "Orders created in the zone in the last hour (demand)"),
+    Feature("zone_orders_1h", "zone_live", "int64", "numeric",
+            "Orders created in the zone in the hour up to the latest one, that one included"),
     # Moves with the weather every day: over 30 ordinary simulated days its PSI reached 0.32
     # (a storm day: 0.7).
     Feature("zone_mean_delivery_24h", "zone_stats", "float64", "numeric",
             "Mean delivery minutes in the zone over 24 h", psi_threshold=0.5),
     # Weather changes daily: ordinary days reached a PSI of 0.98, a storm day 5.0.
-    Feature("zone_weather", "zone_stats", "string", "weather",
+    Feature("zone_weather", "zone_live", "string", "weather",
             "The zone's latest weather report (clear, cloudy, rain, storm)", psi_threshold=2.0),
     Feature("zone_id", "entity", "string", "vocab", "A delivery zone"),
     # Thousands of ids, hashed by the model; their volume shows in the *_orders_* features.
@@ -133,6 +155,11 @@ def names(features: Iterable[Feature]) -> tuple[str, ...]:
 def with_role(role: Role, catalog: Iterable[Feature] = CATALOG) -> tuple[str, ...]:
     """The model inputs read as ``role``, in catalog order (the preprocessor's column order)."""
     return names(f for f in catalog if f.role == role)
+
+
+def live_views() -> tuple[View, ...]:
+    """The views order events update (each with a Feast ``PushSource``)."""
+    return tuple(v for v in VIEWS if v.live)
 
 
 def view_features(view: str, catalog: Iterable[Feature] = CATALOG) -> tuple[Feature, ...]:

@@ -24,6 +24,7 @@ import pandas as pd
 from relay.data.lake import FEATURE_TABLES, TRAINING_SETS, VALIDATED_ORDERS, Dataset, Lake
 from relay.errors import FeatureStoreError, PartitionNotFound
 from relay.features.catalog import VIEWS
+from relay.features.live import live_tables
 from relay.features.tables import compute_feature_tables
 from relay.settings import Settings, get_settings
 
@@ -155,7 +156,8 @@ def apply(settings: Settings | None = None) -> list[str]:
 
 
 def write_feature_tables(date: dt.date, settings: Settings | None = None) -> dict[str, str]:
-    """Compute one day's feature snapshots from validated orders and land them in the lake.
+    """Compute one day's feature tables from validated orders and land them in the lake: the
+    hourly snapshots and the live views' rows (one per order, as the events API computes them).
 
     Reads the validated partition of ``date`` and, when present, of the day before (so that
     24-hour windows at midnight are complete). Idempotent: re-running replaces the partitions.
@@ -170,7 +172,8 @@ def write_feature_tables(date: dt.date, settings: Settings | None = None) -> dic
         )
     orders = lake.read_range(VALIDATED_ORDERS, date - dt.timedelta(days=1), date)
     start = pd.Timestamp(date, tz="UTC")
-    tables = compute_feature_tables(orders, start, start + pd.Timedelta(days=1))
+    end = start + pd.Timedelta(days=1)
+    tables = compute_feature_tables(orders, start, end) | live_tables(orders, start, end)
     written = {}
     for ds in FEATURE_TABLES:
         written[ds.name] = lake.write(tables[ds.name], ds, date)

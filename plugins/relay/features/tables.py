@@ -4,6 +4,8 @@ Every table is an hourly snapshot: the row stamped ``T`` aggregates only orders 
 event (creation, pickup, delivery) happened strictly before ``T``. A delivery time is known when
 the order is delivered, a preparation time when it is picked up, so a training row for an order
 created at ``C`` can only see values from rows stamped ``T <= C``: nothing from its own future.
+The features every order event changes (the last hour's counts, the weather) are live views:
+:mod:`relay.features.live`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from relay.data.schema import WEATHER
 from relay.features.catalog import names, view_features
 
 HOUR = pd.Timedelta(hours=1)
@@ -105,13 +106,12 @@ def compute_feature_tables(
     minutes = orders["delivery_minutes"].to_numpy(dtype=float)
 
     with np.errstate(invalid="ignore", divide="ignore"):
-        # Couriers: deliveries and mean delivery time over 24 h, orders taken in the last hour.
+        # Couriers: deliveries and mean delivery time over 24 h.
         c_codes, c_ids = pd.factorize(orders["courier_id"], sort=True)
         c_n = len(c_ids)
         c_del = _window(_counts(c_codes, delivered, c_n, grid), WINDOW_HOURS)
         c_sum = _window(_counts(c_codes, delivered, c_n, grid, minutes), WINDOW_HOURS)
         c_cum_created = _counts(c_codes, created, c_n, grid)
-        c_1h = _window(c_cum_created, 1)
         courier = _frame(
             "courier_id",
             pd.Index(c_ids),
@@ -122,11 +122,10 @@ def compute_feature_tables(
             {
                 "courier_deliveries_24h": c_del.astype(np.int64),
                 "courier_mean_delivery_24h": np.where(c_del > 0, c_sum / c_del, np.nan),
-                "courier_orders_1h": c_1h.astype(np.int64),
             },
         )
 
-        # Merchants: mean preparation time of orders picked up in 24 h, order rate.
+        # Merchants: mean preparation time of orders picked up in 24 h, orders in 24 h.
         m_codes, m_ids = pd.factorize(orders["merchant_id"], sort=True)
         m_n = len(m_ids)
         prep = orders["prep_minutes"].to_numpy(dtype=float)
@@ -143,18 +142,16 @@ def compute_feature_tables(
             end_ts,
             {
                 "merchant_mean_prep_24h": np.where(m_pick > 0, m_prep / m_pick, np.nan),
-                "merchant_orders_1h": _window(m_cum_created, 1).astype(np.int64),
                 "merchant_orders_24h": m_24.astype(np.int64),
             },
         )
 
-        # Zones: demand, mean delivery time, and the latest weather reported before T.
+        # Zones: mean delivery time over 24 h.
         z_codes, z_ids = pd.factorize(orders["zone_id"], sort=True)
         z_n = len(z_ids)
         z_cum_created = _counts(z_codes, created, z_n, grid)
         z_del = _window(_counts(z_codes, delivered, z_n, grid), WINDOW_HOURS)
         z_sum = _window(_counts(z_codes, delivered, z_n, grid, minutes), WINDOW_HOURS)
-        weather = _latest_weather(orders, z_codes, created, z_n, grid)
         zone = _frame(
             "zone_id",
             pd.Index(z_ids),
@@ -163,24 +160,7 @@ def compute_feature_tables(
             start_ts,
             end_ts,
             {
-                "zone_orders_1h": _window(z_cum_created, 1).astype(np.int64),
                 "zone_mean_delivery_24h": np.where(z_del > 0, z_sum / z_del, np.nan),
-                "zone_weather": weather,
             },
         )
     return {"courier_stats": courier, "merchant_stats": merchant, "zone_stats": zone}
-
-
-def _latest_weather(
-    orders: pd.DataFrame, z_codes: np.ndarray, created: np.ndarray, z_n: int, grid: _Grid
-) -> np.ndarray:
-    """Weather of the zone's last order created before each boundary, carried forward."""
-    w_codes = pd.Categorical(orders["weather"], categories=list(WEATHER)).codes
-    latest = np.full((z_n, grid.n + 1), -1, dtype=np.int64)
-    ok = (created >= 0) & (created < grid.n) & (w_codes >= 0)
-    # Orders are sorted by creation time within a batch, so the last write per cell wins.
-    order = np.argsort(orders["created_at"].to_numpy()[ok], kind="stable")
-    latest[z_codes[ok][order], created[ok][order] + 1] = w_codes[ok][order]
-    filled = pd.DataFrame(np.where(latest >= 0, latest, np.nan)).T.ffill().T.to_numpy()
-    names = np.asarray((*WEATHER, "unknown"), dtype=object)
-    return names[np.where(np.isnan(filled), len(WEATHER), filled).astype(np.int64)]

@@ -114,6 +114,24 @@ def parse_orders(body: bytes, limits: Limits, now: dt.datetime) -> list[Order]:
         Rejected: 413 for a body too large, 422 for invalid JSON or any field the contract
             refuses (``loc`` names it).
     """
+    data = load_json(body, limits)
+    batch = isinstance(data, dict) and "orders" in data
+    try:
+        orders = OrderBatch.model_validate(data).orders if batch else [Order.model_validate(data)]
+    except ValidationError as exc:
+        raise Rejected(422, field_errors(exc)) from exc
+    errors = _window_errors(orders, batch, now, limits) + _duplicate_errors(orders, batch)
+    if errors:
+        raise Rejected(422, errors)
+    return orders
+
+
+def load_json(body: bytes, limits: Limits) -> Any:
+    """The JSON of a body within the size and depth limits.
+
+    Raises:
+        Rejected: 413 for a body too large, 422 for invalid or too deeply nested JSON.
+    """
     _check_size(len(body), limits)
     try:
         data = json.loads(body)
@@ -123,18 +141,17 @@ def parse_orders(body: bytes, limits: Limits, now: dt.datetime) -> list[Order]:
         raise Rejected(422, [_error(["body"], f"invalid JSON: {exc}", "json_invalid")]) from exc
     if _depth(data, limits.max_json_depth) > limits.max_json_depth:
         raise Rejected(422, [_too_deep(limits)])
-    batch = isinstance(data, dict) and "orders" in data
-    try:
-        orders = OrderBatch.model_validate(data).orders if batch else [Order.model_validate(data)]
-    except ValidationError as exc:
-        detail = [
-            _error(["body", *e["loc"]], e.get("msg", ""), e.get("type", "")) for e in exc.errors()
-        ]
-        raise Rejected(422, detail) from exc
-    errors = _window_errors(orders, batch, now, limits) + _duplicate_errors(orders, batch)
-    if errors:
-        raise Rejected(422, errors)
-    return orders
+    return data
+
+
+def field_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """A validation error as FastAPI's ``detail``, each ``loc`` starting at ``body``."""
+    return [_error(["body", *e["loc"]], e.get("msg", ""), e.get("type", "")) for e in exc.errors()]
+
+
+def error(loc: list[str | int], msg: str, kind: str) -> dict[str, Any]:
+    """One refused field, as FastAPI writes it."""
+    return _error(loc, msg, kind)
 
 
 def _too_deep(limits: Limits) -> dict[str, Any]:
@@ -201,7 +218,16 @@ REQUEST_ID_PARAMETER: dict[str, Any] = {
 def request_body_schema() -> dict[str, Any]:
     """The body's JSON schema for ``/openapi.json``: one order or a batch, definitions inlined
     (the route's schema must stand alone: the models are not among the app's components)."""
-    schema = TypeAdapter(Order | OrderBatch).json_schema()
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": inline_refs(TypeAdapter(Order | OrderBatch))}},
+        "description": f'One order, or {{"orders": [...]}} with up to {MAX_ORDERS_PER_REQUEST}',
+    }
+
+
+def inline_refs(adapter: TypeAdapter[Any]) -> dict[str, Any]:
+    """A type's JSON schema with its definitions inlined (a route's schema must stand alone)."""
+    schema = adapter.json_schema()
     defs = schema.pop("$defs", {})
 
     def inline(node: Any) -> Any:
@@ -214,8 +240,5 @@ def request_body_schema() -> dict[str, Any]:
             return [inline(v) for v in node]
         return node
 
-    return {
-        "required": True,
-        "content": {"application/json": {"schema": inline(schema)}},
-        "description": f'One order, or {{"orders": [...]}} with up to {MAX_ORDERS_PER_REQUEST}',
-    }
+    inlined: dict[str, Any] = inline(schema)
+    return inlined

@@ -67,6 +67,33 @@ class FeastSettings(BaseModel):
     )
 
 
+class EventSettings(BaseModel):
+    """``POST /v1/events``: the order service's events (:mod:`relay.ingest.event_sink`)."""
+
+    database_url: str | None = Field(
+        None,
+        description="The event store (SQLAlchemy URL); default SQLite in home; required in prod "
+        "(PostgreSQL, shared by every replica)",
+    )
+    enabled: bool = Field(True, description="Serve POST /v1/events (the router opens the store)")
+    request_timeout_s: float = Field(
+        10.0, gt=0, description="A request waits this long for its events to be stored, then 503"
+    )
+    group_max_events: int = Field(
+        1000, ge=1, description="Most events one group commit stores (a transaction, one push)"
+    )
+    land_every_s: float = Field(
+        5.0, gt=0, description="How often stored events are copied to the lake (and labels)"
+    )
+    land_max_events: int = Field(50_000, ge=1, description="Most events one landing copies")
+    freshness_alert_s: float = Field(
+        300.0,
+        gt=0,
+        description="A live view not updated for this long is stale: "
+        "relay_feature_stale{view} is 1 in /metrics",
+    )
+
+
 class RaySettings(BaseModel):
     address: str | None = Field(None, description="Ray cluster address; None starts a local one")
     gcs_port: int = Field(6380, description="Port of the Ray head `make up` starts (6379: Redis)")
@@ -217,6 +244,7 @@ class Settings(BaseSettings):
     lake: LakeSettings = LakeSettings()
     artifacts: ArtifactSettings = ArtifactSettings()
     feast: FeastSettings = FeastSettings()
+    events: EventSettings = EventSettings()
     ray: RaySettings = RaySettings()
     airflow: AirflowSettings = AirflowSettings()
     data: DataSettings = DataSettings()
@@ -249,6 +277,13 @@ class Settings(BaseSettings):
         f.online_store = f.online_store or ("redis" if prod else "sqlite")
         if prod:
             _prod_serving(self.serving)
+        if self.events.database_url is None:
+            if prod:
+                raise ConfigError(
+                    "RELAY_EVENTS__DATABASE_URL is required in the prod profile (PostgreSQL: "
+                    "every router replica stores events in it)"
+                )
+            self.events.database_url = f"sqlite:///{self.home / 'events' / 'events.db'}"
         if self.airflow.database_url is None:
             if prod:
                 raise ConfigError("RELAY_AIRFLOW__DATABASE_URL is required in the prod profile")

@@ -45,11 +45,15 @@ def _train_and_register(frame: pd.DataFrame, out: Path, seed: int, epochs: int) 
 
 
 def _post(
-    url: str, body: Any, timeout: float = 10.0, headers: dict[str, str] | None = None
+    url: str,
+    body: Any,
+    timeout: float = 10.0,
+    headers: dict[str, str] | None = None,
+    path: str = "/v1/eta",
 ) -> tuple[int, dict[str, Any]]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     req = urllib.request.Request(
-        url + "/v1/eta", data=data, headers={"Content-Type": "application/json", **(headers or {})}
+        url + path, data=data, headers={"Content-Type": "application/json", **(headers or {})}
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -248,6 +252,91 @@ def test_unknown_courier_gets_defaults_and_a_flag(served):
     pred = body["predictions"][0]
     assert "courier_mean_delivery_24h" in pred["missing_features"]
     assert 0 < pred["eta_minutes"] < 300
+
+
+def _post_events(url: str, body: Any) -> tuple[int, dict[str, Any]]:
+    """POST /v1/events, waiting out the 503s of a router still opening its event store."""
+    deadline = time.monotonic() + 60
+    while True:
+        status, answer = _post(url, body, path="/v1/events")
+        opening = status == 503 and "opening" in str(answer.get("detail"))
+        if not opening or time.monotonic() > deadline:
+            return status, answer
+        threading.Event().wait(0.2)
+
+
+def _created(row: pd.Series, **change: Any) -> dict[str, Any]:
+    return {
+        "type": "created",
+        "order_id": row["order_id"],
+        "occurred_at": row["created_at"].isoformat(),
+        "courier_id": row["courier_id"],
+        "merchant_id": row["merchant_id"],
+        "zone_id": row["zone_id"],
+        "distance_km": float(row["distance_km"]),
+        "weather": row["weather"],
+        **change,
+    }
+
+
+@pytest.mark.parametrize(
+    ("mutate", "loc"),
+    [
+        (lambda e: e.pop("zone_id"), ["body", "created", "zone_id"]),
+        (lambda e: e.update(distance_km=0), ["body", "created", "distance_km"]),
+        (lambda e: e.update(weather="sunny"), ["body", "created", "weather"]),
+        (lambda e: e.update(occurred_at="1999-01-01T00:00:00"), ["body", "created", "occurred_at"]),
+        (lambda e: e.update(type="cooked"), ["body", "type"]),
+        (lambda e: e.update(color="red"), ["body", "created", "color"]),
+    ],
+)
+def test_invalid_events_get_422_naming_the_field(served, mutate, loc):
+    event = _created(served["orders"].iloc[1], order_id="bad-event")
+    mutate(event)
+    status, body = _post_events(served["url"], event)
+    assert status == 422, body
+    assert loc in [d["loc"] for d in body["detail"]], body
+
+
+def test_a_created_event_is_served_on_the_next_request_and_resending_changes_nothing(served):
+    """A zone the store has never seen: its live features are missing, then one batch of
+    created events later they are what the events say, in the very next ETA."""
+    from relay.ingest.event_store import EventStore
+
+    # Ids of their own: the skew test below compares every served order of the day.
+    rows = served["orders"].iloc[10:15].assign(order_id=lambda d: "evt-" + d["order_id"])
+    zone, weather = "Z_NEW_EVENTS", "storm"
+    order = {**_order(rows.iloc[-1]), "zone_id": zone}
+    status, body = _post(served["url"], order)
+    assert status == 200
+    assert {"zone_orders_1h", "zone_weather"} <= set(body["predictions"][0]["missing_features"])
+
+    events = {"events": [_created(r, zone_id=zone, weather=weather) for _, r in rows.iterrows()]}
+    status, body = _post_events(served["url"], events)
+    assert (status, body) == (200, {"accepted": 5, "duplicates": 0})
+    status, body = _post(served["url"], order)
+    assert status == 200
+    pred = body["predictions"][0]
+    assert not {"zone_orders_1h", "zone_weather"} & set(pred["missing_features"])
+    online = OnlineFeatures().read_frame([{**order, "hour": 0, "weekday": 0}])
+    in_window = rows["created_at"] > rows["created_at"].iloc[-1] - pd.Timedelta(hours=1)
+    assert online["zone_orders_1h"].iloc[0] == in_window.sum()
+    assert online["zone_weather"].iloc[0] == weather
+    # What it served is the model on the pushed features.
+    bundle = ModelBundle.from_registry(Registry(), served["v1"])
+    expected = bundle.predict(
+        OnlineFeatures().read_frame(
+            pd.DataFrame([order]).assign(created_at=pd.to_datetime([order["created_at"]], utc=True))
+        )
+    )
+    np.testing.assert_allclose(pred["eta_minutes"], expected[0], atol=1e-3)
+
+    store = EventStore(get_settings().events.database_url)
+    stored = store.count()
+    status, body = _post_events(served["url"], events)
+    assert (status, body) == (200, {"accepted": 0, "duplicates": 5})
+    assert store.count() == stored
+    store.close()
 
 
 def test_canary_at_ten_percent_is_deterministic_by_order_id(served):

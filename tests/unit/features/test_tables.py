@@ -31,7 +31,7 @@ def test_snapshots_are_hourly_within_the_range():
 
 def test_tables_hold_the_features_the_catalog_declares():
     tables = compute_feature_tables(_orders(), START, END)
-    keyed = [v for v in VIEWS if v.entity is not None]
+    keyed = [v for v in VIEWS if v.entity is not None and not v.live]
     assert sorted(tables) == sorted(v.name for v in keyed)
     for v in keyed:
         expected = [v.entity, "event_timestamp", *names(view_features(v.name))]
@@ -48,8 +48,6 @@ def test_courier_window_matches_a_direct_count():
     assert row["courier_deliveries_24h"] == len(done)
     if len(done):
         assert np.isclose(row["courier_mean_delivery_24h"], done["delivery_minutes"].mean())
-    last_hour = mine[(mine["created_at"] < t) & (mine["created_at"] >= t - pd.Timedelta(hours=1))]
-    assert row["courier_orders_1h"] == len(last_hour)
 
 
 def test_a_future_delivery_never_changes_earlier_snapshots():
@@ -72,13 +70,3 @@ def test_a_future_delivery_never_changes_earlier_snapshots():
     assert (untouched["courier_deliveries_24h_b"] == untouched["courier_deliveries_24h_a"]).all()
     changed = mine[mine["event_timestamp"] > old_delivered]
     assert (changed["courier_mean_delivery_24h_b"] != changed["courier_mean_delivery_24h_a"]).any()
-
-
-def test_zone_weather_is_the_latest_report_before_the_snapshot():
-    orders = _orders()
-    zone = compute_feature_tables(orders, START, END)["zone_stats"]
-    row = zone.iloc[len(zone) // 2]
-    prior = orders[
-        (orders["zone_id"] == row["zone_id"]) & (orders["created_at"] < row["event_timestamp"])
-    ]
-    assert row["zone_weather"] == prior.sort_values("created_at")["weather"].iloc[-1]
