@@ -8,7 +8,18 @@ from typing import Annotated
 
 import typer
 
-from relay.cli import data, experiment, features, model, registry, replay, rollout, serve, stack
+from relay.cli import (
+    data,
+    events,
+    experiment,
+    features,
+    model,
+    registry,
+    replay,
+    rollout,
+    serve,
+    stack,
+)
 
 app = typer.Typer(help="Relay: ETA data, features and models.", no_args_is_help=True)
 
@@ -37,6 +48,7 @@ for command in (
 ):
     app.command()(command)
 app.add_typer(features.app, name="features")
+app.add_typer(events.app, name="events")
 app.add_typer(registry.app, name="models")
 app.add_typer(serve.app, name="serve")
 app.add_typer(rollout.app, name="rollout")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -40,16 +39,8 @@ def replay(
         float | None,
         typer.Option(
             min=0.0,
-            help="Land labels during the run, each this many seconds after its answer; "
-            "default: all after the run",
-        ),
-    ] = None,
-    actuals_date: Annotated[
-        dt.datetime | None,
-        typer.Option(
-            formats=["%Y-%m-%d"],
-            help="serving/actuals partition for every label; default: the UTC day each "
-            "answer came back (the serving log's partition)",
+            help="Send labels (picked_up, delivered events) during the run, each this many "
+            "seconds after its answer; default: all after the run",
         ),
     ] = None,
     concurrency: Annotated[
@@ -58,8 +49,8 @@ def replay(
     skip: Annotated[int, typer.Option(min=0, help="Start after the day's first SKIP orders")] = 0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Replay a day's orders against the ETA endpoint at --rate requests/s, then land their
-    actual delivery times in serving/actuals."""
+    """Replay a day's orders at --rate requests/s as an order service would: each order's
+    created event, then its ETA request; then its pickup and delivery events (the labels)."""
     from relay.sim.config import ReplayConfig
     from relay.sim.replay import replay as run_replay
 
@@ -75,7 +66,6 @@ def replay(
             batch=batch,
             url=url,
             label_delay_s=label_delay,
-            actuals_date=actuals_date.date() if actuals_date else None,
             skip=skip,
             **bounds,
         )
@@ -89,7 +79,7 @@ def replay(
                 total=s.planned_orders,
                 completed=s.orders_sent,
                 description=f"replay: {s.ok} ok, {s.client_errors} 4xx, {s.server_errors} 5xx, "
-                f"{s.failed} failed, {s.labels_landed} labels",
+                f"{s.failed} failed, {s.labels_sent} labels",
             )
 
         result = run(lambda: run_replay(config, on_progress=show))

@@ -5,7 +5,8 @@ of that entity up to and including ``t``:
 
 * ``courier_orders_1h``, ``merchant_orders_1h``, ``zone_orders_1h``: orders created in
   ``(t - 1 h, t]``;
-* ``zone_weather``: the weather reported with the zone's latest order at or before ``t``.
+* ``zone_weather``: the weather reported with the zone's latest order in that window that
+  reported one (null when none did).
 
 :func:`values_as_of` is that function. Offline, :func:`live_tables` applies it at every order's
 own creation time: one row per order and entity, stamped at ``created_at``, so an order's
@@ -105,28 +106,22 @@ def values_as_of(view: View, events: pd.DataFrame, at: pd.DataFrame) -> pd.DataF
     out[count] = (upto - after).astype(np.int64)
     if "zone_weather" in names(view_features(view.name)):
         weather = events["weather"].to_numpy(dtype=object)[order]
-        out["zone_weather"] = _latest_reported(weather, ev_code, at_code, upto, starts)
+        out["zone_weather"] = _latest_reported(weather, upto, after)
     return out[[key, "event_timestamp", *names(view_features(view.name))]]
 
 
-def _latest_reported(
-    weather: np.ndarray,
-    ev_code: np.ndarray,
-    at_code: np.ndarray,
-    upto: np.ndarray,
-    starts: np.ndarray,
-) -> np.ndarray:
-    """The last non-null weather among each row's entity's events before ``upto``."""
+def _latest_reported(weather: np.ndarray, upto: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """The last non-null weather among each row's window of events, positions
+    ``[after, upto)`` of the entity-sorted events (None when none in the window reported)."""
     reported = pd.Series(weather).notna().to_numpy()
     # Index of the latest reported event at or before each position (-1: none yet).
     idx = np.where(reported, np.arange(len(weather)), -1)
     latest = np.maximum.accumulate(idx) if len(idx) else idx
     out = np.full(len(upto), None, dtype=object)
     pos = upto - 1
-    has = pos >= starts[at_code]
-    found = np.where(has, latest[np.clip(pos, 0, None)] if len(latest) else -1, -1)
-    # The latest report must be the same entity's (positions are grouped by entity).
-    ok = has & (found >= starts[at_code])
+    found = np.where(pos >= 0, latest[np.clip(pos, 0, None)] if len(latest) else -1, -1)
+    # Within the window, hence the same entity's (positions are grouped by entity).
+    ok = (pos >= after) & (found >= after)
     out[ok] = weather[found[ok]]
     return out
 

@@ -155,11 +155,14 @@ def compare(served: pd.DataFrame, training: pd.DataFrame, day: dt.date | None = 
 
 
 def skew_for_day(
-    served_on: dt.date, orders_of: dt.date | None = None, settings: Any = None
+    served_on: dt.date,
+    orders_of: dt.date | None = None,
+    settings: Any = None,
+    since: dt.datetime | None = None,
 ) -> Skew:
     """The skew of every order served on ``served_on`` (UTC; the serving log's partition)
     whose order landed in the lake on ``orders_of`` (default: the same day; a replay serves
-    a past day's orders today).
+    a past day's orders today); with ``since``, only the predictions served from then on.
 
     Raises:
         PartitionNotFound: nothing was served that day, or no order of ``orders_of`` landed.
@@ -172,6 +175,8 @@ def skew_for_day(
     lake = Lake(settings)
     day = orders_of or served_on
     log = read_serving_log(lake, served_on, served_on)
+    if since is not None:
+        log = log[log["requested_at"] >= pd.Timestamp(since)].reset_index(drop=True)
     served = features_of(log)
     served.insert(0, "order_id", log["order_id"].astype(str))
     # The validated orders are what training reads; a day not validated yet has its raw ones.

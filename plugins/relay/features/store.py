@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -181,7 +182,10 @@ def write_feature_tables(date: dt.date, settings: Settings | None = None) -> dic
 
 
 def materialize(
-    end: dt.datetime, start: dt.datetime | None = None, settings: Settings | None = None
+    end: dt.datetime,
+    start: dt.datetime | None = None,
+    settings: Settings | None = None,
+    tables: Sequence[Dataset] = FEATURE_TABLES,
 ) -> dict[str, tuple[dt.datetime | None, dt.datetime]]:
     """Load the latest feature values into the online store.
 
@@ -190,13 +194,15 @@ def materialize(
     earliest lake partition, because Feast's own first incremental run would silently skip rows
     older than now − TTL.
 
+    ``tables``: the views to materialize (default: every keyed view).
+
     Returns:
         View name -> (start, end) materialized.
     """
     store = get_store(settings)
     lake = Lake(settings)
     done: dict[str, tuple[dt.datetime | None, dt.datetime]] = {}
-    for ds in FEATURE_TABLES:
+    for ds in tables:
         view = _feature_view(store, ds.name)
         begin = start or view.most_recent_end_time
         if begin is None:
@@ -210,6 +216,22 @@ def materialize(
         store.materialize(start_date=begin, end_date=end, feature_views=[ds.name])
         done[ds.name] = (begin, end)
     return done
+
+
+def clear_online(tables: Sequence[Dataset], settings: Settings | None = None) -> None:
+    """Remove every online row of these views (the views stay registered), so that a
+    materialization rebuilds their state as of its end: how a past day is replayed from its
+    start (:mod:`relay.sim.lifecycle`). Until then their reads answer missing values."""
+    store = get_store(settings)
+    online = store._get_provider().online_store
+    views = [_feature_view(store, ds.name) for ds in tables]
+    if hasattr(online, "delete_table"):  # Redis: every entity's hash fields of the view
+        for view in views:
+            online.delete_table(store.config, view)
+        return
+    # SQLite and the others: drop the view's table, then create it empty.
+    online.update(store.config, views, [], [], [], partial=True)
+    online.update(store.config, [], views, [], [], partial=True)
 
 
 def _feature_view(store: FeatureStore, name: str) -> Any:

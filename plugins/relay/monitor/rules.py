@@ -18,7 +18,8 @@ Rules, every threshold in :class:`~relay.settings.MonitoringSettings`:
 3. **retrain** when any of these holds:
 
    * the share of monitored features that Evidently found drifted is at least
-     ``drift_share_threshold``;
+     ``drift_share_threshold`` (features with a PSI threshold of their own, which move every
+     ordinary day, are judged by it alone and not counted);
    * a feature's PSI exceeds its threshold (``psi_thresholds[name]``, else ``psi_threshold``);
    * the predictions' PSI exceeds ``prediction_drift_threshold``.
 
@@ -256,13 +257,21 @@ def _quality_check(
 
 
 def _share_check(result: DriftResult, s: MonitoringSettings) -> tuple[bool, str]:
-    drifted = result.drifted_features
-    ok = result.drifted_share < s.drift_share_threshold
+    # A feature with a PSI threshold of its own moves every ordinary day (the weather): it is
+    # judged by that threshold alone, not counted in the share, where a rainy day would tip
+    # the vote of a dozen features.
+    own = set(s.psi_thresholds)
+    counted = [f.name for f in result.features if f.name not in own]
+    drifted = [f for f in result.drifted_features if f not in own]
+    share = len(drifted) / len(counted) if counted else 0.0
+    ok = share < s.drift_share_threshold
     names = f" ({', '.join(drifted)})" if drifted else ""
+    skipped = sorted(own & {f.name for f in result.features})
+    aside = f"; {', '.join(skipped)} judged by their own PSI threshold" if skipped else ""
     return (
         ok,
-        f"drift share: {len(drifted)}/{len(result.features)} features drifted = "
-        f"{result.drifted_share:.0%} {'<' if ok else '≥'} {s.drift_share_threshold:.0%}{names}",
+        f"drift share: {len(drifted)}/{len(counted)} features drifted = "
+        f"{share:.0%} {'<' if ok else '≥'} {s.drift_share_threshold:.0%}{names}{aside}",
     )
 
 

@@ -70,13 +70,8 @@ class ReplayConfig(BaseModel):
     label_delay_s: float | None = Field(
         None,
         ge=0,
-        description="Land labels during the run, each this long after its answer; "
-        "None lands every label after the run",
-    )
-    actuals_date: dt.date | None = Field(
-        None,
-        description="Put every label in this serving/actuals partition instead of the UTC "
-        "date its answer came back",
+        description="Send labels (picked_up and delivered events) during the run, each this "
+        "long after its answer; None sends every label after the run",
     )
     timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0, description="Per-request timeout")
     concurrency: int | None = Field(
@@ -131,12 +126,16 @@ class ReplayProgress(RequestCounts):
 
     elapsed_s: float
     planned_orders: int
-    labels_landed: int
+    labels_sent: int
 
 
 @dataclass(frozen=True, kw_only=True)
 class ReplayResult(RequestCounts):
-    """What a replay sent, what came back, and the labels it landed.
+    """What a replay sent, what came back, and the events it sent.
+
+    ``created_events`` counts orders whose ``created`` event the events API acknowledged
+    (before their ETA request), ``labels_sent`` orders whose ``picked_up`` and ``delivered``
+    events it acknowledged; ``event_failures`` event requests that failed (after one retry).
 
     ``by_version`` counts answered orders per model version. Latencies are client-side, over
     the requests answered 2xx (``None`` when there were none).
@@ -154,8 +153,9 @@ class ReplayResult(RequestCounts):
     by_version: dict[str, int]
     latency_p50_ms: float | None
     latency_p99_ms: float | None
-    actuals_landed: int
-    actuals_uris: tuple[str, ...]
+    created_events: int
+    labels_sent: int
+    event_failures: int
 
     @property
     def achieved_rate(self) -> float:
@@ -166,7 +166,6 @@ class ReplayResult(RequestCounts):
         """The result as JSON-ready values."""
         d = asdict(self)
         d["date"] = self.date.isoformat()
-        d["actuals_uris"] = list(self.actuals_uris)
         d["achieved_rate"] = round(self.achieved_rate, 3)
         return d
 
@@ -187,7 +186,7 @@ class ReplayResult(RequestCounts):
                 f"orders: {self.orders_sent} sent, {self.orders_answered} answered; "
                 f"by version: {versions}",
                 f"latency: p50 {ms(self.latency_p50_ms)}, p99 {ms(self.latency_p99_ms)}",
-                f"actuals: {self.actuals_landed} labels -> "
-                + (", ".join(self.actuals_uris) or "none"),
+                f"events: {self.created_events} created, {self.labels_sent} labels "
+                f"(picked up and delivered), {self.event_failures} requests failed",
             ]
         )

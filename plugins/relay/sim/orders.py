@@ -13,7 +13,6 @@ import pandas as pd
 
 from relay.data.lake import RAW_ORDERS, Lake
 from relay.data.scenarios import scenario_batch
-from relay.serve.log_schema import ACTUAL_COLUMNS
 from relay.serve.schemas import Order
 from relay.settings import Settings, get_settings
 
@@ -80,20 +79,3 @@ def request_body(payloads: Sequence[Mapping[str, Any]], batch: int) -> bytes:
     """One order as is when ``batch`` is 1, else ``{"orders": [...]}``."""
     body: Any = payloads[0] if batch == 1 else {"orders": list(payloads)}
     return json.dumps(body, separators=(",", ":")).encode()
-
-
-def actuals_frame(orders: pd.DataFrame) -> pd.DataFrame:
-    """``order_id``, ``delivered_at``, ``actual_minutes`` of orders (the generator's
-    ``delivery_minutes``, or ``delivered_at - created_at`` when a batch lacks it)."""
-    if "delivery_minutes" in orders.columns:
-        minutes = orders["delivery_minutes"].astype("float64")
-    else:
-        minutes = (orders["delivered_at"] - orders["created_at"]).dt.total_seconds() / 60.0
-    out = pd.DataFrame(
-        {
-            "order_id": orders["order_id"].astype(str).astype(object),
-            "delivered_at": pd.to_datetime(orders["delivered_at"], utc=True),
-            "actual_minutes": minutes,
-        }
-    )
-    return out.reset_index(drop=True)[list(ACTUAL_COLUMNS)]

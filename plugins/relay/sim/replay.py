@@ -1,24 +1,27 @@
-"""Traffic replay: one day's orders sent to the ETA endpoint at a steady rate, then their labels.
+"""Traffic replay: one day's orders sent to the endpoint at a steady rate, as an order service
+would: each order's ``created`` event, its ETA request, later its labels.
 
 :func:`replay` (and ``relay replay``) takes a day's orders in creation order (the raw orders
-the pipeline landed for that day, or the generator's orders under a named scenario) and POSTs
-them to ``/v1/eta`` at a fixed number of requests per second, one order or ``batch`` orders
-per request. Send times come from a monotonic clock (request ``k`` is due at
+the pipeline landed for that day, or the generator's orders under a named scenario) and, at a
+fixed number of requests per second, POSTs each chunk of ``batch`` orders' ``created`` events
+to ``/v1/events`` (their live features are pushed before the answer) and then the orders to
+``/v1/eta``. Send times come from a monotonic clock (request ``k`` is due at
 ``start + k / rate``), so a slow answer never delays the requests after it; a small thread
 pool keeps them in flight, at most ``concurrency`` at a time.
 
 A run is bounded: it stops after ``max_orders`` orders or ``max_seconds`` seconds, whichever
 comes first, and it only talks to a loopback address (``127.0.0.1``, ``localhost``, ``::1``).
 
-Then the labels: the actual delivery times of the orders that got an answer land in the
-lake's ``serving/actuals`` dataset (``order_id``, ``delivered_at``, ``actual_minutes``) with
-:meth:`relay.data.lake.Lake.append`. The endpoint logs the ``order_id`` it was sent, so the
-monitoring job joins the two on it (:func:`relay.serve.log_read.join_actuals`). By default an
-order's label lands in the partition of the UTC date its answer came back, which is the
-partition the serving log files that prediction under (its ``requested_at`` is the time the
-replica served it, not the order's ``created_at``). With ``label_delay_s`` labels land while
-the run goes on, each at least that long after its answer; whatever is still waiting when
-the run ends lands then.
+Then the labels: the ``picked_up`` and ``delivered`` events of the orders that got an answer go
+to ``/v1/events`` too; the endpoint stores them and lands each order's actual delivery time in
+``serving/actuals`` (the partition of the day it received the label, where the serving log files
+the prediction), joined on ``order_id`` (:func:`relay.serve.log_read.join_actuals`). Nothing is
+written to the lake from here. With ``label_delay_s`` labels go while the run goes on, each at
+least that long after its answer; whatever is still waiting when the run ends goes then.
+
+Concurrent requests reach the endpoint in any order, so the live features a replayed order is
+served may count a neighbour created just after it; :mod:`relay.sim.lifecycle` plays a day one
+order at a time when served features must equal training rows exactly.
 
 The pieces: :mod:`relay.sim.config` (what to run, what it reports), :mod:`relay.sim.orders`
 (the day's orders, request bodies, labels), :mod:`relay.sim.client` (the loopback rule and
@@ -29,7 +32,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import datetime as dt
 import json
 import logging
 import threading
@@ -38,13 +40,12 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import numpy as np
 import pandas as pd
 
-from relay.clock import utcnow
-from relay.data.lake import ACTUALS, Lake
 from relay.serve.auth import read_secret
 from relay.settings import Settings, get_settings
 from relay.sim.client import EndpointClient, endpoint_url, preflight, require_loopback
@@ -56,13 +57,16 @@ from relay.sim.config import (
     RequestCounts,
     StopReason,
 )
+from relay.sim.lifecycle import created_event, later_events
 from relay.sim.orders import (
-    actuals_frame,
     load_orders,
     order_payloads,
     request_body,
     request_chunks,
 )
+
+#: Events per ``/v1/events`` request when labels go in bulk.
+LABEL_CHUNK = 500
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +139,10 @@ class _Tally:
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
     by_version: collections.Counter[str] = field(default_factory=collections.Counter)
     latencies_ms: list[float] = field(default_factory=list)
-    # (monotonic time, UTC date of the answer, row position), in answer order
-    answered: list[tuple[float, dt.date, int]] = field(default_factory=list)
+    # (monotonic time, row position), in answer order
+    answered: list[tuple[float, int]] = field(default_factory=list)
+    created_events: int = 0
+    event_failures: int = 0
 
     def snapshot(self) -> dict[str, int]:
         """The counts as :class:`RequestCounts` keywords (hold ``lock``)."""
@@ -151,27 +157,47 @@ class _Run:
         cfg: ReplayConfig,
         url: str,
         orders: pd.DataFrame,
-        lake: Lake,
         on_progress: Callable[[ReplayProgress], None] | None,
         api_key: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.orders = orders
-        self.lake = lake
         self.on_progress = on_progress
         self.planned = min(cfg.max_orders, len(orders))
         self.payloads = order_payloads(orders.iloc[: self.planned])
+        self.created = [created_event(o) for o in orders.iloc[: self.planned].to_dict("records")]
         self.client = EndpointClient(url, cfg.timeout_s, cfg.workers, api_key)
+        self.events = EndpointClient(events_url(url), cfg.timeout_s, cfg.workers, api_key)
         self.tally = _Tally()
         self.slots = threading.BoundedSemaphore(cfg.workers)
-        self.landed = 0
-        self.uris: list[str] = []
+        self.labelled = 0
         self._next_label = 0
         self.bugs: list[Exception] = []
         self.start = 0.0
 
+    def _post_events(self, events: list[dict[str, Any]]) -> bool:
+        """POST events, once more on a 5xx or no answer (they are idempotent); whether the
+        endpoint acknowledged them."""
+        body = json.dumps({"events": events}, separators=(",", ":")).encode()
+        for _ in range(2):
+            try:
+                status, _ = self.events.post(body, uuid.uuid4().hex)
+            except httpx.RequestError:
+                status = 0
+            if 200 <= status < 300:
+                return True
+            if 400 <= status < 500:
+                break
+        with self.tally.lock:
+            self.tally.event_failures += 1
+        return False
+
     def _send(self, rows: range) -> None:
         try:
+            # The order service's side: the order exists before anyone asks for its ETA.
+            if self._post_events(self.created[rows.start : rows.stop]):
+                with self.tally.lock:
+                    self.tally.created_events += len(rows)
             body = request_body(self.payloads[rows.start : rows.stop], self.cfg.batch)
             t0 = time.perf_counter()
             try:
@@ -195,10 +221,10 @@ class _Run:
                 t.counts[outcome] += 1
                 if outcome == "ok":
                     t.latencies_ms.append(latency_ms)
-                    now, day = time.monotonic(), utcnow().date()
+                    now = time.monotonic()
                     for version, i in answers:
                         t.by_version[version] += 1
-                        t.answered.append((now, day, i))
+                        t.answered.append((now, i))
         except Exception as exc:  # a bug, not the endpoint: re-raised once the run stops
             with self.tally.lock:
                 self.tally.counts["failed"] += 1
@@ -213,13 +239,14 @@ class _Run:
             p = ReplayProgress(
                 elapsed_s=time.monotonic() - self.start,
                 planned_orders=self.planned,
-                labels_landed=self.landed,
+                labels_sent=self.labelled,
                 **self.tally.snapshot(),
             )
         self.on_progress(p)
 
-    def _land(self, until: float | None) -> None:
-        """Land the labels answered before ``until`` (monotonic; ``None``: all) not yet landed."""
+    def _labels(self, until: float | None) -> None:
+        """Send the labels of orders answered before ``until`` (monotonic; ``None``: all) not
+        sent yet: their ``picked_up`` and ``delivered`` events."""
         with self.tally.lock:
             answered = self.tally.answered
             end = len(answered)
@@ -231,12 +258,11 @@ class _Run:
             self._next_label = end
         if not batch:
             return
-        rows = [i for _, _, i in batch]
-        labels = actuals_frame(self.orders.iloc[rows])
-        days = [self.cfg.actuals_date or day for _, day, _ in batch]
-        for day, part in labels.groupby(pd.Series(days, index=labels.index), sort=True):
-            self.uris.append(self.lake.append(part.reset_index(drop=True), ACTUALS, day))
-            self.landed += len(part)
+        bodies = later_events(self.orders.iloc[[i for _, i in batch]])["body"].to_list()
+        for k in range(0, len(bodies), LABEL_CHUNK):
+            chunk = bodies[k : k + LABEL_CHUNK]
+            if self._post_events(chunk):
+                self.labelled += sum(b["type"] == "delivered" for b in chunk)
 
     def run(self) -> tuple[StopReason, float]:
         cfg = self.cfg
@@ -263,7 +289,7 @@ class _Run:
                 if now - last_tick >= PROGRESS_EVERY_S:
                     last_tick = now
                     if cfg.label_delay_s is not None:
-                        self._land(now - cfg.label_delay_s)
+                        self._labels(now - cfg.label_delay_s)
                     self._progress()
         finally:
             pool.shutdown(wait=True)  # in flight: each at most timeout_s more (twice on a retry)
@@ -273,9 +299,18 @@ class _Run:
         elapsed = time.monotonic() - pacer.start
         if stopped is None:
             stopped = "max_orders" if self.planned >= cfg.max_orders else "end_of_day"
-        self._land(None)
+        try:
+            self._labels(None)
+        finally:
+            self.events.close()
         self._progress()
         return stopped, elapsed
+
+
+def events_url(eta_url: str) -> str:
+    """The events endpoint next to an ETA endpoint (``…/v1/eta`` -> ``…/v1/events``)."""
+    base = eta_url.rstrip("/").removesuffix("/v1/eta")
+    return f"{base}/v1/events"
 
 
 def replay(
@@ -283,7 +318,8 @@ def replay(
     settings: Settings | None = None,
     on_progress: Callable[[ReplayProgress], None] | None = None,
 ) -> ReplayResult:
-    """Replay a day's orders against the ETA endpoint, then land their labels.
+    """Replay a day's orders against the endpoint: created events and ETA requests, then the
+    labels as events.
 
     Args:
         config: the day, rate, bounds and endpoint.
@@ -291,7 +327,7 @@ def replay(
         on_progress: called about once a second (and at the end) on the calling thread.
 
     Returns:
-        The counts, latencies, per-version answers and the ``serving/actuals`` files written.
+        The counts, latencies, per-version answers and the events acknowledged.
 
     Raises:
         NotLoopback: the URL's host is not a loopback address.
@@ -307,7 +343,7 @@ def replay(
     preflight(url, config.timeout_s)
     # The endpoint's first key: replay is the operator's own client, on the same machine.
     api_key = read_secret(s.serving.api_keys_file, "API_KEYS_FILE")
-    run = _Run(config, url, orders, Lake(s), on_progress, api_key)
+    run = _Run(config, url, orders, on_progress, api_key)
     stopped, elapsed = run.run()
     t = run.tally
     p50, p99 = percentiles(t.latencies_ms)
@@ -324,8 +360,9 @@ def replay(
         by_version=dict(sorted(t.by_version.items())),
         latency_p50_ms=None if p50 is None else round(p50, 3),
         latency_p99_ms=None if p99 is None else round(p99, 3),
-        actuals_landed=run.landed,
-        actuals_uris=tuple(run.uris),
+        created_events=t.created_events,
+        labels_sent=run.labelled,
+        event_failures=t.event_failures,
         **t.snapshot(),
     )
     log.info("replay done: %s", result.summary())

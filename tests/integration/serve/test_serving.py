@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -482,6 +483,7 @@ def test_skew_against_point_in_time_training_rows_is_measured_per_feature(served
         for row in skew.table():
             print(f"  {row['feature']:<28} {row['rate']:7.1%}  largest {row['max_abs_diff']}")
         print(f"  only served: {skew.only_served}; only in training: {skew.only_training}")
+        print(f"  PSI served vs training rows: {_live_psi(served_on, rows)}")
     assert skew.orders >= 256, skew
     by = {f.feature: f for f in skew.features}
     for name in REQUEST_TIME:  # the request's own features: never skewed
@@ -499,6 +501,89 @@ def test_skew_against_point_in_time_training_rows_is_measured_per_feature(served
     res = CliRunner().invoke(app, [*args, "--out", str(out)])
     assert res.exit_code == (0 if skew.clean else 1), res.output
     assert "zone_orders_1h" in res.output and out.exists()
+
+
+def _live_psi(
+    served_on: dt.date, orders: pd.DataFrame, since: dt.datetime | None = None
+) -> dict[str, float]:
+    """Monitoring's PSI of the live features as served against the same orders' training rows:
+    the part of a drift verdict that is the serving path's own staleness."""
+    from relay.features.catalog import live_views, view_features
+    from relay.monitor.drift import psi
+    from relay.serve.log_read import features_of, read_serving_log
+
+    log = read_serving_log(Lake(), served_on, served_on)
+    if since is not None:
+        log = log[log["requested_at"] >= pd.Timestamp(since)]
+    log = log[log["order_id"].isin(orders["order_id"])].drop_duplicates("order_id")
+    served = features_of(log)
+    training = training_frame(orders)
+    out = {}
+    for view in live_views():
+        for f in view_features(view.name):
+            out[f.name] = round(psi(training[f.name], served[f.name], categorical=f.categorical), 4)
+    return out
+
+
+def test_a_day_played_through_the_events_api_is_served_exactly_its_training_rows(
+    served, lake_days, capsys
+):
+    """Issue 14's proof: 1,000 orders of a day, each one's created event then its ETA request,
+    pickups and deliveries as they happen, the hourly snapshots materialized as the clock
+    crosses each hour. Every feature served equals the order's point-in-time training row,
+    every prediction the model's on that row, and every delivery's label landed."""
+    from ray import serve
+
+    from relay.features.skew import skew_for_day
+    from relay.ingest.event_sink import land
+    from relay.ingest.event_store import EventStore
+    from relay.serve import control
+    from relay.serve.log_read import read_actuals, read_serving_log
+    from relay.serve.traffic_state import MODEL_DEPLOYMENT, model_app_name
+    from relay.sim.lifecycle import play
+
+    control.set_traffic(TrafficSplit(stable=served["v1"]), served["settings"])
+    day = lake_days[-1]
+    orders = Lake().read(VALIDATED_ORDERS, day).sort_values("created_at", kind="stable")
+    orders = orders.reset_index(drop=True)
+    # From 08:00: the hour before is sent as created events only (the live counts' window).
+    first = int(
+        (orders["created_at"] >= pd.Timestamp(day, tz="UTC") + pd.Timedelta(hours=8)).argmax()
+    )
+    since = dt.datetime.now(dt.UTC)
+    result = play(orders, first, 1000, served["url"])
+    assert result.answered == 1000 and result.hours_materialized >= 3, result
+    serve.get_deployment_handle(
+        MODEL_DEPLOYMENT, app_name=model_app_name(served["v1"])
+    ).flush_log.remote().result()
+
+    skew = skew_for_day(since.date(), orders_of=day, since=since)
+    mine = orders.iloc[first : first + 1000].reset_index(drop=True)
+    with capsys.disabled():
+        print(f"\nplayed through the events API: {result.summary()}")
+        print(f"  PSI served vs training rows: {_live_psi(since.date(), mine, since)}")
+        print(f"skew of {skew.orders} served orders against their training rows:")
+        for row in skew.table():
+            print(f"  {row['feature']:<28} {row['rate']:>6.1%}  largest {row['max_abs_diff']}")
+    assert skew.orders >= 1000 and skew.unmatched == 0, skew
+    assert skew.clean, [f for f in skew.features if f.differing]
+
+    # The predictions: the model on the training rows, within the answer's 3 decimals.
+    log = read_serving_log(Lake(), since.date(), dt.datetime.now(dt.UTC).date())
+    log = log[log["requested_at"] >= pd.Timestamp(since)].set_index("order_id")
+    rows = training_frame(mine)
+    expected = ModelBundle.from_registry(Registry(), served["v1"]).predict(rows)
+    got = log.loc[mine["order_id"], "eta_minutes"].to_numpy()
+    np.testing.assert_allclose(got, expected, atol=5e-4 + 1e-4)
+
+    # The labels came through the delivered events: one per played order, the true minutes.
+    land(EventStore(get_settings().events.database_url), Lake())
+    actuals = read_actuals(Lake(), since.date(), dt.datetime.now(dt.UTC).date())
+    labelled = actuals.drop_duplicates("order_id").set_index("order_id")
+    assert set(mine["order_id"]) <= set(labelled.index)
+    np.testing.assert_allclose(
+        labelled.loc[mine["order_id"], "actual_minutes"], mine["delivery_minutes"], atol=1e-3
+    )
 
 
 def test_metrics_are_exposed_per_version(served):
@@ -787,6 +872,110 @@ def test_a_sigkilled_model_replica_then_router_replica_lose_almost_nothing(serve
             f"model replica back in {model_s:.1f} s, router replica in {router_s:.1f} s"
         )
     assert len(failed) <= 0.001 * len(results), Counter(r[1] for r in failed)
+
+
+def test_events_streamed_through_a_sigkilled_router_replica_are_all_in_the_lake(served, capsys):
+    """Four clients stream order events (created, then delivered) to two router replicas, as
+    an order service does: an event without an answer is sent again. One replica is killed
+    with SIGKILL mid-stream. Every event ends up stored once and landed in the lake, and
+    every delivered order's label with it."""
+    import signal
+
+    import ray
+    from ray import serve
+
+    from relay.data.lake import ORDER_EVENTS
+    from relay.ingest.event_sink import land
+    from relay.ingest.event_store import EventStore
+    from relay.serve.log_read import read_actuals
+    from relay.serve.traffic_state import ROUTER_DEPLOYMENT
+    from serving.app import router_application
+
+    s = served["settings"].model_copy(deep=True)
+    s.serving.router_replicas, s.serving.router_cpus = 2, 0.05
+    app, tag = "eta-events-kill", uuid.uuid4().hex[:8]
+    serve.run(router_application(s), name=app, route_prefix="/events-kill")
+    url = served["url"] + "/events-kill"
+    row = served["orders"].iloc[9]
+    per_client, clients = 150, 4  # orders each: 2 events per order
+    acked: list[int] = []
+    resent: list[str] = []
+
+    def stream(k: int) -> None:
+        for i in range(0, per_client, 5):
+            now = dt.datetime.now(dt.UTC)
+            ids = [f"kill-{tag}-{k}-{j}" for j in range(i, i + 5)]
+            body = {
+                "events": [_created(row, order_id=o, occurred_at=now.isoformat()) for o in ids]
+                + [
+                    {
+                        "type": "delivered",
+                        "order_id": o,
+                        "occurred_at": (now + dt.timedelta(minutes=30)).isoformat(),
+                    }
+                    for o in ids
+                ]
+            }
+            deadline = time.monotonic() + 120
+            while True:  # until acknowledged: the order service's retry
+                try:
+                    status, answer = _post(url, body, path="/v1/events")
+                except Exception as exc:  # reset or refused by the dying replica
+                    status, answer = 0, {"detail": type(exc).__name__}
+                if status == 200:
+                    acked.append(answer["accepted"] + answer["duplicates"])
+                    break
+                resent.append(str(answer.get("detail"))[:60])
+                assert time.monotonic() < deadline, answer
+                threading.Event().wait(0.2)
+
+    threads = [threading.Thread(target=stream, args=(k,)) for k in range(clients)]
+    try:
+        for t in threads:
+            t.start()
+        while len(acked) < 20:  # events flowing through both replicas
+            threading.Event().wait(0.05)
+        named = ray.util.list_named_actors(all_namespaces=True)
+        replicas = [
+            a for a in named if a["name"].startswith(f"SERVE_REPLICA::{app}#{ROUTER_DEPLOYMENT}#")
+        ]
+        actor = ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"])
+        pid = ray.get(actor.__ray_call__.remote(lambda _: os.getpid()), timeout=30)
+        os.kill(pid, signal.SIGKILL)
+        for t in threads:
+            t.join(timeout=300)
+    finally:
+        serve.delete(app)
+    sent = 2 * per_client * clients
+    assert sum(acked) == sent
+    store = EventStore(get_settings().events.database_url)
+    land(store, Lake())  # what the surviving replicas had not landed yet
+    mine = store.frame(store_filter(tag))
+    store.close()
+    today = dt.datetime.now(dt.UTC).date()
+    lake = Lake()
+    days = [d for d in lake.partitions(ORDER_EVENTS) if d >= today - dt.timedelta(days=1)]
+    landed = lake.read_all(ORDER_EVENTS, days[0], days[-1])
+    landed = landed[landed["order_id"].str.startswith(f"kill-{tag}-")]
+    labels = read_actuals(lake, today - dt.timedelta(days=1), today + dt.timedelta(days=1))
+    labels = labels[labels["order_id"].str.startswith(f"kill-{tag}-")]
+    with capsys.disabled():
+        print(
+            f"\nevents through a killed router replica: {sent} sent, {len(resent)} requests "
+            f"sent again ({Counter(resent).most_common(3)}), {len(mine)} stored, "
+            f"{len(landed)} rows landed ({landed.drop_duplicates(['order_id', 'type']).shape[0]} "
+            f"distinct), {labels['order_id'].nunique()} labels"
+        )
+    assert len(mine) == sent
+    assert landed.drop_duplicates(["order_id", "type"]).shape[0] == sent
+    assert labels["order_id"].nunique() == sent // 2
+    assert (labels.drop_duplicates("order_id")["actual_minutes"] == 30.0).all()
+
+
+def store_filter(tag: str) -> Any:
+    from relay.ingest.event_store import ORDER_EVENTS as TABLE
+
+    return TABLE.c.order_id.like(f"kill-{tag}-%")
 
 
 def _gone(pid: int) -> bool:

@@ -1,8 +1,10 @@
-"""Replay against a real HTTP server on a loopback port that answers like ``POST /v1/eta``.
+"""Replay against a real HTTP server on a loopback port that answers like ``POST /v1/eta`` and
+``POST /v1/events``.
 
-The server validates bodies with the endpoint's own request models, splits orders between two
-versions by order id like the router does, and refuses some orders (422) or fails (503) by a
-rule the tests know, so every count the replay reports can be checked exactly.
+The server validates ETA bodies with the endpoint's own request models, splits orders between
+two versions by order id like the router does, and refuses some orders (422) or fails (503) by
+a rule the tests know, so every count the replay reports can be checked exactly. Events go
+through the endpoint's own contract into a real event store, landed with Relay's own landing.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ from typer.testing import CliRunner
 from relay.cli import app
 from relay.data.lake import ACTUALS, Lake
 from relay.data.scenarios import scenario_batch
+from relay.ingest.event_sink import land
+from relay.ingest.event_store import EventStore
+from relay.serve.contract import Limits
+from relay.serve.events import parse_events
 from relay.serve.log_read import read_actuals
 from relay.serve.schemas import Order, OrderBatch
 from relay.serve.traffic import TrafficSplit
@@ -55,10 +61,17 @@ def status_for(order_ids: Sequence[str]) -> int:
 @dataclass
 class FakeEndpoint:
     url: str
+    store: EventStore
     drop_connections: bool = False  # close each connection after its answer, unannounced
     lock: threading.Lock = field(default_factory=threading.Lock)
     # (monotonic arrival, order ids, x-request-id, status) per request
     requests: list[tuple[float, list[str], str, int]] = field(default_factory=list)
+    # (monotonic arrival, event type, order id) per event received
+    events: list[tuple[float, str, str]] = field(default_factory=list)
+
+    def land(self, settings: Settings) -> int:
+        """What the endpoint's landing thread does: stored events and their labels to the lake."""
+        return land(self.store, Lake(settings))
 
     @property
     def answered(self) -> list[str]:
@@ -72,6 +85,16 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         arrived = time.monotonic()
         raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path == "/v1/events":
+            now = dt.datetime.now(dt.UTC)
+            years = 10 * 365 * 86_400  # the test day may be ahead of today
+            limits = Limits(created_at_max_age_s=years, created_at_max_ahead_s=years)
+            rows = parse_events(raw, limits, now)
+            new = self.endpoint.store.add(rows, now)
+            with self.endpoint.lock:
+                self.endpoint.events += [(arrived, r["type"], r["order_id"]) for r in rows]
+            self._reply(200, {"accepted": sum(new), "duplicates": len(new) - sum(new)})
+            return
         if self.path != "/v1/eta":
             self._reply(404, {"detail": "Not Found"})
             return
@@ -117,10 +140,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture()
-def endpoint() -> Iterator[FakeEndpoint]:
+def endpoint(tmp_path) -> Iterator[FakeEndpoint]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.daemon_threads = True
-    fake = FakeEndpoint(url=f"http://127.0.0.1:{server.server_address[1]}/v1/eta")
+    store = EventStore(f"sqlite:///{tmp_path / 'events.db'}")
+    fake = FakeEndpoint(url=f"http://127.0.0.1:{server.server_address[1]}/v1/eta", store=store)
     server.RequestHandlerClass = type("Handler", (_Handler,), {"endpoint": fake})
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
@@ -130,6 +154,7 @@ def endpoint() -> Iterator[FakeEndpoint]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+        store.close()
 
 
 @pytest.fixture()
@@ -182,12 +207,20 @@ def test_replay_counts_paces_and_lands_one_label_per_answer(endpoint, settings):
     assert result.achieved_rate <= rate * 1.05
     assert result.elapsed_s < 10
 
+    # Each order's created event went before its ETA request.
+    created = {o: t for t, kind, o in endpoint.events if kind == "created"}
+    assert result.created_events == len(created) == n
+    asked = {o: t for t, ids, _, _ in endpoint.requests for o in ids}
+    assert all(created[o] <= asked[o] for o in asked)
+
     # Labels: one row per answered order, the generator's delivery times, in today's partition.
+    endpoint.land(settings)
     labels = _today_actuals(settings)
-    assert result.actuals_landed == len(labels) == len(answered)
+    assert result.labels_sent == len(labels) == len(answered)
     assert sorted(labels["order_id"]) == sorted(answered)
     truth = day.set_index("order_id").loc[labels["order_id"]]
-    assert np.allclose(labels["actual_minutes"], truth["delivery_minutes"])
+    # delivered − created, exact; the generator rounds delivery_minutes to 3 decimals.
+    assert np.allclose(labels["actual_minutes"], truth["delivery_minutes"], atol=1e-3)
     assert (labels["delivered_at"].to_numpy() == truth["delivered_at"].to_numpy()).all()
 
 
@@ -202,16 +235,10 @@ def test_skip_starts_later_in_the_day(endpoint, settings):
         replay(ReplayConfig(date=DAY, rate=200, skip=10**9, url=endpoint.url), settings)
 
 
-def test_batches_under_a_drift_land_labels_in_the_partition_asked_for(endpoint, settings):
+def test_batches_under_a_drift_carry_the_drifted_labels(endpoint, settings):
     n, batch = 100, 8
     cfg = ReplayConfig(
-        date=DAY,
-        rate=50,
-        scenario="storm",
-        max_orders=n,
-        batch=batch,
-        url=endpoint.url,
-        actuals_date=DAY,
+        date=DAY, rate=50, scenario="storm", max_orders=n, batch=batch, url=endpoint.url
     )
     result = replay(cfg, settings)
 
@@ -229,10 +256,11 @@ def test_batches_under_a_drift_land_labels_in_the_partition_asked_for(endpoint, 
     # Batched as the chunks say; concurrent requests may arrive in either order (seen in CI).
     assert sorted(ids for _, ids, _, _ in endpoint.requests) == chunks
     answered = [o for c, s in zip(chunks, expected, strict=True) if s == 200 for o in c]
-    labels = read_actuals(Lake(settings), DAY, DAY)
+    endpoint.land(settings)
+    labels = _today_actuals(settings)
     assert sorted(labels["order_id"]) == sorted(answered) and answered
     truth = storm.set_index("order_id").loc[labels["order_id"], "delivery_minutes"]
-    assert np.allclose(labels["actual_minutes"], truth)
+    assert np.allclose(labels["actual_minutes"], truth, atol=1e-3)
     normal = _day().set_index("order_id").loc[labels["order_id"], "delivery_minutes"]
     assert not np.allclose(labels["actual_minutes"], normal)  # the drift is in the labels
 
@@ -262,11 +290,13 @@ def test_a_short_day_ends_the_run(endpoint, tmp_path):
     assert result.stopped_by == "end_of_day" and result.orders_sent == 30
 
 
-def test_label_delay_lands_labels_during_the_run(endpoint, settings):
+def test_label_delay_sends_labels_during_the_run(endpoint, settings):
     cfg = ReplayConfig(date=DAY, rate=100, max_orders=180, label_delay_s=0.2, url=endpoint.url)
     result = replay(cfg, settings)
-    files = Lake(settings).files(ACTUALS, dt.datetime.now(dt.UTC).date())
-    assert len(result.actuals_uris) >= 2 and len(files) >= 2  # at least one batch mid-run
+    delivered = [t for t, kind, _ in endpoint.events if kind == "delivered"]
+    last_eta = max(t for t, _, _, _ in endpoint.requests)
+    assert min(delivered) < last_eta  # at least one batch mid-run
+    endpoint.land(settings)
     labels = _today_actuals(settings)
     assert len(labels) == labels["order_id"].nunique() == result.orders_answered
 
@@ -304,12 +334,12 @@ def test_cli_replays_and_prints_json(endpoint, cli_home):
     out = json.loads(res.stdout)
     assert out["orders_sent"] == 50 and out["requests_sent"] == 25
     assert out["ok"] + out["client_errors"] + out["server_errors"] == 25
-    assert out["actuals_landed"] == out["orders_answered"] == 2 * out["ok"]
+    assert out["labels_sent"] == out["orders_answered"] == 2 * out["ok"]
     assert out["date"] == DAY.isoformat() and out["stopped_by"] == "max_orders"
 
     res = runner.invoke(app, [*args, "--url", endpoint.url])
     assert res.exit_code == 0, res.output
-    assert "requests: 50 sent" in res.stdout and "actuals:" in res.stdout
+    assert "requests: 50 sent" in res.stdout and "events:" in res.stdout
 
 
 def test_cli_refuses_a_remote_url_and_a_bad_scenario(endpoint, cli_home):

@@ -5,20 +5,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from relay.data.scenarios import scenario_batch
 from relay.ingest.landing import land_generated_batch
-from relay.serve.log_schema import ACTUAL_COLUMNS
 from relay.serve.schemas import Order, OrderBatch
 from relay.settings import Settings
 from relay.sim.client import NotLoopback, endpoint_url, require_loopback
 from relay.sim.config import ReplayConfig, ReplayError, default_concurrency
 from relay.sim.orders import (
     REQUEST_FIELDS,
-    actuals_frame,
     load_orders,
     order_payloads,
     request_body,
@@ -199,16 +196,25 @@ def test_missing_values_become_json_null_so_the_endpoint_answers_422():
     assert "distance_km" not in renamed[0]
 
 
-def test_actuals_are_the_generators_delivery_times():
+def test_the_replayed_events_pass_the_events_contract_and_carry_the_labels():
+    from relay.serve.contract import Limits
+    from relay.serve.events import parse_events
+    from relay.sim.lifecycle import created_event, later_events
+
     orders = scenario_batch("normal", DAY, 50).iloc[[5, 2, 9]]
-    labels = actuals_frame(orders)
-    assert tuple(labels.columns) == ACTUAL_COLUMNS
-    assert labels["order_id"].tolist() == orders["order_id"].tolist()
-    assert np.allclose(labels["actual_minutes"], orders["delivery_minutes"])
-    assert (labels["delivered_at"] == orders["delivered_at"].to_numpy()).all()
-    assert str(labels["delivered_at"].dt.tz) == "UTC"
-    computed = actuals_frame(orders.drop(columns="delivery_minutes"))
-    assert np.allclose(computed["actual_minutes"], orders["delivery_minutes"], atol=0.01)
+    now = dt.datetime.combine(DAY, dt.time(23, 59), tzinfo=dt.UTC)
+    created = [created_event(o) for o in orders.to_dict("records")]
+    later = later_events(orders)["body"].to_list()
+    body = json.dumps({"events": created + later}).encode()
+    rows = parse_events(body, Limits(created_at_max_age_s=2 * 86_400), now)
+    types = [r["type"] for r in rows]
+    assert types[:3] == ["created"] * 3
+    assert sorted(types[3:]) == ["delivered"] * 3 + ["picked_up"] * 3
+    by = {(r["order_id"], r["type"]): r["occurred_at"] for r in rows}
+    for o in orders.itertuples():
+        minutes = (by[o.order_id, "delivered"] - by[o.order_id, "created"]).total_seconds() / 60
+        assert abs(minutes - o.delivery_minutes) < 1e-3
+        assert by[o.order_id, "picked_up"] == o.picked_up_at
 
 
 def test_orders_come_from_the_generator_in_time_order_under_a_scenario(tmp_path):
