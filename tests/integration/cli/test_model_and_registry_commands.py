@@ -28,8 +28,8 @@ import torch
 
 from relay.data.generate import generate_orders
 from relay.evaluate.challenger import VersionEvaluation, evaluate_version
-from relay.features.store import entity_frame
 from relay.features.live import live_tables
+from relay.features.store import entity_frame
 from relay.features.tables import compute_feature_tables
 from relay.model.bundle import ModelBundle
 from relay.model.preprocess import Preprocessor
