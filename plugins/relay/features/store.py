@@ -25,8 +25,7 @@ import pandas as pd
 from relay.data.lake import FEATURE_TABLES, TRAINING_SETS, VALIDATED_ORDERS, Dataset, Lake
 from relay.errors import FeatureStoreError, PartitionNotFound
 from relay.features.catalog import VIEWS
-from relay.features.live import live_tables
-from relay.features.tables import compute_feature_tables
+from relay.features.frames import feature_tables
 from relay.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -174,7 +173,7 @@ def write_feature_tables(date: dt.date, settings: Settings | None = None) -> dic
     orders = lake.read_range(VALIDATED_ORDERS, date - dt.timedelta(days=1), date)
     start = pd.Timestamp(date, tz="UTC")
     end = start + pd.Timedelta(days=1)
-    tables = compute_feature_tables(orders, start, end) | live_tables(orders, start, end)
+    tables = feature_tables(orders, start, end)
     written = {}
     for ds in FEATURE_TABLES:
         written[ds.name] = lake.write(tables[ds.name], ds, date)

@@ -326,8 +326,8 @@ def _labels(store: EventStore, events: pd.DataFrame) -> pd.DataFrame:
     ``delivered`` stored (either may have landed earlier)."""
     mine = events[events["type"].isin(["created", "delivered"])]
     ids = sorted(set(mine["order_id"]))
-    created = store.created_at_of(ids)
-    delivered = store.delivered_at_of(ids)
+    created = store.occurred_at_of("created", ids)
+    delivered = store.occurred_at_of("delivered", ids)
     both = [i for i in ids if i in created and i in delivered]
     received = events[events["type"] == "delivered"].set_index("order_id")["received_at"].to_dict()
     fallback = events["received_at"].max()

@@ -154,21 +154,11 @@ class EventStore:
         """Up to ``limit`` events not yet landed in the lake, oldest first."""
         return self.frame(ORDER_EVENTS.c.landed.is_(False), limit)
 
-    def created_at_of(self, order_ids: Iterable[str]) -> dict[str, dt.datetime]:
-        """The creation time of each of ``order_ids`` the store has a ``created`` event for."""
+    def occurred_at_of(self, kind: str, order_ids: Iterable[str]) -> dict[str, dt.datetime]:
+        """When each of ``order_ids`` the store has a ``kind`` event for had it (UTC)."""
         t = ORDER_EVENTS.c
         ids = sorted(set(order_ids))
-        query = sa.select(t.order_id, t.occurred_us).where(t.type == "created", t.order_id.in_(ids))
-        with self.engine.connect() as conn:
-            return {oid: _EPOCH + dt.timedelta(microseconds=us) for oid, us in conn.execute(query)}
-
-    def delivered_at_of(self, order_ids: Iterable[str]) -> dict[str, dt.datetime]:
-        """The delivery time of each of ``order_ids`` the store has a ``delivered`` event for."""
-        t = ORDER_EVENTS.c
-        ids = sorted(set(order_ids))
-        query = sa.select(t.order_id, t.occurred_us).where(
-            t.type == "delivered", t.order_id.in_(ids)
-        )
+        query = sa.select(t.order_id, t.occurred_us).where(t.type == kind, t.order_id.in_(ids))
         with self.engine.connect() as conn:
             return {oid: _EPOCH + dt.timedelta(microseconds=us) for oid, us in conn.execute(query)}
 

@@ -28,9 +28,8 @@ import torch
 
 from relay.data.generate import generate_orders
 from relay.evaluate.challenger import VersionEvaluation, evaluate_version
-from relay.features.live import live_tables
+from relay.features.frames import feature_tables, point_in_time
 from relay.features.store import entity_frame
-from relay.features.tables import compute_feature_tables
 from relay.model.bundle import ModelBundle
 from relay.model.preprocess import Preprocessor
 from relay.model.registration import UNKNOWN_COMMIT, config_hash, register_trained
@@ -66,20 +65,9 @@ def _training_frame() -> pd.DataFrame:
     orders = pd.concat([generate_orders(d, ORDERS_PER_DAY) for d in DAYS], ignore_index=True)
     start = dt.datetime.combine(DAYS[0], dt.time(), tzinfo=dt.UTC)
     end = dt.datetime.combine(DAYS[-1] + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
-    tables = compute_feature_tables(orders, start, end) | live_tables(orders, start, end)
+    tables = feature_tables(orders, start, end)
     first = pd.Timestamp(DAYS[1], tz="UTC")
-    frame = entity_frame(orders[orders["created_at"] >= first])
-    frame = frame.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
-    for table, key in (
-        ("courier_stats", "courier_id"),
-        ("merchant_stats", "merchant_id"),
-        ("zone_stats", "zone_id"),
-        ("courier_live", "courier_id"),
-        ("merchant_live", "merchant_id"),
-        ("zone_live", "zone_id"),
-    ):
-        snapshots = tables[table].sort_values("event_timestamp", kind="stable")
-        frame = pd.merge_asof(frame, snapshots, on="event_timestamp", by=key)
+    frame = point_in_time(entity_frame(orders[orders["created_at"] >= first]), tables)
     # The on-demand view's outputs.
     frame["order_distance_km"] = frame["distance_km"]
     frame["order_hour"] = frame["hour"]

@@ -21,8 +21,8 @@ from relay.data.generate import generate_orders
 from relay.data.lake import ACTUALS, SERVING_LOG, Lake
 from relay.data.scenarios import DRIFTS
 from relay.features.catalog import NUMERIC
+from relay.features.frames import feature_tables, point_in_time
 from relay.features.store import entity_frame
-from relay.features.tables import compute_feature_tables
 from relay.model.preprocess import WEATHER_LEVELS
 from relay.monitor.drift import DriftResult, NoServingTraffic
 from relay.monitor.rules import Action, decide
@@ -58,16 +58,9 @@ def _feature_frame(scenario: str) -> pd.DataFrame:
     orders.append(generate_orders(SERVED, ORDERS_PER_DAY, conditions=conditions))
     every = pd.concat(orders, ignore_index=True)
     start = dt.datetime.combine(WARM_UP, dt.time(), tzinfo=dt.UTC)
-    tables = compute_feature_tables(every, start, END)
-    frame = entity_frame(every[every["created_at"] >= pd.Timestamp(REFERENCE_DAYS[0], tz="UTC")])
-    frame = frame.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
-    for table, key in (
-        ("courier_stats", "courier_id"),
-        ("merchant_stats", "merchant_id"),
-        ("zone_stats", "zone_id"),
-    ):
-        snapshots = tables[table].sort_values("event_timestamp", kind="stable")
-        frame = pd.merge_asof(frame, snapshots, on="event_timestamp", by=key)
+    tables = feature_tables(every, start, END)
+    served = every[every["created_at"] >= pd.Timestamp(REFERENCE_DAYS[0], tz="UTC")]
+    frame = point_in_time(entity_frame(served), tables)
     frame["order_distance_km"] = frame["distance_km"]
     frame["order_hour"] = frame["hour"]
     frame["order_weekday"] = frame["weekday"]
