@@ -262,20 +262,28 @@ class Router:
         self.faults: dict[str, Fault] = {}
         self.handles: dict[str, DeploymentHandle] = {}
         self.generation = -1
-        # The event store and the Feast push open off the constructor (importing Feast takes
-        # seconds): until then POST /v1/events answers 503 with Retry-After.
+        # The event store and the Feast push open on the first POST /v1/events, off the
+        # request (importing Feast takes seconds of CPU, which a router that never receives an
+        # event should not spend); until then that route answers 503 with Retry-After.
         self.events: Any = None
         self.events_error: str | None = None
         self.events_timeout_s = events_timeout_s
-        if events_timeout_s is not None:
-            opener = threading.Thread(target=self._open_events, name="relay-events", daemon=True)
-            opener.start()
+        self._events_opening = threading.Lock()
+        self._events_opener: threading.Thread | None = None
         self._state = traffic_state()
         if initial and initial.get("stable"):
             # From `serve deploy` args: only seeds an empty state, never overrides a live split.
             ray.get(self._state.seed.remote(initial))
         self._sync()
         threading.Thread(target=self._watch, name="relay-traffic-watch", daemon=True).start()
+
+    def _start_opening_events(self) -> None:
+        with self._events_opening:
+            if self._events_opener is None:
+                self._events_opener = threading.Thread(
+                    target=self._open_events, name="relay-events", daemon=True
+                )
+                self._events_opener.start()
 
     def _open_events(self) -> None:
         from relay.ingest.event_sink import open_sink
@@ -422,6 +430,8 @@ class Router:
             why = self.events_error or "the event store is opening"
             if self.events_timeout_s is None:
                 why = "events are disabled (RELAY_EVENTS__ENABLED)"
+            else:
+                self._start_opening_events()
             return JSONResponse(status_code=503, content={"detail": why}, headers=self.retry_after)
         try:
             done = await asyncio.wait_for(

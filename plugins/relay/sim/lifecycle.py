@@ -9,8 +9,8 @@ service and the feature pipeline would have lived it:
    views' online rows are cleared first, so none from later in the day remains;
 2. the order's ``created`` event is POSTed to ``/v1/events`` (its live features are pushed
    before the answer), then the order to ``/v1/eta``;
-3. ``picked_up`` and ``delivered`` events are POSTed when their time comes (together, before
-   the next order): the labels reach Relay the only way a real order service can send them.
+3. ``picked_up`` and ``delivered`` events are POSTed once their time has come, in groups of
+   :data:`LABEL_GROUP`: the labels reach Relay the only way a real order service can send them.
 
 Orders created in the hour before the first one played send their ``created`` event only, so
 the live counts of the first orders are complete. Played this way, each order is served exactly
@@ -40,6 +40,8 @@ from relay.sim.config import ReplayError
 log = logging.getLogger(__name__)
 
 HOUR = pd.Timedelta(hours=1)
+LABEL_GROUP = 100
+"""Pickup and delivery events sent together once this many are due."""
 SNAPSHOT_TTL = dt.timedelta(days=2)
 """How far back the first materialization looks (the snapshot views' TTL)."""
 
@@ -192,7 +194,9 @@ def play(
             due = next_later
             while due < len(times) and times[due] <= created:
                 due += 1
-            if due > next_later:
+            # Pickups and deliveries change no feature an ETA reads (the snapshots come from
+            # the lake): they go in groups, in time order, not one request per order.
+            if due - next_later >= LABEL_GROUP:
                 send_events(bodies[next_later:due])
                 next_later = due
             if materialize_hourly and created.floor("h") != hour:
