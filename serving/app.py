@@ -243,9 +243,12 @@ class Router:
         model_timeout_s: float | None = None,
         retry_after_s: float = 1.0,
         events_timeout_s: float | None = None,
+        consume_stream: bool = False,
     ) -> None:
         """``events_timeout_s``: how long ``POST /v1/events`` waits for its group commit (None:
-        no events route, the store is not opened)."""
+        no events route, the store is not opened). ``consume_stream``: this replica also
+        consumes the order-events stream (``RELAY_EVENTS__STREAM_URL``) into the same sink,
+        one consumer of the group per replica."""
         self.limits = limits or Limits()
         self.model_timeout_s = model_timeout_s
         self.retry_after = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
@@ -270,12 +273,16 @@ class Router:
         self.events_timeout_s = events_timeout_s
         self._events_opening = threading.Lock()
         self._events_opener: threading.Thread | None = None
+        self.consume_stream = consume_stream
+        self._stop_consuming = threading.Event()
         self._state = traffic_state()
         if initial and initial.get("stable"):
             # From `serve deploy` args: only seeds an empty state, never overrides a live split.
             ray.get(self._state.seed.remote(initial))
         self._sync()
         threading.Thread(target=self._watch, name="relay-traffic-watch", daemon=True).start()
+        if consume_stream:  # the stream needs the sink now, not at the first POST
+            self._start_opening_events()
 
     def _start_opening_events(self) -> None:
         with self._events_opening:
@@ -293,6 +300,21 @@ class Router:
         except Exception as exc:  # answered on each events request, and logged once
             self.events_error = f"{type(exc).__name__}: {exc}"[:300]
             log.exception("the event store could not be opened")
+            return
+        if self.consume_stream:
+            import os
+            import socket
+
+            from relay.ingest.event_log import consume_forever
+            from relay.settings import get_settings
+
+            name = f"{socket.gethostname()}-{os.getpid()}"
+            threading.Thread(
+                target=consume_forever,
+                args=(get_settings(), self.events, name, self._stop_consuming),
+                name="relay-events-stream",
+                daemon=True,
+            ).start()
 
     def _sync(self) -> None:
         generation, config = ray.get(self._state.get.remote())
@@ -532,6 +554,9 @@ class Router:
         hub = getattr(self, "hub", None)
         if hub is not None:
             hub.push()
+        stop = getattr(self, "_stop_consuming", None)
+        if stop is not None:
+            stop.set()
         events = getattr(self, "events", None)
         if events is not None:
             events.close()
@@ -594,6 +619,7 @@ def router_application(settings: Any = None, initial: dict[str, Any] | None = No
         model_timeout_s=sv.model_timeout_s,
         retry_after_s=sv.retry_after_s,
         events_timeout_s=ev.request_timeout_s if ev.enabled else None,
+        consume_stream=bool(ev.stream_url),
     )
 
 

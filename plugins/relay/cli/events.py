@@ -78,3 +78,54 @@ def events_land() -> None:
     finally:
         store.close()
     console.print(f"landed {n} events")
+
+
+@app.command("consume")
+def events_consume(
+    name: Annotated[
+        str | None,
+        typer.Option(help="This consumer's name in the group; default host and process id"),
+    ] = None,
+    max_entries: Annotated[
+        int | None, typer.Option(min=1, help="Stop once this many entries were consumed")
+    ] = None,
+) -> None:
+    """Consume the order-events stream (RELAY_EVENTS__STREAM_URL) until Ctrl-C: each entry
+    validated, stored, pushed, then acknowledged (the prod router's consumer, run by hand)."""
+    import json
+    import os
+    import signal
+    import socket
+    import threading
+
+    from relay.ingest.event_log import Polled, open_consumer
+    from relay.ingest.event_sink import open_sink
+    from relay.settings import get_settings
+
+    s = get_settings()
+    if not s.events.stream_url:
+        raise fail("no order-events stream is configured: set RELAY_EVENTS__STREAM_URL")
+    sink = run(lambda: open_sink(s))
+    consumer = run(lambda: open_consumer(s, sink, name or f"{socket.gethostname()}-{os.getpid()}"))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def report(polled: Polled) -> None:
+        t = consumer.totals
+        console.print(
+            f"{t['entries']} entries: {t['stored']} stored, {t['duplicates']} already known, "
+            f"{t['dead']} refused (dead letter), {t['claimed']} claimed from dead consumers"
+        )
+        if max_entries is not None and t["entries"] >= max_entries:
+            stop.set()
+
+    console.print(f"consuming {s.events.stream_name} as {consumer.consumer} (Ctrl-C stops)")
+    try:
+        consumer.run(stop, report)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sink.close()
+    t = consumer.totals
+    summary = f"stopped after {t['entries']} entries, {t['claimed']} claimed: {json.dumps(t)}"
+    console.print(summary, soft_wrap=True, markup=False)

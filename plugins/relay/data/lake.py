@@ -106,13 +106,27 @@ class Lake:
     def _path(self, dataset: Dataset, date: dt.date) -> str:
         return f"{self._root_path}/{dataset.layer}/{dataset.name}/date={date.isoformat()}"
 
-    def write(self, df: pd.DataFrame, dataset: Dataset, date: dt.date) -> str:
+    def write(
+        self, df: pd.DataFrame, dataset: Dataset, date: dt.date, *, only: bool = False
+    ) -> str:
         """Replace one day's partition with ``df``; readers never see a half-written file.
+
+        With ``only``, the partition's other files (``hour-HH.parquet`` of the hourly runs)
+        are removed once it is written: ``df`` is the whole day.
 
         Returns the partition's file URI.
         """
-        self._write_file(df, self._path(dataset, date), PART_FILE, self.fs)
-        return f"{self.uri(dataset, date)}/{PART_FILE}"
+        uri = self.write_part(df, dataset, date, PART_FILE)
+        if only:
+            for path in self.files(dataset, date):
+                if not path.endswith(f"/{PART_FILE}"):
+                    self.fs.delete_file(path)
+        return uri
+
+    def write_part(self, df: pd.DataFrame, dataset: Dataset, date: dt.date, name: str) -> str:
+        """Write (or replace) one named file of a day's partition; returns its URI."""
+        self._write_file(df, self._path(dataset, date), name, self.fs)
+        return f"{self.uri(dataset, date)}/{name}"
 
     @staticmethod
     def _write_file(df: pd.DataFrame, folder: str, name: str, fs: pafs.FileSystem) -> None:

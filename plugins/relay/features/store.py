@@ -176,7 +176,8 @@ def write_feature_tables(date: dt.date, settings: Settings | None = None) -> dic
     tables = feature_tables(orders, start, end)
     written = {}
     for ds in FEATURE_TABLES:
-        written[ds.name] = lake.write(tables[ds.name], ds, date)
+        # The whole day replaces the hourly runs' snapshots of it (relay.flows.eta_features).
+        written[ds.name] = lake.write(tables[ds.name], ds, date, only=True)
     return written
 
 

@@ -35,7 +35,8 @@ class _Grid:
     n: int
 
     def bucket(self, ts: pd.Series) -> np.ndarray:
-        return ((ts - self.origin) // HOUR).to_numpy(dtype=np.int64)
+        # Not happened yet (NaT: an order not yet picked up or delivered): no bucket (-1).
+        return ((ts - self.origin) // HOUR).fillna(-1).to_numpy(dtype=np.int64)
 
     def stamps(self) -> pd.DatetimeIndex:
         # Boundary j closes bucket j-1: it may use buckets k < j only.
@@ -129,8 +130,11 @@ def compute_feature_tables(
         m_codes, m_ids = pd.factorize(orders["merchant_id"], sort=True)
         m_n = len(m_ids)
         prep = orders["prep_minutes"].to_numpy(dtype=float)
-        m_pick = _window(_counts(m_codes, picked, m_n, grid), WINDOW_HOURS)
-        m_prep = _window(_counts(m_codes, picked, m_n, grid, prep), WINDOW_HOURS)
+        # A pickup whose preparation time was not reported (events without prep_minutes)
+        # is left out of the mean rather than making it NaN.
+        reported = np.where(np.isnan(prep), -1, picked)
+        m_pick = _window(_counts(m_codes, reported, m_n, grid), WINDOW_HOURS)
+        m_prep = _window(_counts(m_codes, reported, m_n, grid, prep), WINDOW_HOURS)
         m_cum_created = _counts(m_codes, created, m_n, grid)
         m_24 = _window(m_cum_created, WINDOW_HOURS)
         merchant = _frame(

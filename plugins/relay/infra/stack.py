@@ -23,7 +23,7 @@ from relay.infra.processes import http_ok, start_process, venv_bin, wait_until
 from relay.settings import Settings, get_settings
 
 #: The DAGs ``make up`` waits for before it triggers anything.
-DAGS = ("eta_training", "eta_monitoring", "eta_rollback")
+DAGS = ("eta_features", "eta_training", "eta_monitoring", "eta_rollback")
 
 
 def start_ray(settings: Settings | None = None) -> int:
@@ -129,6 +129,7 @@ def up(
         info["first_run_state"] = client.wait("eta_training", run_id, timeout_s, progress)
     client.unpause("eta_training")
     client.unpause("eta_monitoring")
+    client.unpause("eta_features")
     return info
 
 

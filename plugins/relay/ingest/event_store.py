@@ -38,6 +38,7 @@ ORDER_EVENTS = sa.Table(
     sa.Column("zone_id", sa.String(32)),
     sa.Column("distance_km", sa.Float),
     sa.Column("weather", sa.String(16)),
+    sa.Column("prep_minutes", sa.Float),
     sa.Column("landed", sa.Boolean, nullable=False, default=False),
     sa.UniqueConstraint("order_id", "type", name="uq_order_event"),
     sa.Index("ix_created_courier", "type", "courier_id", "occurred_us"),
@@ -45,7 +46,23 @@ ORDER_EVENTS = sa.Table(
     sa.Index("ix_created_zone", "type", "zone_id", "occurred_us"),
     sa.Index("ix_unlanded", "landed", "seq"),
 )
-EVENT_FIELDS = ("courier_id", "merchant_id", "zone_id", "distance_km", "weather")
+EVENT_FIELDS = ("courier_id", "merchant_id", "zone_id", "distance_km", "weather", "prep_minutes")
+ORDER_COLUMNS = (
+    "order_id",
+    "created_at",
+    "picked_up_at",
+    "delivered_at",
+    "courier_id",
+    "merchant_id",
+    "zone_id",
+    "distance_km",
+    "weather",
+    "prep_minutes",
+    "delivery_minutes",
+)
+"""The columns of :meth:`EventStore.orders`: the validated orders' names for the same facts."""
+LABEL_DECIMALS = 3
+"""Decimals of ``delivery_minutes`` in the validated orders."""
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -85,6 +102,7 @@ class EventStore:
         self.url = url
         self.engine = engine_for(url)
         EVENTS.create_all(self.engine)
+        _add_missing_columns(self.engine)
 
     def add(self, rows: Sequence[dict[str, Any]], received_at: dt.datetime) -> list[bool]:
         """Store events in one transaction; which of them were new (by ``(order_id, type)``).
@@ -138,6 +156,49 @@ class EventStore:
         df.insert(1, "created_at", _times(df.pop("occurred_us")))
         return df
 
+    def orders(self, since: dt.datetime, until: dt.datetime) -> pd.DataFrame:
+        """Orders created in ``[since, until)`` with what their events told by ``until``: one
+        row per order as :data:`ORDER_COLUMNS` (a pickup or delivery at or after ``until``, or
+        never reported, is NaT; ``delivery_minutes`` is NaN until delivered).
+
+        This is the offline feature code's input (:mod:`relay.features.tables`) rebuilt from
+        events alone, so the hourly snapshots need no order dump from the order service.
+        """
+        t = ORDER_EVENTS.c
+        lo, hi = to_us(since), to_us(until)
+        created = sa.select(
+            t.order_id,
+            t.occurred_us,
+            t.courier_id,
+            t.merchant_id,
+            t.zone_id,
+            t.distance_km,
+            t.weather,
+        ).where(t.type == "created", t.occurred_us >= lo, t.occurred_us < hi)
+        orders = self._read(created.order_by(t.occurred_us, t.order_id))
+        out = pd.DataFrame({"order_id": orders["order_id"].astype(object)})
+        out["created_at"] = _times(orders["occurred_us"])
+        ids = created.with_only_columns(t.order_id).scalar_subquery()
+        later = {
+            kind: self._read(
+                sa.select(t.order_id, t.occurred_us, t.prep_minutes).where(
+                    t.type == kind, t.occurred_us < hi, t.order_id.in_(ids)
+                )
+            ).set_index("order_id")
+            for kind in ("picked_up", "delivered")
+        }
+        for kind, column in (("picked_up", "picked_up_at"), ("delivered", "delivered_at")):
+            at = out["order_id"].map(later[kind]["occurred_us"])
+            out[column] = pd.to_datetime(at, unit="us", utc=True)
+        for column in ("courier_id", "merchant_id", "zone_id", "distance_km", "weather"):
+            out[column] = orders[column].to_numpy()
+        out["prep_minutes"] = out["order_id"].map(later["picked_up"]["prep_minutes"]).astype(float)
+        minutes = (out["delivered_at"] - out["created_at"]).dt.total_seconds() / 60.0
+        # Rounded as the validated orders carry it (to the millisecond's order), so the
+        # snapshots computed from events equal the training flow's.
+        out["delivery_minutes"] = minutes.astype(float).round(LABEL_DECIMALS)
+        return out[list(ORDER_COLUMNS)]
+
     def frame(self, where: Any = None, limit: int | None = None) -> pd.DataFrame:
         """Stored events (all columns, times as UTC timestamps), in arrival order."""
         query = sa.select(ORDER_EVENTS).order_by(ORDER_EVENTS.c.seq)
@@ -183,6 +244,25 @@ class EventStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """Columns added to ``order_events`` after a store was created (``prep_minutes``), added
+    to it: both databases add a nullable column in place, and old rows read as null."""
+    have = {c["name"] for c in sa.inspect(engine).get_columns(ORDER_EVENTS.name)}
+    missing = [c for c in ORDER_EVENTS.columns if c.name not in have]
+    if not missing:
+        return
+    for column in missing:
+        kind = column.type.compile(dialect=engine.dialect)
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"ALTER TABLE order_events ADD COLUMN {column.name} {kind}"))
+        except sa.exc.DBAPIError:
+            # Another process opening the store at the same moment added it first.
+            have = {c["name"] for c in sa.inspect(engine).get_columns(ORDER_EVENTS.name)}
+            if column.name not in have:
+                raise
 
 
 def _insert_ignoring_duplicates(engine: sa.Engine) -> Any:

@@ -27,6 +27,8 @@ from relay.serve.contract import Limits, Rejected, error, field_errors, inline_r
 from relay.serve.schemas import _id
 
 MAX_EVENTS_PER_REQUEST = 1000
+MAX_PREP_MINUTES = 600.0
+"""The longest preparation time an event may report (a longer one is a typo or a stuck order)."""
 EVENT_TYPES = ("created", "picked_up", "delivered")
 
 
@@ -67,6 +69,13 @@ class PickedUp(_Event):
     """The courier picked the order up."""
 
     type: Literal["picked_up"]
+    prep_minutes: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_PREP_MINUTES,
+        description="Minutes the merchant took to prepare the order, as its app reported; "
+        "null: not reported (the merchant's 24-hour mean preparation time leaves it out)",
+    )
 
 
 class Delivered(_Event):
@@ -144,7 +153,10 @@ def _row(event: Created | PickedUp | Delivered) -> dict[str, Any]:
         "zone_id": None,
         "distance_km": None,
         "weather": None,
+        "prep_minutes": None,
     }
+    if isinstance(event, PickedUp):
+        row["prep_minutes"] = event.prep_minutes
     if isinstance(event, Created):
         row |= event.model_dump(include={"courier_id", "merchant_id", "zone_id", "distance_km"})
         row["weather"] = event.weather

@@ -92,6 +92,30 @@ class EventSettings(BaseModel):
         description="A live view not updated for this long is stale: "
         "relay_feature_stale{view} is 1 in /metrics",
     )
+    stream_url: str | None = Field(
+        None,
+        description="Redis URL of the order-events stream (redis://host:port/db); None: events "
+        "arrive by POST /v1/events only. Credentials: RELAY_EVENTS__STREAM_URL from a secret",
+    )
+    stream_name: str = Field("relay:order_events", description="The stream's key")
+    stream_group: str = Field("relay", description="The consumer group every consumer shares")
+    stream_dead_letter: str = Field(
+        "relay:order_events:dead", description="Where entries the contract refuses are copied"
+    )
+    stream_batch: int = Field(500, ge=1, description="Most entries one poll reads and stores")
+    stream_block_ms: int = Field(1000, ge=1, description="How long a poll waits for entries")
+    stream_claim_idle_s: float = Field(
+        30.0,
+        gt=0,
+        description="An entry read but not acknowledged for this long is claimed by another "
+        "consumer (its consumer died)",
+    )
+    snapshot_lookback_h: float = Field(
+        6.0,
+        ge=0,
+        description="The hourly 24-hour snapshots (eta_features) also read orders created this "
+        "long before their window, whose pickups and deliveries fall inside it",
+    )
 
 
 class RaySettings(BaseModel):

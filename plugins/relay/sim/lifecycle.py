@@ -88,11 +88,19 @@ def eta_request(order: Mapping[Any, Any]) -> dict[str, Any]:
 
 
 def later_events(orders: pd.DataFrame) -> pd.DataFrame:
-    """Every order's ``picked_up`` and ``delivered`` events: ``time``, ``body``."""
+    """Every order's ``picked_up`` (with the merchant's ``prep_minutes`` when known) and
+    ``delivered`` events: ``time``, ``body``."""
     rows = []
+    prep = orders["prep_minutes"] if "prep_minutes" in orders else pd.Series(None, orders.index)
     for kind, column in (("picked_up", "picked_up_at"), ("delivered", "delivered_at")):
-        for oid, at in zip(orders["order_id"], orders[column], strict=True):
-            body = {"type": kind, "order_id": str(oid), "occurred_at": pd.Timestamp(at).isoformat()}
+        for oid, at, minutes in zip(orders["order_id"], orders[column], prep, strict=True):
+            body: dict[str, Any] = {
+                "type": kind,
+                "order_id": str(oid),
+                "occurred_at": pd.Timestamp(at).isoformat(),
+            }
+            if kind == "picked_up" and not pd.isna(minutes):
+                body["prep_minutes"] = float(minutes)
             rows.append({"time": pd.Timestamp(at), "body": body})
     return pd.DataFrame(rows, columns=["time", "body"]).sort_values("time", kind="stable")
 

@@ -192,3 +192,36 @@ def test_the_sink_lands_in_the_background(store, orders, tmp_path):
         sink.close()
     assert landed.is_set(), "nothing landed before close()"
     assert sink.landed == 15
+
+
+def test_a_store_created_before_prep_minutes_gains_the_column_and_keeps_its_events(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:  # the table as the first release of the events API made it
+        conn.execute(
+            sqlalchemy.text(
+                "CREATE TABLE order_events (seq INTEGER PRIMARY KEY, order_id VARCHAR(64) NOT "
+                "NULL, type VARCHAR(16) NOT NULL, occurred_us BIGINT NOT NULL, received_us "
+                "BIGINT NOT NULL, courier_id VARCHAR(64), merchant_id VARCHAR(64), zone_id "
+                "VARCHAR(32), distance_km FLOAT, weather VARCHAR(16), landed BOOLEAN NOT NULL, "
+                "CONSTRAINT uq_order_event UNIQUE (order_id, type))"
+            )
+        )
+        conn.execute(
+            sqlalchemy.text(
+                "INSERT INTO order_events (order_id, type, occurred_us, received_us, landed) "
+                "VALUES ('old', 'picked_up', 1, 1, 0)"
+            )
+        )
+    engine.dispose()
+    at = dt.datetime(2026, 12, 2, tzinfo=dt.UTC)
+    store = EventStore(url)
+    try:
+        row = {"order_id": "new", "type": "picked_up", "occurred_at": at, "prep_minutes": 9.5}
+        assert store.add([row], at) == [True]
+        events = store.frame().set_index("order_id")
+        assert events.loc["new", "prep_minutes"] == 9.5
+        assert pd.isna(events.loc["old", "prep_minutes"])
+    finally:
+        store.close()
+    EventStore(url).close()  # opening it again changes nothing

@@ -48,6 +48,9 @@ def test_one_event_or_a_batch_become_rows_in_utc():
     assert rows[1]["occurred_at"] == dt.datetime(2026, 12, 2, 12, 30, tzinfo=dt.UTC)
     assert rows[1]["zone_id"] is None
     assert _parse({**CREATED, "weather": None})[0]["weather"] is None
+    picked = {"type": "picked_up", "order_id": "o1", "occurred_at": "2026-12-02T11:59:30"}
+    assert _parse(picked)[0]["prep_minutes"] is None
+    assert _parse({**picked, "prep_minutes": 12.5})[0]["prep_minutes"] == 12.5
 
 
 @pytest.mark.parametrize(
@@ -71,6 +74,15 @@ def test_one_event_or_a_batch_become_rows_in_utc():
                 "zone_id": "Z1",
             },
             ["body", "picked_up", "zone_id"],
+        ),
+        (
+            {
+                "type": "picked_up",
+                "order_id": "o",
+                "occurred_at": "2026-12-02T11:00:00",
+                "prep_minutes": -1,
+            },
+            ["body", "picked_up", "prep_minutes"],
         ),
         ({"events": []}, ["body", "events"]),
         ({"events": [CREATED] * (MAX_EVENTS_PER_REQUEST + 1)}, ["body", "events"]),
