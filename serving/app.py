@@ -523,11 +523,22 @@ class Router:
         cluster = await self.hub.cluster()
         text = prometheus_text(cluster.windows)
         if self.events is not None:  # this replica's own: the live views' freshness
+            from relay.features.store import snapshot_ages
             from relay.ingest.event_sink import freshness_text
             from relay.settings import get_settings
 
-            alert_s = get_settings().events.freshness_alert_s
-            text += freshness_text(self.events.freshness, alert_s)
+            ev = get_settings().events
+            try:  # the snapshot views' from the registry (a cached read)
+                snapshots = await asyncio.to_thread(snapshot_ages, self.events.pusher)
+            except Exception:  # a registry that cannot be read: those series are left out
+                log.warning("snapshot freshness unavailable", exc_info=True)
+                snapshots = None
+            text += freshness_text(
+                self.events.freshness,
+                ev.freshness_alert_s,
+                snapshots=snapshots,
+                snapshot_alert_s=ev.snapshot_freshness_alert_s,
+            )
         return PlainTextResponse(
             text,
             media_type=CONTENT_TYPE_LATEST,

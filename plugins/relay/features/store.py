@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from relay.data.lake import FEATURE_TABLES, TRAINING_SETS, VALIDATED_ORDERS, Dataset, Lake
+from relay.data.lake import (
+    FEATURE_TABLES,
+    SNAPSHOT_TABLES,
+    TRAINING_SETS,
+    VALIDATED_ORDERS,
+    Dataset,
+    Lake,
+)
 from relay.errors import FeatureStoreError, PartitionNotFound
 from relay.features.catalog import VIEWS
 from relay.features.frames import feature_tables
@@ -232,6 +239,19 @@ def clear_online(tables: Sequence[Dataset], settings: Settings | None = None) ->
     # SQLite and the others: drop the view's table, then create it empty.
     online.update(store.config, views, [], [], [], partial=True)
     online.update(store.config, [], views, [], [], partial=True)
+
+
+def snapshot_ages(store: FeatureStore, now: dt.datetime | None = None) -> dict[str, float | None]:
+    """Seconds from the end of each snapshot view's last materialization (its newest value
+    online) to ``now``; None for a view never materialized."""
+    at = now or dt.datetime.now(dt.UTC)
+    ages: dict[str, float | None] = {}
+    for ds in SNAPSHOT_TABLES:
+        end = _feature_view(store, ds.name).most_recent_end_time
+        if end is not None and end.tzinfo is None:
+            end = end.replace(tzinfo=dt.UTC)
+        ages[ds.name] = None if end is None else (at - end).total_seconds()
+    return ages
 
 
 def _feature_view(store: FeatureStore, name: str) -> Any:

@@ -26,7 +26,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -271,23 +271,34 @@ def open_sink(settings: Any = None) -> EventSink:
     )
 
 
-def freshness_text(freshness: Freshness, alert_s: float, now: float | None = None) -> str:
-    """The live views' freshness as Prometheus text: seconds since each was last pushed, and
-    whether that passed ``RELAY_EVENTS__FRESHNESS_ALERT_S``."""
+def freshness_text(
+    freshness: Freshness,
+    alert_s: float,
+    now: float | None = None,
+    snapshots: Mapping[str, float | None] | None = None,
+    snapshot_alert_s: float = 7200.0,
+) -> str:
+    """The views' freshness as Prometheus text, one series per view: for a live view, seconds
+    since this replica last pushed it (stale past ``RELAY_EVENTS__FRESHNESS_ALERT_S``); for a
+    snapshot view, seconds since the end of its last materialization, the time of its newest
+    value (``snapshots``, :func:`relay.features.store.snapshot_ages`; stale past
+    ``RELAY_EVENTS__SNAPSHOT_FRESHNESS_ALERT_S``: the hourly ``eta_features`` run is late)."""
     lines = [
-        "# HELP relay_feature_age_seconds Seconds since this replica last pushed the live view.",
+        "# HELP relay_feature_age_seconds Age of the view's newest value online (live views: "
+        "since this replica last pushed it; snapshots: since their last materialization's end).",
         "# TYPE relay_feature_age_seconds gauge",
     ]
-    ages = {v.name: freshness.age_s(v.name, now) for v in live_views()}
-    for view, age in ages.items():
+    ages = {v.name: (freshness.age_s(v.name, now), alert_s) for v in live_views()}
+    ages |= {view: (age, snapshot_alert_s) for view, age in (snapshots or {}).items()}
+    for view, (age, _) in ages.items():
         if age is not None:
             lines.append(f'relay_feature_age_seconds{{view="{view}"}} {age:.3f}')
     lines += [
-        "# HELP relay_feature_stale 1 when the live view is older than the alert threshold.",
+        "# HELP relay_feature_stale 1 when the view is older than its alert threshold.",
         "# TYPE relay_feature_stale gauge",
     ]
-    for view, age in ages.items():
-        stale = age is None or age > alert_s
+    for view, (age, limit) in ages.items():
+        stale = age is None or age > limit
         lines.append(f'relay_feature_stale{{view="{view}"}} {int(stale)}')
     lines += [
         "# HELP relay_feature_push_failures_total Live feature pushes that failed.",

@@ -92,6 +92,12 @@ class EventSettings(BaseModel):
         description="A live view not updated for this long is stale: "
         "relay_feature_stale{view} is 1 in /metrics",
     )
+    snapshot_freshness_alert_s: float = Field(
+        7200.0,
+        gt=0,
+        description="A 24-hour snapshot view whose newest value is older than this is stale "
+        "(the hourly eta_features run is late): relay_feature_stale{view} is 1 in /metrics",
+    )
     stream_url: str | None = Field(
         None,
         description="Redis URL of the order-events stream (redis://host:port/db); None: events "

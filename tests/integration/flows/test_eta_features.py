@@ -10,7 +10,7 @@ import pytest
 
 from relay.data.generate import generate_orders
 from relay.data.lake import COURIER_STATS, SNAPSHOT_TABLES, Lake
-from relay.features.store import apply, get_store
+from relay.features.store import apply, get_store, snapshot_ages
 from relay.features.tables import COURIER_FEATURES, compute_feature_tables
 from relay.flows.eta_features import refresh_snapshots
 from relay.ingest.event_store import EventStore
@@ -85,6 +85,10 @@ def test_each_hour_lands_and_serves_its_snapshot(settings, orders):
     again = refresh_snapshots(dt.datetime.combine(DAY, dt.time(11, 59), tzinfo=dt.UTC), settings)
     assert again.files == done.files
     assert again.materialized["courier_stats"][0] == again.materialized["courier_stats"][1]
+    # /metrics' freshness of the snapshot views: their newest value is the 11:00 one.
+    noon = dt.datetime.combine(DAY, dt.time(12), tzinfo=dt.UTC)
+    ages = snapshot_ages(get_store(settings), noon)
+    assert ages == {ds.name: 3600.0 for ds in SNAPSHOT_TABLES}
     hourly = lake.read_all(COURIER_STATS, DAY, DAY)
     assert sorted(hourly["event_timestamp"].unique()) == [
         pd.Timestamp(DAY, tz="UTC") + pd.Timedelta(hours=h) for h in (10, 11)

@@ -331,6 +331,13 @@ def test_a_created_event_is_served_on_the_next_request_and_resending_changes_not
         )
     )
     np.testing.assert_allclose(pred["eta_minutes"], expected[0], atol=1e-3)
+    # /metrics (one router replica here): the live view was just pushed; the snapshot views'
+    # newest values are the fixture's materialization, days old: stale.
+    text = urllib.request.urlopen(served["url"] + "/metrics").read().decode()
+    lines = set(text.splitlines())
+    assert 'relay_feature_stale{view="zone_live"} 0' in lines
+    assert 'relay_feature_stale{view="courier_stats"} 1' in lines
+    assert any(line.startswith('relay_feature_age_seconds{view="zone_stats"} ') for line in lines)
 
     store = EventStore(get_settings().events.database_url)
     stored = store.count()

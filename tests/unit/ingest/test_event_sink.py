@@ -225,3 +225,28 @@ def test_a_store_created_before_prep_minutes_gains_the_column_and_keeps_its_even
     finally:
         store.close()
     EventStore(url).close()  # opening it again changes nothing
+
+
+def test_freshness_names_each_view_and_flags_the_stale_ones():
+    from relay.ingest.event_sink import Freshness, freshness_text
+
+    seen = Freshness(pushed_at={"zone_live": 1000.0, "courier_live": 400.0})
+    text = freshness_text(
+        seen,
+        alert_s=300.0,
+        now=1010.0,
+        snapshots={"courier_stats": 1800.0, "merchant_stats": 9000.0, "zone_stats": None},
+        snapshot_alert_s=7200.0,
+    )
+    lines = set(text.splitlines())
+    assert 'relay_feature_age_seconds{view="zone_live"} 10.000' in lines
+    assert 'relay_feature_age_seconds{view="courier_stats"} 1800.000' in lines
+    for view, stale in [
+        ("zone_live", 0),
+        ("courier_live", 1),  # 610 s > 300 s
+        ("merchant_live", 1),  # never pushed by this replica
+        ("courier_stats", 0),
+        ("merchant_stats", 1),  # the hourly run is 2.5 h late
+        ("zone_stats", 1),  # never materialized
+    ]:
+        assert f'relay_feature_stale{{view="{view}"}} {stale}' in lines, view
