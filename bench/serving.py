@@ -70,6 +70,7 @@ SYSTEMS = {
     "b": "(b) Serve, unbatched (max_batch_size=1)",
     "c": "(c) Serve, batched (Relay default)",
     "d": "(d) Serve, no-op model (HTTP ceiling)",
+    "e": "(e) Serve, batched, no idle wait (batch_wait_timeout_s=0)",
 }
 
 
@@ -168,7 +169,7 @@ def _prepare(orders_per_day: int, epochs: int, home: Path) -> dict[str, Any]:
     save_run(run, model, prep, {}, {"val_mae": 0.0}, len(frame))
     versions = {
         key: register_trained(run, training_set_uri="bench", data_partitions=[]).id
-        for key in ("batched", "unbatched")
+        for key in ("batched", "unbatched", "eager")
     }
     today = orders[orders["created_at"].dt.date == DAY]
     sample = today.sample(BODIES_PER_PAYLOAD * max(PAYLOADS), random_state=0, replace=True)
@@ -416,18 +417,24 @@ def _serve_child(config_path: Path) -> None:
     s.serving.port = _free_port()
     unbatched = s.model_copy(deep=True)
     unbatched.serving.max_batch_size = 1
+    # Serve's batcher then takes whatever is queued the moment a batch starts: a lone order
+    # goes at once; under load, orders queue while the previous batch runs and fill the next.
+    eager = s.model_copy(deep=True)
+    eager.serving.batch_wait_timeout_s = 0.0
     points: list[Point] = []
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         control.start_serve(s, haproxy=haproxy and cfg["key"] == "haproxy")
         control.deploy_model(versions["batched"], s)
         control.deploy_model(versions["unbatched"], unbatched)
+        control.deploy_model(versions["eager"], eager)
         serve.run(_noop_app(s), name=model_app_name(NOOP_VERSION), route_prefix=None)
         url = control.endpoint(s)
         for system, version in (
             ("b", versions["unbatched"]),
             ("c", versions["batched"]),
             ("d", NOOP_VERSION),
+            ("e", versions["eager"]),
         ):
             control.set_traffic(TrafficSplit(stable=version), s)
             points += _measure(system, ingress, url, load, args)
@@ -462,7 +469,7 @@ def _run_serve(
             }
         )
     )
-    budget = 240 + 3 * len(PAYLOADS) * (args.warmup + len(args.conns) * (args.seconds + 5))
+    budget = 240 + 4 * len(PAYLOADS) * (args.warmup + len(args.conns) * (args.seconds + 5))
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.serving", "--serve-child", str(cfg)],
         cwd=ROOT,
@@ -579,7 +586,12 @@ def _report(
             c_pts = {p.conns: p for p in sel("c", ingress, n)}
             if not c_pts:
                 continue
-            for other, other_ingress in (("a", "uvicorn"), ("b", ingress), ("d", ingress)):
+            for other, other_ingress in (
+                ("a", "uvicorn"),
+                ("b", ingress),
+                ("d", ingress),
+                ("e", ingress),
+            ):
                 o_pts = {p.conns: p for p in sel(other, other_ingress, n)}
                 if not o_pts:
                     continue
@@ -598,7 +610,7 @@ def _report(
         print(f"| system | orders/request | {base} | {' | '.join(others)} |")
         print(f"|---|---|---|{'---|' * len(others)}")
         for n in PAYLOADS:
-            for system in "bcd":
+            for system in "bcde":
                 bd = _best(sel(system, base, n))
                 if bd is None:
                     continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from urllib.parse import urlsplit
 
 import httpx
@@ -103,6 +104,34 @@ class EndpointClient:
             resp = self._http.post(self.url, content=body, headers=headers)
         return resp.status_code, resp.content
 
+    def post_idempotent(self, body: bytes, patience_s: float) -> int:
+        """POST an idempotent body (events), sent again on a 429/503 (honouring its
+        Retry-After, at most 5 s) or no answer, for up to ``patience_s``: a router still opening
+        its event store answers 503 for a few seconds. Returns the last status (0: no answer)."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                resp = self._http.post(
+                    self.url,
+                    content=body,
+                    headers={"Content-Type": "application/json", **self._auth},
+                )
+                status, wait = resp.status_code, _retry_after(resp.headers.get("Retry-After"))
+            except httpx.RequestError:
+                status, wait = 0, 0.5
+            if status not in (0, 429, 503) or time.monotonic() + wait > deadline:
+                return status
+            time.sleep(wait)  # the server's own back-off, bounded by the deadline
+
     def close(self) -> None:
         """Close every connection."""
         self._http.close()
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds a Retry-After header asks for (1 s when absent or a date), within [0.1, 5]."""
+    try:
+        seconds = float(value) if value is not None else 1.0
+    except ValueError:
+        seconds = 1.0
+    return min(max(seconds, 0.1), 5.0)

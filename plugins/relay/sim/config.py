@@ -74,6 +74,12 @@ class ReplayConfig(BaseModel):
         "long after its answer; None sends every label after the run",
     )
     timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0, description="Per-request timeout")
+    events_patience_s: float = Field(
+        30.0,
+        ge=0,
+        description="An events request answered 503/429 (Retry-After honoured) or not at all is "
+        "sent again for this long: events are idempotent",
+    )
     concurrency: int | None = Field(
         None, ge=1, description="Requests in flight at most; default rate / 10 within 4..64"
     )

@@ -176,14 +176,11 @@ class _Run:
         self.start = 0.0
 
     def _post_events(self, events: list[dict[str, Any]]) -> bool:
-        """POST events, once more on a 5xx or no answer (they are idempotent); whether the
-        endpoint acknowledged them."""
+        """POST events, sent again on a 503/429 or no answer for ``events_patience_s`` and
+        once more on another 5xx (they are idempotent); whether the endpoint acknowledged them."""
         body = json.dumps({"events": events}, separators=(",", ":")).encode()
         for _ in range(2):
-            try:
-                status, _ = self.events.post(body, uuid.uuid4().hex)
-            except httpx.RequestError:
-                status = 0
+            status = self.events.post_idempotent(body, self.cfg.events_patience_s)
             if 200 <= status < 300:
                 return True
             if 400 <= status < 500:
