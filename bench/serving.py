@@ -421,6 +421,9 @@ def _serve_child(config_path: Path) -> None:
     # goes at once; under load, orders queue while the previous batch runs and fill the next.
     eager = s.model_copy(deep=True)
     eager.serving.batch_wait_timeout_s = 0.0
+    # Ray's CPU reservations are logical (no cgroup): 0.25 lets a fourth model app fit beside
+    # the router in num_cpus=2; it uses what the others use.
+    eager.serving.model_cpus = 0.25
     points: list[Point] = []
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
