@@ -60,8 +60,9 @@ class Polled:
 
 def publish(client: Any, stream: str, events: Sequence[dict[str, Any]]) -> list[str]:
     """Append events (each a ``POST /v1/events`` body of one event) to the stream, in one
-    round trip; returns their entry ids. What an order service does."""
-    pipe = client.pipeline(transaction=False)
+    round trip and all at once (MULTI/EXEC: a reader sees all of them or none); returns their
+    entry ids. What an order service does."""
+    pipe = client.pipeline(transaction=True)
     for event in events:
         pipe.xadd(stream, {FIELD: json.dumps(event, default=str)})
     return [_text(i) for i in pipe.execute()]

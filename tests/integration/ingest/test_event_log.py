@@ -5,6 +5,7 @@ import datetime as dt
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -164,52 +165,66 @@ def _until(check: Any, timeout_s: float, what: str, proc: subprocess.Popen[bytes
 
 def test_a_sigkilled_consumer_loses_and_doubles_nothing(client, tmp_path):
     """``relay events consume`` (the router's consumer, as a process) is killed with SIGKILL
-    mid-stream; a second consumer claims what the first read but never acknowledged."""
+    while it holds entries it read but has not stored; a second consumer claims them.
+
+    To kill it at that moment for certain, the test holds the event store's write lock while the
+    second part of the stream is published: the consumer reads a batch and waits on the lock."""
     stream = f"relay-test:{uuid.uuid4().hex[:8]}"
     home = tmp_path / "home"
     env = _settings_env(home, stream)
     log = tmp_path / "consume.log"
     bodies = _bodies(500)
-    publish(client, stream, bodies)
+    first_part, rest = bodies[:600], bodies[600:]
     s = Settings(home=home)
     assert s.events.database_url is not None
     store = EventStore(s.events.database_url)
+    db = sqlite3.connect(s.events.database_url.removeprefix("sqlite:///"), isolation_level=None)
     try:
+        publish(client, stream, first_part)
         first = _consume("first", env, log)
         try:
-            _until(lambda: store.count() >= 600, 240, "600 events stored", first)
+            _until(
+                lambda: store.count() == len(first_part) and _pending(client, stream) == 0,
+                240,
+                "the first part stored and acknowledged",
+                first,
+            )
+            db.execute("BEGIN EXCLUSIVE")  # the consumer's next commit waits on this
+            publish(client, stream, rest)
+            _until(lambda: _pending(client, stream) > 0, 60, "a batch read", first)
         finally:
             os.killpg(first.pid, signal.SIGKILL)
             first.wait()
-        killed_at = store.count()
-        pending = client.xpending(stream, "relay")["pending"]
+            db.execute("ROLLBACK")
+        pending = _pending(client, stream)
+        assert store.count() == len(first_part) and pending > 0
         second = _consume("second", env, log)
         try:
             _until(
-                lambda: (
-                    store.count() == len(bodies)
-                    and client.xpending(stream, "relay")["pending"] == 0
-                ),
+                lambda: store.count() == len(bodies) and _pending(client, stream) == 0,
                 240,
                 "every event stored and acknowledged",
                 second,
             )
+            # SIGTERM once its handler is set (it says so): it stops and lands what is stored.
+            _until(lambda: "as second" in log.read_text(), 60, "the second consumer", second)
         finally:
-            os.killpg(second.pid, signal.SIGTERM)  # stops, lands what is stored
+            os.killpg(second.pid, signal.SIGTERM)
             assert second.wait(60) == 0, log.read_text()[-3000:]
         events = store.frame()
     finally:
+        db.close()
         store.close()
     print(
-        f"\nstream kill drill: {len(bodies)} events, {killed_at} stored when the first consumer "
-        f"was killed, {pending} pending then; the second claimed and stored the rest"
+        f"\nstream kill drill: {len(bodies)} events; the first consumer was killed holding "
+        f"{pending} read but unstored; the second claimed them and stored the rest"
     )
     assert len(events) == len(bodies)
     assert not events.duplicated(["order_id", "type"]).any()
     # What the first had read but not acknowledged, the second claimed (none lost in Redis).
     totals = json.loads(log.read_text().rsplit("claimed: ", 1)[1].splitlines()[0])
     assert totals["claimed"] == pending
-    assert totals["stored"] == len(bodies) - killed_at
+    assert totals["stored"] == len(rest) and totals["duplicates"] == 0
     lake = Lake(s)
     landed = lake.read_all(ORDER_EVENTS, DAY - dt.timedelta(days=1), DAY + dt.timedelta(days=1))
     assert landed.drop_duplicates(["order_id", "type"]).shape[0] == len(bodies)
@@ -217,3 +232,7 @@ def test_a_sigkilled_consumer_loses_and_doubles_nothing(client, tmp_path):
     labels = lake.read_all(ACTUALS, today - dt.timedelta(days=1), today)
     assert labels["order_id"].nunique() == 500
     assert pd.api.types.is_float_dtype(labels["actual_minutes"])
+
+
+def _pending(client: redis.Redis, stream: str) -> int:
+    return int(client.xpending(stream, "relay")["pending"])
