@@ -105,6 +105,13 @@ def later_events(orders: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["time", "body"]).sort_values("time", kind="stable")
 
 
+def order_events(orders: pd.DataFrame) -> list[dict[str, Any]]:
+    """Every event of ``orders`` as the order service sends them: each ``created`` event, in
+    the orders' order, then the pickups and deliveries in time order (:func:`later_events`)."""
+    created = [created_event(o) for o in orders.to_dict("records")]
+    return created + later_events(orders)["body"].to_list()
+
+
 class _Client:
     def __init__(self, base: str, timeout_s: float, api_key: str | None) -> None:
         self.base = base.rstrip("/")

@@ -15,7 +15,7 @@ from relay.features.tables import COURIER_FEATURES, compute_feature_tables
 from relay.flows.eta_features import refresh_snapshots
 from relay.ingest.event_store import EventStore
 from relay.settings import Settings
-from relay.sim.lifecycle import created_event, later_events
+from relay.sim.lifecycle import order_events
 from tests.integration.conftest import _feast_settings
 
 pytestmark = [pytest.mark.integration]
@@ -39,8 +39,7 @@ def settings(orders: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> 
     s.lake.uri = str(root / "lake")
     s.events.database_url = f"sqlite:///{root / 'events.db'}"
     apply(s)
-    bodies = [created_event(o) for o in orders.to_dict("records")]
-    bodies += later_events(orders)["body"].to_list()
+    bodies = order_events(orders)
     rows = [b | {"occurred_at": pd.Timestamp(b["occurred_at"]).to_pydatetime()} for b in bodies]
     store = EventStore(s.events.database_url)
     store.add(rows, dt.datetime.now(dt.UTC))

@@ -26,7 +26,7 @@ from relay.ingest.event_sink import Accepted, EventSink
 from relay.ingest.event_store import EventStore
 from relay.serve.contract import Limits
 from relay.settings import Settings
-from relay.sim.lifecycle import created_event, later_events
+from relay.sim.lifecycle import order_events
 
 pytestmark = [pytest.mark.integration]
 
@@ -46,9 +46,7 @@ def client() -> Iterator[redis.Redis]:
 
 def _bodies(n: int) -> list[dict[str, Any]]:
     orders = generate_orders(DAY, n).sort_values("created_at").reset_index(drop=True)
-    return [created_event(o) for o in orders.to_dict("records")] + later_events(orders)[
-        "body"
-    ].to_list()
+    return order_events(orders)
 
 
 def _consumer(client: redis.Redis, sink: Any, stream: str, name: str, **kw: Any) -> StreamConsumer:

@@ -12,7 +12,7 @@ from relay.data.lake import SNAPSHOT_TABLES
 from relay.features.tables import compute_feature_tables
 from relay.flows.eta_features import snapshot_hour, snapshot_rows
 from relay.ingest.event_store import EventStore
-from relay.sim.lifecycle import created_event, later_events
+from relay.sim.lifecycle import order_events
 
 DAY = dt.date(2026, 11, 20)
 HOUR = dt.datetime(2026, 11, 20, 15, tzinfo=dt.UTC)
@@ -29,8 +29,7 @@ def orders() -> pd.DataFrame:
 
 def _rows(orders: pd.DataFrame) -> list[dict]:
     """The store's rows of every event of ``orders``, as the events API would store them."""
-    bodies = [created_event(o) for o in orders.to_dict("records")]
-    bodies += later_events(orders)["body"].to_list()
+    bodies = order_events(orders)
     return [b | {"occurred_at": pd.Timestamp(b["occurred_at"]).to_pydatetime()} for b in bodies]
 
 
