@@ -34,7 +34,7 @@ from enum import StrEnum
 
 from relay.serve.windows import VersionWindow
 from relay.settings import RolloutSettings
-from relay.verdict import binomial_tail, relative_change, within_noise
+from relay.verdict import binomial_tail, excess_chance, relative_change, within_noise
 
 _EPS = 1e-9  # float slack when comparing traffic shares, not a threshold
 
@@ -209,9 +209,11 @@ def error_check(
 ) -> tuple[bool, str]:
     """Are the candidate's errors beyond chance above ``max_error_rate`` and stable's rate?
 
-    Were the candidate failing at the bar or at stable's rate over the same window (whichever
-    is higher), its errors would be Binomial(requests, that rate): more than that at
-    ``error_alpha`` is the candidate's, fewer is chance or an outage both versions share.
+    Were the candidate failing at the bar, its errors would be Binomial(requests, bar); were
+    it failing as stable did over the same window, both versions' errors would be one rate's
+    draws (:func:`relay.verdict.excess_chance`, a sequential test: stable's rate is a sample
+    too, and the window is judged again every tick). Beyond chance at ``error_alpha`` above
+    both is the candidate's; less is chance or an outage both share.
     """
     c = candidate
     stable_rate = baseline.error_rate if baseline is not None and baseline.requests else 0.0
@@ -221,7 +223,16 @@ def error_check(
             f"error rate {c.error_rate:.2%} ({c.errors}/{c.requests}) ≤ max(bar "
             f"{settings.max_error_rate:.2%}, stable {stable_rate:.2%})"
         )
-    chance = binomial_tail(c.errors, c.requests, rate)
+    chance = binomial_tail(c.errors, c.requests, settings.max_error_rate)
+    if baseline is not None and stable_rate > settings.max_error_rate:
+        # Stable's rate is a sample of the same window, re-read at every tick: a shared
+        # outage's noise is no one's (see excess_chance).
+        chance = max(
+            chance,
+            excess_chance(
+                c.errors, c.requests, baseline.errors, baseline.requests, settings.error_spread
+            ),
+        )
     ok = chance >= settings.error_alpha
     return ok, (
         f"error rate {c.error_rate:.2%} ({c.errors}/{c.requests}) > max(bar "

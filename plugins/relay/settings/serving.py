@@ -24,6 +24,13 @@ class RolloutSettings(BaseModel):
     error_alpha: float = Field(
         0.01, gt=0, lt=1, description="Errors over max(bar, stable's rate) roll back below it"
     )
+    error_spread: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="Excess over stable's error rate the sequential test is tuned to find (its "
+        "mixture's standard deviation): larger finds big excesses sooner, small ones later",
+    )
     max_p99_ms: float = Field(100.0, gt=0, description="Candidate P99 request latency")
     p99_alpha: float = Field(
         0.01,

@@ -341,19 +341,22 @@ def test_an_outage_of_both_versions_does_not_roll_the_candidate_back(
     s = cluster["settings"]
     # The outage must fall inside the first step: at 100% stable serves nothing, so there is
     # no baseline to forgive a shared outage against (the guard's job after promotion).
-    plan = Plan(steps=[FAST.steps[0].model_copy(update={"min_duration_s": 20}), FAST.steps[1]])
+    plan = Plan(steps=[FAST.steps[0].model_copy(update={"min_duration_s": 30}), FAST.steps[1]])
     started = _fresh_start(cluster, plan)
-    ensure_controller(s)
     with Traffic(cluster) as traffic:
-        _until("the first step's split", lambda: _traffic(s) == TrafficSplit(*_pair(cluster), 0.5))
         before = _errors(s)
         for version in _pair(cluster):  # the platform fails, not the candidate
-            control.inject_fault(version, error_rate=0.3, duration_s=60)
-        # Enough errors that the step's window is over 1% on each version (~2,000 requests a
-        # version in 20 s): a judged outage, not a blip the rule would pass anyway.
+            control.inject_fault(version, error_rate=0.3, duration_s=90)
+        # The outage covers the whole step from its first tick on, as it covers both versions:
+        # one that began within the step would leave stable's window, which started earlier,
+        # with more calls from before it (the candidate's split comes a moment later).
+        ensure_controller(s)
+        _until("the first step's split", lambda: _traffic(s) == TrafficSplit(*_pair(cluster), 0.5))
+        # Enough errors that the step's window is far over 1% on each version: a judged
+        # outage, not a blip the rule would pass anyway.
         _until(
             "errors on both versions",
-            lambda: all(_errors(s)[v] >= before[v] + 30 for v in _pair(cluster)),
+            lambda: all(_errors(s).get(v, 0) >= before.get(v, 0) + 30 for v in _pair(cluster)),
         )
         control.clear_faults()
         assert _record(started.id).step == 0, "the outage outlasted the first step"

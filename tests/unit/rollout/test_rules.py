@@ -7,6 +7,7 @@ import pytest
 from relay.rollout.rules import (
     Check,
     QualityWindow,
+    error_check,
     p99_check,
     quality_check,
     throughput_check,
@@ -144,6 +145,63 @@ def test_binomial_tail():
     assert binomial_tail(1, 10, 0.01) == pytest.approx(1 - 0.99**10)
     assert binomial_tail(2, 10, 0.01) == pytest.approx(1 - 0.99**10 - 10 * 0.01 * 0.99**9)
     assert binomial_tail(50, 1000, 0.01) < 1e-12
+
+
+def test_excess_chance():
+    from relay.verdict import excess_chance
+
+    assert excess_chance(0, 10, 5, 10, 0.05) == 1.0  # no excess at all
+    assert excess_chance(120, 400, 1080, 3600, 0.05) == 1.0  # the same rate on both
+    assert excess_chance(5, 10, 5, 0, 0.05) == 1.0  # no reference to compare with
+    assert excess_chance(240, 600, 120, 600, 0.05) < 1e-6  # 40% against 20%, on 600 each
+    # More evidence of the same excess, less chance.
+    rates = [excess_chance(n // 2, n, 3 * n // 10, n, 0.05) for n in (100, 200, 400, 800)]
+    assert rates == sorted(rates, reverse=True) and rates[0] > 0.01 > rates[-1], rates
+
+
+def test_a_shared_outage_noise_read_at_every_tick_rolls_nothing_back():
+    """Both versions failing 30% of calls, the step judged every 0.5 s for 30 s at 10 and 40
+    requests a second: a fixed-sample test would roll the candidate back in several percent
+    of such steps (its chance read 60 times); the sequential one in none of 200."""
+    import numpy as np
+
+    from relay.rollout.streak import extend
+
+    rng = np.random.default_rng(7)
+    rolled_back = 0
+    for rate in (10, 40):
+        for _ in range(100):
+            c = s = errors_c = errors_s = 0
+            streak = None
+            for _tick in range(60):
+                c, s = c + rate // 2, s + rate // 2 + rate * 3 // 20  # stable answers retries too
+                errors_c += int(rng.binomial(rate // 2, 0.3))
+                errors_s += int(rng.binomial(rate // 2 + rate * 3 // 20, 0.3))
+                ok, _ = error_check(
+                    _counts("v2", c, errors_c), _counts("v1", s, errors_s), SETTINGS
+                )
+                streak = extend(streak, [] if ok else ["error_rate"], c + s)
+                if streak.worst >= SETTINGS.failure_threshold:
+                    rolled_back += 1
+                    break
+    assert rolled_back == 0, f"{rolled_back} of 200 rolled back"
+
+
+def test_a_candidate_failing_beyond_a_shared_outage_is_rolled_back():
+    ok, line = error_check(_counts("v2", 600, 240), _counts("v1", 600, 120), SETTINGS)
+    assert not ok and "max(bar 1.00%, stable 20.00%), beyond chance" in line, line
+    # Stable's rate is a sample: a few dozen requests each do not show 31% is beyond 19%.
+    ok, line = error_check(_counts("v2", 80, 25), _counts("v1", 80, 15), SETTINGS)
+    assert ok and "stable 18.75%), within chance" in line, line
+    # With stable healthy, the bar is the reference: a small stable sample forgives nothing.
+    ok, line = error_check(_counts("v2", 600, 30), _counts("v1", 50, 0), SETTINGS)
+    assert not ok and "max(bar 1.00%, stable 0.00%), beyond chance" in line, line
+
+
+def _counts(version: str, requests: int, errors: int) -> VersionWindow:
+    return VersionWindow(
+        version=version, since=0.0, until=SECONDS, requests=requests, errors=errors
+    )
 
 
 def test_fails_on_p99_latency():
