@@ -478,6 +478,7 @@ def test_skew_against_point_in_time_training_rows_is_measured_per_feature(served
 
     control.set_traffic(TrafficSplit(stable=served["v1"]), served["settings"])
     rows = served["orders"].sample(256, random_state=3)
+    since = dt.datetime.now(dt.UTC)
     status, body = _post(served["url"], {"orders": [_order(r) for _, r in rows.iterrows()]})
     assert status == 200, body
     serve.get_deployment_handle(
@@ -497,6 +498,15 @@ def test_skew_against_point_in_time_training_rows_is_measured_per_feature(served
         assert by[name].differing == 0, by[name]
     page = write_skew_report(tmp_path / "skew.html", skew)
     assert page.stat().st_size > 0
+    # What a monitoring run calls it: the stale hourly features drift from the very orders'
+    # training rows, and the run asks for a retrain no new model can answer.
+    drift, verdict = _monitoring_judgement(since, rows, tmp_path / "drift", served["v1"])
+    with capsys.disabled():
+        print("  monitoring's drift of these orders against their training rows:")
+        _print_drift(drift)
+    by_feature = {f.name: f for f in drift.features}
+    assert by_feature["zone_orders_1h"].drifted and (by_feature["zone_orders_1h"].psi or 0) > 0.2
+    assert verdict.action.value == "retrain", verdict.reasons
     # `relay features skew`: the same table, the report, and exit 1 while the day is skewed.
     from typer.testing import CliRunner
 
@@ -530,6 +540,40 @@ def _live_psi(
         for f in view_features(view.name):
             out[f.name] = round(psi(training[f.name], served[f.name], categorical=f.categorical), 4)
     return out
+
+
+def _monitoring_judgement(
+    since: dt.datetime, orders: pd.DataFrame, out_dir: Path, version: str
+) -> tuple[Any, Any]:
+    """What a monitoring run (``eta_monitoring``) measures and decides of the serving log since
+    ``since`` for ``orders``, read as the DAG reads its window, against those orders' own
+    training rows: any drift is the serving path's, none the world's."""
+    from relay.features.catalog import live_views, view_features
+    from relay.monitor.report import build_report
+    from relay.monitor.rules import decide
+    from relay.monitor.window import read_window
+
+    end = dt.datetime.now(dt.UTC)
+    window = read_window(Lake(), since, end)
+    window = window[window["order_id"].isin(orders["order_id"])].drop_duplicates("order_id")
+    bundle = ModelBundle.from_registry(Registry(), version)
+    drift = build_report(
+        training_frame(orders),
+        window,
+        out_dir,
+        run_key=out_dir.name,
+        predict=bundle.predict,
+        window=(since, end),
+    )
+    live = {f.name for view in live_views() for f in view_features(view.name)}
+    assert live <= {f.name for f in drift.features}, drift.skipped_features
+    return drift, decide(drift, get_settings().monitoring, production_version=None)
+
+
+def _print_drift(drift: Any) -> None:
+    for f in drift.features:
+        psi = "n/a" if f.psi is None else f"{f.psi:.4f}"
+        print(f"  {f.name:<28} PSI {psi:<8} {f.method} {f.score:.4f}  drifted {f.drifted}")
 
 
 def test_a_day_played_through_the_events_api_is_served_exactly_its_training_rows(
@@ -593,33 +637,12 @@ def test_a_day_played_through_the_events_api_is_served_exactly_its_training_rows
         labelled.loc[mine["order_id"], "actual_minutes"], mine["delivery_minutes"], atol=1e-3
     )
 
-    # The monitoring run's drift judgement of the played window (read as the DAG reads it)
-    # against the same orders' training rows: what differs is the serving path's own. Served
-    # the previous day's last snapshot, the hourly features' PSI was 0.04 to 4.3 (README).
-    from relay.features.catalog import live_views, view_features
-    from relay.monitor.report import build_report
-    from relay.monitor.rules import decide
-    from relay.monitor.window import read_window
-
-    end = dt.datetime.now(dt.UTC)
-    window = read_window(Lake(), since, end)
-    window = window[window["order_id"].isin(mine["order_id"])]
-    bundle = ModelBundle.from_registry(Registry(), served["v1"])
-    drift = build_report(
-        rows,
-        window,
-        tmp_path / "drift",
-        run_key="played",
-        predict=bundle.predict,
-        window=(since, end),
-    )
-    verdict = decide(drift, get_settings().monitoring, production_version=None)
-    live = {f.name for view in live_views() for f in view_features(view.name)}
+    # Monitoring's drift judgement of the played window against the same orders' training
+    # rows finds nothing; the same orders served the stale way do drift (the test above).
+    drift, verdict = _monitoring_judgement(since, mine, tmp_path / "drift", served["v1"])
     with capsys.disabled():
         print("  monitoring's drift of the played window against its training rows:")
-        for f in drift.features:
-            print(f"  {f.name:<28} PSI {f.psi:.4f}  {f.method} {f.score:.4f}  drifted {f.drifted}")
-    assert live <= {f.name for f in drift.features}, drift.skipped_features
+        _print_drift(drift)
     assert not [f.name for f in drift.features if f.drifted or (f.psi or 0) > 0.01]
     assert verdict.action.value == "ok", verdict.reasons
 
