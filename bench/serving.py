@@ -11,8 +11,9 @@ fixed connection counts, with single-order and 32-order requests:
 (c) the Serve stack as deployed: ``@serve.batch`` (32 / 10 ms by default);
 (d) the Serve stack with a no-op model deployment (constant answers, no Feast, no model): the
     ceiling of the HTTP path on this machine;
+(e) as (c) without the batch window (``batch_wait_timeout_s=0``);
 
-(b)-(d) once with Serve's default Python HTTP proxy and once with the HAProxy ingress as
+(b)-(e) once with Serve's default Python HTTP proxy and once with the HAProxy ingress as
 ``relay.serve.control.HAPROXY_ENV`` sets it up (HAProxy + ``RAY_SERVE_THROUGHPUT_OPTIMIZED``), each
 in its own process, since Serve reads those variables when Ray starts; ``--ingress`` adds two more
 variants (HAProxy alone; throughput-optimized with routers in the caller's loop). Load comes
@@ -41,6 +42,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,7 @@ class Point:
     p99_ms: float
     errors: int
     loadgen_cpu: float  # share of one core the load generator used
+    mean_batch: float | None = None  # orders per forward pass (the router's metrics)
 
     @property
     def ok(self) -> int:
@@ -291,8 +294,15 @@ def _aiohttp_load(url: str, bodies: list[str], conns: int, seconds: float) -> Lo
 
 
 def _measure(
-    system: str, ingress: str, url: str, load: dict[int, Any], args: argparse.Namespace
+    system: str,
+    ingress: str,
+    url: str,
+    load: dict[int, Any],
+    args: argparse.Namespace,
+    fill: Callable[[], tuple[float, int]] | None = None,
 ) -> list[Point]:
+    """Every payload at every connection count; ``fill`` reads the (forward passes, orders
+    in them) the router has counted so far, for each point's mean batch size."""
     points = []
 
     def run(target: Any, conns: int, seconds: float) -> Load:
@@ -303,12 +313,18 @@ def _measure(
     for n in PAYLOADS:
         run(load[n], 8, args.warmup)  # warm-up: first calls fill caches, pools, connections
         for c in args.conns:
+            before = fill() if fill else None
             requests, secs, p50, p99, errors, cpu = run(load[n], c, args.seconds)
-            p = Point(system, ingress, n, c, requests, secs, p50, p99, errors, cpu)
+            batch = None
+            if fill and before:
+                passes, orders = (a - b for a, b in zip(fill(), before, strict=True))
+                batch = orders / passes if passes > 0 else None
+            p = Point(system, ingress, n, c, requests, secs, p50, p99, errors, cpu, batch)
             points.append(p)
+            fill_text = "" if batch is None else f" batch {batch:5.1f}"
             print(
                 f"  {system} {ingress[:14]:14} {n:2} orders c={c:<3} {p.rps:8.0f} req/s "
-                f"{p.pps:9.0f} pred/s p50 {p50:7.1f} ms p99 {p99:7.1f} ms err {errors}",
+                f"{p.pps:9.0f} pred/s p50 {p50:7.1f} ms p99 {p99:7.1f} ms err {errors}{fill_text}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -397,7 +413,7 @@ def _noop_app(settings: Any) -> Any:
 
 
 def _serve_child(config_path: Path) -> None:
-    """Runs in its own process (the ingress env is already set): Ray, Serve, three model
+    """Runs in its own process (the ingress env is already set): Ray, Serve, four model
     applications behind one router; traffic moves to each in turn and is measured."""
     import ray
     from ray import serve
@@ -417,12 +433,13 @@ def _serve_child(config_path: Path) -> None:
     s.serving.port = _free_port()
     unbatched = s.model_copy(deep=True)
     unbatched.serving.max_batch_size = 1
+    # Ray's CPU reservations are logical (no cgroup): 0.25 lets four model apps fit beside the
+    # router in num_cpus=2; each uses what the others use.
+    unbatched.serving.model_cpus = 0.25
     # Serve's batcher then takes whatever is queued the moment a batch starts: a lone order
     # goes at once; under load, orders queue while the previous batch runs and fill the next.
     eager = s.model_copy(deep=True)
     eager.serving.batch_wait_timeout_s = 0.0
-    # Ray's CPU reservations are logical (no cgroup): 0.25 lets a fourth model app fit beside
-    # the router in num_cpus=2; it uses what the others use.
     eager.serving.model_cpus = 0.25
     points: list[Point] = []
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -440,11 +457,24 @@ def _serve_child(config_path: Path) -> None:
             ("e", versions["eager"]),
         ):
             control.set_traffic(TrafficSplit(stable=version), s)
-            points += _measure(system, ingress, url, load, args)
+            points += _measure(system, ingress, url, load, args, _fill(s, version))
     finally:
         Path(cfg["out"]).write_text(json.dumps([asdict(p) for p in points]))
         serve.shutdown()
         ray.shutdown()
+
+
+def _fill(settings: Any, version: str) -> Callable[[], tuple[float, int]]:
+    """The router's count of ``version``'s forward passes and the orders in them, read from
+    the cluster's metrics hub once the routers' last push has landed."""
+    from relay.serve import control
+
+    def read() -> tuple[float, int]:
+        time.sleep(2 * settings.serving.metrics_push_s)  # the routers push every metrics_push_s
+        w = control.live_metrics(settings).get(version) or {}
+        return float(w.get("batches", 0.0)), int(w.get("batched_orders", 0))
+
+    return read
 
 
 def _run_serve(
@@ -579,6 +609,19 @@ def _report(
                     f"| {SYSTEMS[system]} | {ingress} | {n} "
                     f"| {best.pps:,.0f} ({best.conns}) | {slo_text} |"
                 )
+
+    print("\n### Batch fill: mean orders per forward pass (the router's metrics)\n")
+    heads = " | ".join(f"{c} conn" for c in args.conns)
+    print(f"| system | ingress | orders/request | {heads} |")
+    print(f"|---|---|---|{'---|' * len(args.conns)}")
+    for n in PAYLOADS:
+        for system in "bcde":
+            for ingress in serve_labels:
+                by = {p.conns: p.mean_batch for p in sel(system, ingress, n)}
+                if not any(v is not None for v in by.values()):
+                    continue
+                cells = [f"{by[c]:.1f}" if by.get(c) is not None else "–" for c in args.conns]
+                print(f"| {SYSTEMS[system]} | {ingress} | {n} | {' | '.join(cells)} |")
 
     print("\n### Ratios of predictions/s: batched Serve (c) against the others\n")
     heads = " | ".join(f"{c} conn" for c in args.conns)

@@ -141,17 +141,26 @@ class VersionCall:
     failure: str | None = None
 
 
+BATCH_KEY = "batch_orders"
+"""The key of a model's answer that says how many orders its forward pass had (the router
+counts it, the response leaves it out)."""
+
+
 @dataclass(frozen=True)
 class CallMetrics:
     """What the live metrics record of one call (:meth:`LiveMetrics.observe`): its valid
-    predictions, whether it failed or produced any prediction that cannot be returned, and how
-    many of its answers were served ``degraded``."""
+    predictions, whether it failed or produced any prediction that cannot be returned, how
+    many of its answers were served ``degraded``, and the forward pass it was answered in
+    (``batch_orders``, as the model reported it; None for a failed call) with its own
+    ``orders``."""
 
     version: str
     latency_ms: float
     values: tuple[float, ...]
     error: bool
     degraded: int = 0
+    batch_orders: int | None = None
+    orders: int = 0
 
 
 @dataclass(frozen=True)
@@ -239,7 +248,18 @@ def merge_calls(
                 bad.append((i, f"order {a.get('order_id')}: {error}"))
         failing = bool(bad) or fell_back
         flagged = sum(1 for i in call.rows if (answers[i] or {}).get("degraded"))
-        observed.append(CallMetrics(call.version, call.latency_ms, tuple(values), failing, flagged))
+        batch = got[0].get(BATCH_KEY) if got else None
+        observed.append(
+            CallMetrics(
+                call.version,
+                call.latency_ms,
+                tuple(values),
+                failing,
+                flagged,
+                int(batch) if isinstance(batch, int) else None,
+                len(call.rows),
+            )
+        )
         if bad and call.version == stable:
             failed = failed or f"model {call.version} gave no valid prediction for {bad[0][1]}"
         retry.extend(i for i, _ in bad)

@@ -1,7 +1,8 @@
 """Live serving metrics per model version, kept in process and exposed to Prometheus.
 
 :class:`LiveMetrics` counts requests, errors and predictions and keeps two histograms per
-model version: request latency (milliseconds) and predicted delivery time (minutes). It is
+model version: request latency (milliseconds), predicted delivery time (minutes) and the size
+of the forward pass each model call was answered in (orders: how full batches run). It is
 thread-safe and does no I/O: a router replica calls :meth:`LiveMetrics.observe` once per model
 version call and pushes :meth:`LiveMetrics.snapshot` to the cluster's metrics hub
 (:mod:`relay.serve.metrics_hub`), which adds every replica's; ``/metrics`` renders that sum with
@@ -23,13 +24,22 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from relay.serve.windows import LATENCY_BUCKETS_MS, PREDICTION_BUCKETS_MIN, VersionWindow
+from relay.serve.windows import (
+    BATCH_BUCKETS,
+    LATENCY_BUCKETS_MS,
+    PREDICTION_BUCKETS_MIN,
+    VersionWindow,
+)
 
 
 class _Counters:
     """Mutable counters of one version; only touched under :class:`LiveMetrics`'s lock."""
 
     __slots__ = (
+        "batch_counts",
+        "batch_orders_sum",
+        "batched_orders",
+        "batches",
         "degraded",
         "errors",
         "first_observed",
@@ -43,7 +53,7 @@ class _Counters:
         "since",
     )
 
-    def __init__(self, since: float, n_latency: int, n_prediction: int) -> None:
+    def __init__(self, since: float, n_latency: int, n_prediction: int, n_batch: int) -> None:
         self.since = since
         self.requests = 0
         self.errors = 0
@@ -53,6 +63,10 @@ class _Counters:
         self.latency_sum_ms = 0.0
         self.prediction_counts = [0] * n_prediction
         self.prediction_sum = 0.0
+        self.batch_counts = [0] * n_batch
+        self.batch_orders_sum = 0.0
+        self.batches = 0.0
+        self.batched_orders = 0
         self.first_observed: float | None = None
         self.last_observed: float | None = None
 
@@ -77,6 +91,7 @@ class LiveMetrics:
         self._clock = clock
         self._latency_bounds = _check_bounds(latency_buckets_ms, "latency_buckets_ms")
         self._prediction_bounds = _check_bounds(prediction_buckets_min, "prediction_buckets_min")
+        self._batch_bounds = BATCH_BUCKETS
         self._lock = threading.Lock()
         self._versions: dict[str, _Counters] = {}
         self._origin = clock()
@@ -90,6 +105,8 @@ class LiveMetrics:
         predictions: Sequence[float] | None,
         error: bool = False,
         degraded: int = 0,
+        batch_orders: int | None = None,
+        orders: int = 0,
     ) -> None:
         """Record one request.
 
@@ -101,6 +118,9 @@ class LiveMetrics:
                 count them only. Non-finite values are counted but kept out of the histogram.
             error: True when the request failed.
             degraded: how many of its answers were served ``degraded``.
+            batch_orders: the orders of the forward pass it was answered in, as the model
+                reported it; None when it did not (a failed call).
+            orders: the request's own orders (its share of that pass).
 
         Raises:
             ValueError: a negative or non-finite latency, a negative ``n_predictions``, or
@@ -123,9 +143,17 @@ class LiveMetrics:
             if math.isfinite(v):
                 pred_buckets.append(bisect.bisect_left(self._prediction_bounds, v))
                 pred_sum += v
+        batch_bucket = None
+        if batch_orders is not None and batch_orders > 0:
+            batch_bucket = bisect.bisect_left(self._batch_bounds, batch_orders)
         with self._lock:
             now = self._clock()
             c = self._counters(version)
+            if batch_bucket is not None and batch_orders is not None:
+                c.batch_counts[batch_bucket] += 1
+                c.batch_orders_sum += batch_orders
+                c.batches += min(orders, batch_orders) / batch_orders
+                c.batched_orders += orders
             c.requests += 1
             c.errors += int(error)
             c.predictions += n_predictions
@@ -180,6 +208,7 @@ class LiveMetrics:
                 self._origin_for.get(version, self._origin),
                 len(self._latency_bounds) + 1,
                 len(self._prediction_bounds) + 1,
+                len(self._batch_bounds) + 1,
             )
             self._versions[version] = c
         return c
@@ -195,6 +224,8 @@ class LiveMetrics:
                 latency_counts=(0,) * (len(self._latency_bounds) + 1),
                 prediction_bounds=self._prediction_bounds,
                 prediction_counts=(0,) * (len(self._prediction_bounds) + 1),
+                batch_bounds=self._batch_bounds,
+                batch_counts=(0,) * (len(self._batch_bounds) + 1),
             )
         return VersionWindow(
             version=version,
@@ -210,6 +241,11 @@ class LiveMetrics:
             prediction_bounds=self._prediction_bounds,
             prediction_counts=tuple(c.prediction_counts),
             prediction_sum=c.prediction_sum,
+            batch_bounds=self._batch_bounds,
+            batch_counts=tuple(c.batch_counts),
+            batch_orders_sum=c.batch_orders_sum,
+            batches=c.batches,
+            batched_orders=c.batched_orders,
             first_observed=c.first_observed,
             last_observed=c.last_observed,
         )
@@ -243,6 +279,17 @@ _COUNTERS = (
         "Answers served degraded: default features (online store down or slow) or a fallback ETA.",
         "degraded",
     ),
+    (
+        "relay_model_batches_total",
+        "Forward passes the model calls were answered in (each call adds its share of its "
+        "pass); orders per pass: relay_model_batched_orders_total over this.",
+        "batches",
+    ),
+    (
+        "relay_model_batched_orders_total",
+        "Orders of the model calls that reported their forward pass.",
+        "batched_orders",
+    ),
 )
 """Counter name, help text and the :class:`VersionWindow` field it exposes."""
 
@@ -267,7 +314,15 @@ class _Exposition(Collector):
         prediction = HistogramMetricFamily(
             "relay_prediction_minutes", "Predicted delivery time in minutes.", labels=["version"]
         )
+        batch = HistogramMetricFamily(
+            "relay_model_batch_orders",
+            "Orders in the forward pass each model call was answered in (per call).",
+            labels=["version"],
+        )
         for w in windows:
+            batch.add_metric(
+                [w.version], _cumulative(w.batch_bounds, w.batch_counts), w.batch_orders_sum
+            )
             latency.add_metric(
                 [w.version], _cumulative(w.latency_bounds, w.latency_counts), w.latency_sum_ms
             )
@@ -278,6 +333,7 @@ class _Exposition(Collector):
             )
         yield latency
         yield prediction
+        yield batch
 
 
 def _cumulative(bounds: tuple[float, ...], counts: tuple[int, ...]) -> list[tuple[str, float]]:

@@ -26,6 +26,8 @@ LATENCY_BUCKETS_MS: tuple[float, ...] = (
 PREDICTION_BUCKETS_MIN: tuple[float, ...] = (
     5, 10, 15, 20, 25, 30, 40, 50, 60, 75, 90, 120,
 )  # fmt: skip
+#: Upper bounds (orders) of the batch-size buckets; a ``+Inf`` bucket follows.
+BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64)
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,14 @@ class VersionWindow:
             values passed to ``observe`` (and finite) are here, so their total may be below
             ``predictions``.
         prediction_sum: total of those prediction values (minutes).
+        batch_bounds: finite upper bounds (orders) of the batch-size buckets.
+        batch_counts: model calls per bucket of the size (orders) of the forward pass each
+            was answered in, not cumulative, ``+Inf`` last: a pass of 32 single-order calls
+            counts 32 times here, once in ``batches``.
+        batch_orders_sum: those sizes added (the histogram's sum).
+        batches: forward passes the calls were answered in: each call adds its share of its
+            pass (its orders over the pass's), so a pass whose calls were all counted adds 1.
+        batched_orders: orders of the calls that reported their pass.
         first_observed: clock time of the window's first request; None when there was none,
             or for a :func:`diff` whose earlier side had requests already (it is not known).
         last_observed: clock time of the window's last request; None when there was none.
@@ -69,6 +79,11 @@ class VersionWindow:
     prediction_bounds: tuple[float, ...] = PREDICTION_BUCKETS_MIN
     prediction_counts: tuple[int, ...] = (0,) * (len(PREDICTION_BUCKETS_MIN) + 1)
     prediction_sum: float = 0.0
+    batch_bounds: tuple[float, ...] = BATCH_BUCKETS
+    batch_counts: tuple[int, ...] = (0,) * (len(BATCH_BUCKETS) + 1)
+    batch_orders_sum: float = 0.0
+    batches: float = 0.0
+    batched_orders: int = 0
     first_observed: float | None = None
     last_observed: float | None = None
 
@@ -113,6 +128,11 @@ class VersionWindow:
         """Mean predicted delivery time (minutes), or None when no values were observed."""
         n = self.observed_prediction_values
         return self.prediction_sum / n if n else None
+
+    @property
+    def mean_batch_orders(self) -> float | None:
+        """Orders per forward pass, or None when no call reported its pass."""
+        return self.batched_orders / self.batches if self.batches > 0 else None
 
     def requests_slower_than(self, ms: float) -> int:
         """Requests slower than ``ms``, from the histogram (a bucket that straddles ``ms``
@@ -159,16 +179,36 @@ class VersionWindow:
             "latency_counts": list(self.latency_counts),
             "prediction_bounds": list(self.prediction_bounds),
             "prediction_counts": list(self.prediction_counts),
+            "batch_bounds": list(self.batch_bounds),
+            "batch_counts": list(self.batch_counts),
+            "batch_orders_sum": self.batch_orders_sum,
+            "batches": self.batches,
+            "batched_orders": self.batched_orders,
+            "mean_batch_orders": self.mean_batch_orders,
             "first_observed": self.first_observed,
             "last_observed": self.last_observed,
         }
+
+
+_HISTOGRAM_FIELDS = (
+    "latency_bounds",
+    "latency_counts",
+    "prediction_bounds",
+    "prediction_counts",
+    "batch_bounds",
+    "batch_counts",
+)
+
+
+def _bounds(w: VersionWindow) -> tuple[tuple[float, ...], ...]:
+    return (w.latency_bounds, w.prediction_bounds, w.batch_bounds)
 
 
 def window_from_dict(data: Mapping[str, Any]) -> VersionWindow:
     """The inverse of :meth:`VersionWindow.to_dict` (derived figures are recomputed)."""
     names = {f.name for f in dataclasses.fields(VersionWindow)}
     kwargs = {k: v for k, v in data.items() if k in names}
-    for key in ("latency_bounds", "latency_counts", "prediction_bounds", "prediction_counts"):
+    for key in _HISTOGRAM_FIELDS:
         if key in kwargs:
             kwargs[key] = tuple(kwargs[key])
     return VersionWindow(**kwargs)
@@ -190,10 +230,7 @@ def diff(later: VersionWindow, earlier: VersionWindow) -> VersionWindow:
     """
     if later.version != earlier.version:
         raise ValueError(f"cannot diff version {later.version!r} against {earlier.version!r}")
-    if (later.latency_bounds, later.prediction_bounds) != (
-        earlier.latency_bounds,
-        earlier.prediction_bounds,
-    ):
+    if _bounds(later) != _bounds(earlier):
         raise ValueError("cannot diff windows with different histogram buckets")
     if later.since != earlier.since:
         raise ValueError(
@@ -222,6 +259,11 @@ def diff(later: VersionWindow, earlier: VersionWindow) -> VersionWindow:
         prediction_bounds=later.prediction_bounds,
         prediction_counts=_sub(later.prediction_counts, earlier.prediction_counts),
         prediction_sum=later.prediction_sum - earlier.prediction_sum,
+        batch_bounds=later.batch_bounds,
+        batch_counts=_sub(later.batch_counts, earlier.batch_counts),
+        batch_orders_sum=later.batch_orders_sum - earlier.batch_orders_sum,
+        batches=later.batches - earlier.batches,
+        batched_orders=later.batched_orders - earlier.batched_orders,
         first_observed=first,
         last_observed=last,
     )
@@ -251,7 +293,7 @@ def total(
     for w in windows:
         if w.version != version:
             raise ValueError(f"cannot add version {w.version!r} to version {version!r}")
-        if (w.latency_bounds, w.prediction_bounds) != (head.latency_bounds, head.prediction_bounds):
+        if _bounds(w) != _bounds(head):
             raise ValueError(f"cannot add windows of {version!r} with different histogram buckets")
     firsts = [w.first_observed for w in windows if w.first_observed is not None]
     lasts = [w.last_observed for w in windows if w.last_observed is not None]
@@ -269,6 +311,11 @@ def total(
         prediction_bounds=head.prediction_bounds,
         prediction_counts=_add(w.prediction_counts for w in windows),
         prediction_sum=sum(w.prediction_sum for w in windows),
+        batch_bounds=head.batch_bounds,
+        batch_counts=_add(w.batch_counts for w in windows),
+        batch_orders_sum=sum(w.batch_orders_sum for w in windows),
+        batches=sum(w.batches for w in windows),
+        batched_orders=sum(w.batched_orders for w in windows),
         first_observed=min(firsts, default=None),
         last_observed=max(lasts, default=None),
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import threading
 import time
 import urllib.error
@@ -651,6 +652,15 @@ def test_metrics_are_exposed_per_version(served):
     text = urllib.request.urlopen(served["url"] + "/metrics").read().decode()
     assert f'relay_requests_total{{version="{served["v1"]}"}}' in text
     assert "relay_request_latency_ms_bucket" in text
+    # Batch fill per version: every answered model call reported the pass it rode in.
+    v1 = f'version="{served["v1"]}"'
+    passes = re.search(rf"relay_model_batches_total{{{v1}}} (\S+)", text)
+    orders = re.search(rf"relay_model_batched_orders_total{{{v1}}} (\S+)", text)
+    assert passes and orders and 0 < float(passes[1]) <= float(orders[1]), text
+    assert any(
+        line.startswith("relay_model_batch_orders_bucket{") and v1 in line and 'le="32.0"' in line
+        for line in text.splitlines()
+    ), text
 
 
 def test_two_router_replicas_count_every_request_once_in_the_cluster_metrics(served):

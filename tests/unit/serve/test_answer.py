@@ -98,6 +98,15 @@ def test_every_version_answering_fills_every_row_and_counts_each_call():
     ]
 
 
+def test_each_call_counts_the_forward_pass_its_model_reported():
+    answers = [{"order_id": "o0", "eta_minutes": 9.0, "model_version": "s", "batch_orders": 12}]
+    reported = VersionCall("s", (0,), 3.0, answers)
+    merged = merge_calls(3, "s", [reported, _ok("c", (1, 2))])
+    assert [(o.batch_orders, o.orders) for o in merged.observed] == [(12, 1), (None, 2)]
+    failed = merge_calls(1, "s", [VersionCall("s", (0,), 5.0, None, "died")])
+    assert failed.observed[0].batch_orders is None
+
+
 def test_a_failed_candidate_call_is_answered_by_stable_and_counted_against_the_candidate():
     failed = VersionCall("c", (1, 3), 50.0, None, "RayActorError: died")
     merged = merge_calls(4, "s", [_ok("s", (0, 2)), failed])

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from relay.serve.metrics import LiveMetrics
-from relay.serve.windows import LATENCY_BUCKETS_MS, VersionWindow, diff
+from relay.serve.windows import LATENCY_BUCKETS_MS, VersionWindow, diff, total, window_from_dict
 
 
 class FakeClock:
@@ -184,8 +184,11 @@ def test_prometheus_text_parses_and_histograms_are_cumulative(metrics):
         "relay_errors_total": "counter",
         "relay_predictions_total": "counter",
         "relay_degraded_total": "counter",
+        "relay_model_batches_total": "counter",
+        "relay_model_batched_orders_total": "counter",
         "relay_request_latency_ms": "histogram",
         "relay_prediction_minutes": "histogram",
+        "relay_model_batch_orders": "histogram",
     }
     value = {(n, tuple(sorted(lb.items()))): v for n, lb, v in samples}
     assert value[("relay_requests_total", (("version", "v1"),))] == 40
@@ -282,6 +285,38 @@ def test_diff_holds_only_the_window_between_snapshots(metrics, clock):
 
     empty = diff(late["v1"], late["v1"])
     assert empty.requests == 0 and empty.p99_ms is None and empty.last_observed is None
+
+
+def test_batch_fill_counts_passes_and_orders_per_version(metrics, clock):
+    # One pass of 32 single-order calls, one of a 32-order call, and two 1-order passes; a
+    # failed call reports no pass.
+    for _ in range(32):
+        metrics.observe("v1", 5.0, 1, None, batch_orders=32, orders=1)
+    metrics.observe("v1", 9.0, 32, None, batch_orders=32, orders=32)
+    for _ in range(2):
+        metrics.observe("v1", 2.0, 1, None, batch_orders=1, orders=1)
+    metrics.observe("v1", 50.0, 0, None, error=True)
+    early = metrics.snapshot()["v1"]
+    assert early.batches == pytest.approx(4.0) and early.batched_orders == 66
+    assert early.mean_batch_orders == pytest.approx(16.5)
+    assert sum(early.batch_counts) == 35  # per call: 33 rode a pass of 32, 2 a pass of 1
+    assert early.batch_counts[0] == 2 and early.batch_counts[5] == 33
+    samples, _ = _parse(metrics.to_prometheus())
+    value = {(n, lb.get("le")): v for n, lb, v in samples if lb.get("version") == "v1"}
+    assert value[("relay_model_batches_total", None)] == pytest.approx(4.0)
+    assert value[("relay_model_batched_orders_total", None)] == 66
+    assert value[("relay_model_batch_orders_bucket", "16.0")] == 2
+    assert value[("relay_model_batch_orders_bucket", "32.0")] == 35
+    # A later window holds only its own passes; windows of two replicas add up.
+    clock.t += 10
+    for _ in range(4):
+        metrics.observe("v1", 5.0, 8, None, batch_orders=8, orders=8)
+    w = diff(metrics.snapshot()["v1"], early)
+    assert (w.batches, w.batched_orders, w.mean_batch_orders) == (4.0, 32, 8.0)
+    both = total("v1", [w, w], w.since, w.until)
+    assert both.batches == 8.0 and both.batch_counts == tuple(2 * c for c in w.batch_counts)
+    assert window_from_dict(both.to_dict()) == both
+    assert VersionWindow(version="v", since=0, until=1).mean_batch_orders is None
 
 
 def test_diff_refuses_mismatched_windows(metrics, clock):

@@ -87,6 +87,7 @@ def test_a_batch_of_requests_shares_one_feature_read_and_each_gets_its_own_answe
         [([_row("a", 1.0), _row("b", 2.0)], "req-1"), ([_row("c", 3.0, "C-unknown")], "req-2")]
     )
     assert features.reads == [3]  # one online read for the whole batch
+    assert {a["batch_orders"] for a in first + second} == {3}  # for the router's metrics
     assert [(a["order_id"], a["eta_minutes"]) for a in first] == [("a", 10.0), ("b", 20.0)]
     assert second[0]["eta_minutes"] == 30.0
     assert second[0]["missing_features"] == list(NUMERIC)
