@@ -347,9 +347,27 @@ class OnlineFeatures:
             else:
                 self._stored.extend(f.name for f in projection.features)
         self._columns: tuple[str, ...] | None = None
+        self._direct = None
+        if s.feast.direct_read:
+            from relay.features.direct import DirectRead
+
+            self._direct = DirectRead(
+                self.store, self.service, ENTITY_KEYS, self._on_demand, REQUEST_FIELDS
+            )
 
     def read(self, orders: list[dict[str, Any]]) -> dict[str, list[Any]]:
-        """Feature columns for orders given as request rows (keys and request fields)."""
+        """Feature columns for orders given as request rows (keys and request fields):
+        through :mod:`relay.features.direct` unless ``RELAY_FEAST__DIRECT_READ`` is off."""
+        if self._direct is None:
+            return self.read_sdk(orders)
+        out = self._direct.read(
+            [{k: r[k] for k in (*ENTITY_KEYS, *REQUEST_FIELDS)} for r in orders]
+        )
+        self._columns = tuple(out)
+        return out
+
+    def read_sdk(self, orders: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        """:meth:`read` through ``FeatureStore.get_online_features``."""
         rows = [{k: r[k] for k in (*ENTITY_KEYS, *REQUEST_FIELDS)} for r in orders]
         resp = self.store.get_online_features(features=self.service, entity_rows=rows)
         out = dict(resp.to_dict())

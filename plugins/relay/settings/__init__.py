@@ -54,6 +54,12 @@ class FeastSettings(BaseModel):
     sqlite_path: Path | None = None
     redis_connection: str = "127.0.0.1:6379"
     feature_service: str = "eta_v1"
+    direct_read: bool = Field(
+        True,
+        description="Serving reads the online store view by view (relay.features.direct), not "
+        "through FeatureStore.get_online_features: the same values, without the SDK's "
+        "per-request protobuf work",
+    )
     # Serving's online reads (relay.features.guarded): a store that is down or slow degrades
     # answers to the features' defaults instead of failing or holding them.
     online_read_timeout_s: float = Field(
