@@ -56,7 +56,7 @@ def _online_rows(store: Any, s: Any, sample: list[dict], backend: str) -> list[t
     for n in (1, 32):
         batch = sample[:n]
         keys = [{k: r[k] for k in store.ENTITY_KEYS} for r in batch]
-        sdk50, sdk99 = _percentiles(lambda: reader.read_sdk(batch))  # noqa: B023
+        sdk50, sdk99 = _percentiles(lambda: reader.read(batch, sdk=True))  # noqa: B023
         out.append(
             (
                 f"online read, {n} order(s), {backend}, eta_v1 service, Feast SDK",

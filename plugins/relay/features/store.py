@@ -32,6 +32,7 @@ from relay.data.lake import (
 )
 from relay.errors import FeatureStoreError, PartitionNotFound
 from relay.features.catalog import VIEWS
+from relay.features.direct import DirectRead
 from relay.features.frames import feature_tables
 from relay.settings import Settings, get_settings
 
@@ -347,30 +348,21 @@ class OnlineFeatures:
             else:
                 self._stored.extend(f.name for f in projection.features)
         self._columns: tuple[str, ...] | None = None
-        self._direct = None
-        if s.feast.direct_read:
-            from relay.features.direct import DirectRead
-
-            self._direct = DirectRead(
-                self.store, self.service, ENTITY_KEYS, self._on_demand, REQUEST_FIELDS
-            )
-
-    def read(self, orders: list[dict[str, Any]]) -> dict[str, list[Any]]:
-        """Feature columns for orders given as request rows (keys and request fields):
-        through :mod:`relay.features.direct` unless ``RELAY_FEAST__DIRECT_READ`` is off."""
-        if self._direct is None:
-            return self.read_sdk(orders)
-        out = self._direct.read(
-            [{k: r[k] for k in (*ENTITY_KEYS, *REQUEST_FIELDS)} for r in orders]
+        self._direct = (
+            DirectRead(self.store, self.service, ENTITY_KEYS, self._on_demand, REQUEST_FIELDS)
+            if s.feast.direct_read
+            else None
         )
-        self._columns = tuple(out)
-        return out
 
-    def read_sdk(self, orders: list[dict[str, Any]]) -> dict[str, list[Any]]:
-        """:meth:`read` through ``FeatureStore.get_online_features``."""
+    def read(self, orders: list[dict[str, Any]], sdk: bool = False) -> dict[str, list[Any]]:
+        """Feature columns for orders given as request rows (keys and request fields), through
+        :mod:`relay.features.direct` unless ``RELAY_FEAST__DIRECT_READ`` is off or ``sdk``."""
         rows = [{k: r[k] for k in (*ENTITY_KEYS, *REQUEST_FIELDS)} for r in orders]
-        resp = self.store.get_online_features(features=self.service, entity_rows=rows)
-        out = dict(resp.to_dict())
+        if self._direct is not None and not sdk:
+            out = self._direct.read(rows)
+        else:
+            resp = self.store.get_online_features(features=self.service, entity_rows=rows)
+            out = dict(resp.to_dict())
         self._columns = tuple(out)
         return out
 
@@ -402,10 +394,6 @@ class OnlineFeatures:
 def online_features(
     orders: pd.DataFrame | list[dict[str, Any]], settings: Settings | None = None
 ) -> pd.DataFrame:
-    """Latest feature values for a batch of orders, in one online-store read.
-
-    Each order needs ``courier_id``, ``merchant_id``, ``zone_id``, ``distance_km`` and either
-    ``hour`` and ``weekday`` or ``created_at``. Unknown ids come back as nulls. For repeated
-    reads, keep an :class:`OnlineFeatures`.
-    """
+    """Latest feature values for a batch of orders (keys, ``distance_km``, and ``hour`` and
+    ``weekday`` or ``created_at``); unknown ids are nulls. Repeated reads: an OnlineFeatures."""
     return OnlineFeatures(settings).read_frame(orders)

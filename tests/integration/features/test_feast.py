@@ -79,7 +79,7 @@ def test_the_direct_read_answers_what_feasts_sdk_answers(feast_settings, lake_da
     assert reader._direct is not None, "serving's default is the direct read"
 
     def same() -> dict[str, list[Any]]:
-        direct, sdk = reader.read(rows), reader.read_sdk(rows)
+        direct, sdk = reader.read(rows), reader.read(rows, sdk=True)
         assert set(direct) == set(sdk)
         for name in sdk:
             assert direct[name] == sdk[name], name
