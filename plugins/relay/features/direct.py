@@ -46,20 +46,22 @@ class DirectRead:
         request_fields: Sequence[str],
     ) -> None:
         odfv = {v.name for v in on_demand}
-        self._store = store
         self._config = store.config
         self._online = store._get_provider().online_store  # the store Feast itself reads
         self._keys = tuple(keys)
         self._on_demand = tuple(on_demand)
         self._request_fields = tuple(request_fields)
-        self._views = tuple(
-            _View(
-                table=store.get_feature_view(p.name),
-                join_keys=tuple(store.get_feature_view(p.name).join_keys),
-                features=tuple(f.name for f in p.features),
-            )
+        tables = {
+            p.name: store.get_feature_view(p.name)
             for p in service.feature_view_projections
             if p.name not in odfv
+        }
+        self._views = tuple(
+            _View(
+                tables[p.name], tuple(tables[p.name].join_keys), tuple(f.name for f in p.features)
+            )
+            for p in service.feature_view_projections
+            if p.name in tables
         )
 
     def read(self, rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
