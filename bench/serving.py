@@ -58,6 +58,9 @@ NOOP_VERSION = "noop"
 SERVE_MODES: dict[str, tuple[str, dict[str, str]]] = {
     "default": ("default proxy", {}),
     "haproxy": ("HAProxy (HAPROXY_ENV)", {}),  # filled from relay.serve.control in _serve_modes
+    # The same, with the prediction cache off: the plain app has none, and every body here
+    # repeats every 64 requests, so the cache answers all but the first of each (see README).
+    "haproxy-nocache": ("HAProxy, no prediction cache", {}),
     "haproxy-bare": ("HAProxy alone", {"RAY_SERVE_ENABLE_HA_PROXY": "1"}),
     "haproxy-same-loop": (
         "HAProxy + throughput-optimized, routers in the caller's loop",
@@ -91,6 +94,7 @@ class Point:
     errors: int
     loadgen_cpu: float  # share of one core the load generator used
     mean_batch: float | None = None  # orders per forward pass (the router's metrics)
+    cache_hit: float | None = None  # share of orders the prediction cache (L1) answered
 
     @property
     def ok(self) -> int:
@@ -108,7 +112,14 @@ class Point:
 def _serve_modes() -> dict[str, tuple[str, dict[str, str]]]:
     from relay.serve.control import HAPROXY_ENV
 
-    return {**SERVE_MODES, "haproxy": (SERVE_MODES["haproxy"][0], dict(HAPROXY_ENV))}
+    return {
+        **SERVE_MODES,
+        "haproxy": (SERVE_MODES["haproxy"][0], dict(HAPROXY_ENV)),
+        "haproxy-nocache": (
+            SERVE_MODES["haproxy-nocache"][0],
+            {**HAPROXY_ENV, "RELAY_SERVING__PREDICTION_CACHE_SIZE": "0"},
+        ),
+    }
 
 
 def _haproxy_binary() -> str:
@@ -300,6 +311,7 @@ def _measure(
     load: dict[int, Any],
     args: argparse.Namespace,
     fill: Callable[[], tuple[float, int]] | None = None,
+    hits: Callable[[], tuple[int, int]] | None = None,
 ) -> list[Point]:
     """Every payload at every connection count; ``fill`` reads the (forward passes, orders
     in them) the router has counted so far, for each point's mean batch size."""
@@ -314,14 +326,19 @@ def _measure(
         run(load[n], 8, args.warmup)  # warm-up: first calls fill caches, pools, connections
         for c in args.conns:
             before = fill() if fill else None
+            hits_before = hits() if hits else None
             requests, secs, p50, p99, errors, cpu = run(load[n], c, args.seconds)
-            batch = None
+            batch = hit = None
             if fill and before:
                 passes, orders = (a - b for a, b in zip(fill(), before, strict=True))
                 batch = orders / passes if passes > 0 else None
-            p = Point(system, ingress, n, c, requests, secs, p50, p99, errors, cpu, batch)
+            if hits and hits_before:
+                looked, found = (a - b for a, b in zip(hits(), hits_before, strict=True))
+                hit = found / looked if looked > 0 else None
+            p = Point(system, ingress, n, c, requests, secs, p50, p99, errors, cpu, batch, hit)
             points.append(p)
             fill_text = "" if batch is None else f" batch {batch:5.1f}"
+            fill_text += "" if hit is None else f" cache hits {hit:.0%}"
             print(
                 f"  {system} {ingress[:14]:14} {n:2} orders c={c:<3} {p.rps:8.0f} req/s "
                 f"{p.pps:9.0f} pred/s p50 {p50:7.1f} ms p99 {p99:7.1f} ms err {errors}{fill_text}",
@@ -444,7 +461,8 @@ def _serve_child(config_path: Path) -> None:
     points: list[Point] = []
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        control.start_serve(s, haproxy=haproxy and cfg["key"] == "haproxy")
+        relay_haproxy = cfg["key"] in ("haproxy", "haproxy-nocache")  # HAPROXY_ENV's ports
+        control.start_serve(s, haproxy=haproxy and relay_haproxy)
         control.deploy_model(versions["batched"], s)
         control.deploy_model(versions["unbatched"], unbatched)
         control.deploy_model(versions["eager"], eager)
@@ -457,7 +475,8 @@ def _serve_child(config_path: Path) -> None:
             ("e", versions["eager"]),
         ):
             control.set_traffic(TrafficSplit(stable=version), s)
-            points += _measure(system, ingress, url, load, args, _fill(s, version))
+            hits = None if version == NOOP_VERSION else _hits(version)
+            points += _measure(system, ingress, url, load, args, _fill(s, version), hits)
     finally:
         Path(cfg["out"]).write_text(json.dumps([asdict(p) for p in points]))
         serve.shutdown()
@@ -473,6 +492,21 @@ def _fill(settings: Any, version: str) -> Callable[[], tuple[float, int]]:
         time.sleep(2 * settings.serving.metrics_push_s)  # the routers push every metrics_push_s
         w = control.live_metrics(settings).get(version) or {}
         return float(w.get("batches", 0.0)), int(w.get("batched_orders", 0))
+
+    return read
+
+
+def _hits(version: str) -> Callable[[], tuple[int, int]]:
+    """The model replica's prediction-cache (L1) lookups and hits so far."""
+    from ray import serve
+
+    from relay.serve.traffic_state import MODEL_DEPLOYMENT, model_app_name
+
+    handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, model_app_name(version))
+
+    def read() -> tuple[int, int]:
+        l1 = handle.cache_stats.remote().result().get("l1") or {}
+        return int(l1.get("lookups") or 0), int(l1.get("hits") or 0)
 
     return read
 
@@ -573,9 +607,9 @@ def _report(
     print("\n### Throughput and latency per load\n")
     print(
         "| system | ingress | orders/request | connections | req/s | predictions/s "
-        "| p50 ms | p99 ms | errors | load generator CPU |"
+        "| p50 ms | p99 ms | errors | load generator CPU | prediction cache hits |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n in PAYLOADS:
         for system in SYSTEMS:
             for ingress in ingresses:
@@ -583,7 +617,8 @@ def _report(
                     print(
                         f"| {SYSTEMS[system]} | {ingress} | {n} | {p.conns} | {p.rps:,.0f} "
                         f"| {p.pps:,.0f} | {p.p50_ms:.1f} | {p.p99_ms:.1f} | {p.errors} "
-                        f"| {p.loadgen_cpu:.0%} |"
+                        f"| {p.loadgen_cpu:.0%} "
+                        f"| {'–' if p.cache_hit is None else format(p.cache_hit, '.0%')} |"
                     )
 
     print(f"\n### Peak throughput, and the highest load with p99 <= {P99_SLO_MS:.0f} ms\n")

@@ -89,6 +89,7 @@ class ETAModel:
         self.eta_range = eta_range
         self.bundle, self.features, self.log = loaded.model, loaded.features, loaded.log
         self.prior_minutes = loaded.prior_minutes
+        self.cache, self.cache_metrics = _prediction_cache(version, self.bundle)
         self.predict_batch.set_max_batch_size(max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._warm_up()
@@ -146,7 +147,12 @@ class ETAModel:
         request_ids = [request_id for rows, request_id in calls for _ in rows]
         read = self.features.read(flat)  # one online-store read for the whole batch
         feats = read.features
-        preds = self.bundle.predict(feats)
+        if self.cache is None:
+            preds = self.bundle.predict(feats)
+        else:
+            preds = self.cache.predict(self.bundle, feats, len(flat))
+            if self.cache_metrics is not None:
+                self.cache_metrics.publish(self.cache.stats)
         elapsed_ms = (time.perf_counter() - t0) * 1000
         answers, records = answer_rows(
             self.version,
@@ -170,6 +176,11 @@ class ETAModel:
             i += len(rows)
         return out
 
+    def cache_stats(self) -> dict[str, Any]:
+        """Lookups, hits, hit rate and mean lookup time per level of the prediction cache
+        (empty when it is off)."""
+        return {} if self.cache is None else self.cache.stats.to_dict()
+
     def flush_log(self) -> int:
         """Write every buffered serving-log record now; returns how many were written so far."""
         self.log.flush()
@@ -179,6 +190,18 @@ class ETAModel:
         log = getattr(self, "log", None)
         if log is not None:
             log.close()
+
+
+def _prediction_cache(version: str, model: Any) -> tuple[Any, Any]:
+    """The replica's prediction cache from the settings (None when off) and its Ray metrics
+    (None outside a Ray worker, e.g. the unit tests' direct construction)."""
+    from relay.serve.prediction_cache import RayCacheMetrics, from_settings
+    from relay.settings import get_settings
+
+    cache = from_settings(version, getattr(model, "variant", None), get_settings().serving)
+    if cache is None or not ray.is_initialized():
+        return cache, None
+    return cache, RayCacheMetrics(version)
 
 
 async def _call(

@@ -45,6 +45,9 @@ class ServingRequirements(_Frozen):
 
     memory_mb: int | None = Field(None, gt=0, description="Memory per replica (Ray reserves it)")
     cpus: float | None = Field(None, gt=0, description="CPUs per replica")
+    gpus: float | None = Field(
+        None, ge=0, description="GPUs per replica (a fraction shares one); unset: the settings'"
+    )
     replicas: int | None = Field(
         None, ge=1, description="Replicas the version needs; the settings' count is the floor"
     )

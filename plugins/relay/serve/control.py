@@ -8,6 +8,7 @@ only change that actor, between versions that are already running.
 from __future__ import annotations
 
 import importlib
+import logging
 import time
 from typing import Any
 
@@ -17,6 +18,8 @@ from relay.serve.faults import Fault, faults_from_config, faults_to_config
 from relay.serve.traffic import TrafficSplit
 from relay.serve.traffic_state import model_app_name, traffic_state
 from relay.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 HAPROXY_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
@@ -166,10 +169,18 @@ def rollback(settings: Settings | None = None) -> TrafficSplit:
     return set_traffic(TrafficSplit(stable=now.stable), settings)
 
 
-def remove_model(version: str) -> None:
+def remove_model(version: str, settings: Settings | None = None) -> None:
+    """Delete a version's deployment, and its predictions in the shared cache (L2): nothing
+    may answer for a version that no longer serves."""
     from ray import serve
 
+    from relay.serve.prediction_cache import forget_version
+
     serve.delete(model_app_name(version))
+    try:
+        forget_version((settings or get_settings()).serving, version)
+    except Exception as err:
+        log.warning("could not drop %s's cached predictions: %s", version, err)
 
 
 def deployed_models() -> list[str]:

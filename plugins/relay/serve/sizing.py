@@ -1,7 +1,7 @@
 """How big a model version's deployment is: its stored needs, within the operator's settings.
 
 A version records what a replica needs (:class:`relay.registry.ServingRequirements`: CPUs,
-memory, replicas), because a bigger model needs more, whatever the platform's defaults. The
+GPUs, memory, replicas), because a bigger model needs more, whatever the platform's defaults. The
 settings stay the floor for the replica count (the prod profile's two, so one replica dying
 never leaves a version dark); CPUs and memory are the version's when it states them, the
 settings' otherwise.
@@ -23,6 +23,9 @@ def model_replica_options(
     """``num_replicas`` and the ``ray_actor_options`` sizes for one version's deployment."""
     needs = needs or ServingRequirements()
     actor: dict[str, Any] = {"num_cpus": needs.cpus or serving.model_cpus}
+    gpus = needs.gpus if needs.gpus is not None else serving.model_gpus
+    if gpus:
+        actor["num_gpus"] = gpus  # the replica then sees its GPU (CUDA_VISIBLE_DEVICES)
     if needs.memory_mb is not None:
         actor["memory"] = needs.memory_mb * _MIB
     return {

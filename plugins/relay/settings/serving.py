@@ -169,7 +169,29 @@ class ServingSettings(BaseModel):
     health_check_timeout_s: float = Field(
         1.0, gt=0, description="A replica's health check slower than this fails"
     )
+    # The prediction cache (relay.serve.prediction_cache): answers by version and feature vector.
+    prediction_cache_size: int = Field(
+        4096, ge=0, description="Predictions an L1 (per model replica, LRU) keeps; 0: no cache"
+    )
+    prediction_cache_ttl_s: float = Field(
+        60.0, gt=0, description="A cached prediction is answered for at most this long"
+    )
+    prediction_cache_redis_url: str | None = Field(
+        None, description="L2 shared by a version's replicas (redis://host:port/db); None: none"
+    )
+    prediction_cache_timeout_s: float = Field(
+        0.005, gt=0, description="An L2 lookup or write slower than this is a miss"
+    )
+    prediction_cache_retry_after_s: float = Field(
+        10.0, ge=0, description="After an L2 failure, L2 is not asked for this long"
+    )
     model_cpus: float = 0.5
+    model_gpus: float = Field(
+        0.0,
+        ge=0,
+        description="GPUs per model replica (0: CPU; 1 on a GPU node; a fraction shares one); "
+        "a version's stored serving.gpus overrides it",
+    )
     router_cpus: float = 0.25
     log_max_batch: int = 1000
     log_max_delay_s: float = 1.0

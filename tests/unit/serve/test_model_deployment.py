@@ -158,3 +158,46 @@ def test_the_health_check_needs_a_finite_prediction_and_not_the_store() -> None:
     model.bundle = Wild()  # NaN for the first row
     with pytest.raises(RuntimeError, match="predicts nan"):
         model.check_health()
+
+
+class Loaded10(Minutes):
+    """10 minutes per km plus the first numeric feature (a courier's load, say); counts rows."""
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+
+    def predict(self, frame: Any) -> list[float]:
+        self.rows.append(len(frame["order_distance_km"]))
+        return [
+            10.0 * d + (f or 0.0)
+            for d, f in zip(frame["order_distance_km"], frame[NUMERIC[0]], strict=True)
+        ]
+
+
+def test_the_prediction_cache_answers_a_repeat_and_a_changed_feature_on_the_next_request() -> None:
+    from serving.app import ETAModel
+
+    class Pushed(Store):
+        value = 1.0
+
+        def read(self, orders: list[dict[str, Any]]) -> dict[str, list[Any]]:
+            out = super().read(orders)
+            out[NUMERIC[0]] = [self.value] * len(orders)
+            return out
+
+    features, log, net = Features(), Log(), Loaded10()
+    features.store = Pushed()
+    model = ETAModel.func_or_class(
+        "v1", 32, 0.05, loader=lambda version: Loaded(net, features, log)
+    )
+    assert model.cache is not None  # on by default (RELAY_SERVING__PREDICTION_CACHE_SIZE)
+    net.rows.clear()
+    (a,) = model.answer([([_row("a", 1.0)], "req-1")])
+    (b,) = model.answer([([_row("a", 1.0)], "req-2")])
+    assert a[0]["eta_minutes"] == b[0]["eta_minutes"] == 11.0
+    assert net.rows == [1]  # the repeat came from the cache
+    features.store.value = 4.0  # a push lands in the online store
+    (c,) = model.answer([([_row("a", 1.0)], "req-3")])
+    assert c[0]["eta_minutes"] == 14.0
+    assert model.cache_stats()["l1"]["hits"] == 1
+    assert len(log.records) == 3  # a cached answer is served, so logged

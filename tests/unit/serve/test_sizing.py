@@ -28,3 +28,16 @@ def test_old_records_with_the_former_defaults_still_read() -> None:
     stored = {"memory_mb": 512, "cpus": 1.0, "latency_sla_ms": 50.0, "qps_limit": 100}
     needs = ServingRequirements.model_validate(stored)
     assert needs.replicas is None and needs.cpus == 1.0
+
+
+def test_gpus_come_from_the_settings_unless_the_version_states_them() -> None:
+    cpu_only = ServingSettings(model_gpus=0.0)
+    assert "num_gpus" not in model_replica_options(None, cpu_only)["ray_actor_options"]
+    gpu_node = ServingSettings(model_gpus=1.0)
+    assert model_replica_options(None, gpu_node)["ray_actor_options"]["num_gpus"] == 1.0
+    shared = ServingRequirements(gpus=0.25)
+    assert model_replica_options(shared, gpu_node)["ray_actor_options"]["num_gpus"] == 0.25
+    assert (
+        "num_gpus"
+        not in model_replica_options(ServingRequirements(gpus=0.0), gpu_node)["ray_actor_options"]
+    )  # a version that says CPU stays on CPU
