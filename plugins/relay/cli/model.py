@@ -95,6 +95,8 @@ def train(
         f"holdout: {res.holdout_path}\nnext: relay register --output {output} "
         f"--training-set {training_set}"
     )
+    if res.optimised is not None:
+        console.print(f"optimise: {res.optimised.reason}")
     typer.echo(str(output))
 
 

@@ -22,7 +22,8 @@ from relay.evaluate.gate import GateVerdict, decide, margin
 from relay.evaluate.metrics import Evaluation, evaluate, paired_slice_se
 from relay.evaluate.report import write_report
 from relay.features.catalog import LABEL, WEATHER, model_inputs
-from relay.model.bundle import ModelBundle
+from relay.model.bundle import OPTIMISED_FILE, ModelBundle, read_outcome
+from relay.model.quantise import OptimiseOutcome
 from relay.registry import ModelState, ModelVersion, Registry, Stage, check_transition
 from relay.settings import Settings, get_settings
 
@@ -91,6 +92,7 @@ def evaluate_challenger(
     champion_version: str | None = None,
     model_name: str | None = None,
     slice_margin: float | None = None,
+    optimised: OptimiseOutcome | None = None,
 ) -> ChallengerEvaluation:
     """Score a challenger (and the champion, if any) on one holdout, gate it, write a report.
 
@@ -105,6 +107,7 @@ def evaluate_challenger(
         model_name: the model's name in the evaluations; default the registry's model name.
         slice_margin: this run's slice margin over ``settings.gate.slice_margin``
             (:func:`relay.evaluate.gate.decide`).
+        optimised: the optimise stage's verdict on the challenger, shown in the report.
 
     Returns:
         Both evaluations, the gate's verdict and the report's path.
@@ -139,6 +142,8 @@ def evaluate_challenger(
         ours,
         theirs,
         verdict,
+        optimised=optimised,
+        variant=challenger.variant,
     )
     return ChallengerEvaluation(ev_challenger, ev_champion, verdict, report)
 
@@ -159,6 +164,8 @@ def evaluate_version(
     the transition's reason holds the gate's checks, failing ones first. A version left in
     Evaluating by an interrupted run is evaluated again. The holdout and both models are loaded
     before the first transition, so a missing file or a corrupt artifact changes no state.
+    Each model is judged with the weights serving loads for it: INT8 where the optimise stage
+    accepted them and measured them faster (:meth:`ModelBundle.from_registry`), else float.
 
     Args:
         version_id: the challenger, in state Trained (or Evaluating).
@@ -195,6 +202,7 @@ def evaluate_version(
     production = reg.stage_version(Stage.PRODUCTION, version.name)
     champion_id = None if production is None or production.id == version_id else production.id
     champion = None if champion_id is None else ModelBundle.from_registry(reg, champion_id)
+    optimised = _optimised(reg, version)
     report = Path(report_path or s.reports_dir / "evaluation" / f"{version_id}.html")
 
     if version.state is ModelState.TRAINED:
@@ -215,6 +223,7 @@ def evaluate_version(
             champion_version=champion_id,
             model_name=version.name,
             slice_margin=slice_margin,
+            optimised=optimised,
         )
     except InvalidPredictions as err:
         if err.role == "challenger":
@@ -227,6 +236,13 @@ def evaluate_version(
         reason = f"gate REJECTED but deployment forced: {reason}"
     updated = reg.transition(version_id, target, reason)
     return VersionEvaluation(updated, champion_id, result)
+
+
+def _optimised(registry: Registry, version: ModelVersion) -> OptimiseOutcome | None:
+    if OPTIMISED_FILE not in {ref.name for ref in version.artifacts}:
+        return None
+    text = registry.load_artifact(version.id, OPTIMISED_FILE).decode()
+    return read_outcome(text, f"{OPTIMISED_FILE} of {version.id}")
 
 
 def transition_reason(verdict: GateVerdict, report: Path | None = None) -> str:

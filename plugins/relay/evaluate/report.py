@@ -21,6 +21,8 @@ from relay.verdict import FAIL
 if TYPE_CHECKING:  # pragma: no cover, typing only
     import plotly.graph_objects as go
 
+    from relay.model.quantise import OptimiseOutcome
+
 MAX_SCATTER_POINTS = 5_000
 
 
@@ -35,12 +37,15 @@ def write_report(
     *,
     max_points: int = MAX_SCATTER_POINTS,
     seed: int = 0,
+    optimised: OptimiseOutcome | None = None,
+    variant: str = "float",
 ) -> Path:
     """Write a self-contained HTML report comparing a challenger with the champion.
 
     The page embeds plotly.js once, so it opens offline. Sections: metrics table, residual
     histogram, predicted vs actual (at most ``max_points`` points, one shared random subset),
-    MAE by slice (one chart per slice), and the gate verdict.
+    MAE by slice (one chart per slice), the gate verdict and, when the optimise stage ran, its
+    INT8 verdict.
 
     Args:
         path: the HTML file to write; its folder is created.
@@ -52,6 +57,8 @@ def write_report(
         verdict: the gate's verdict, if the gate was run.
         max_points: cap on the scatter's points.
         seed: seed of the scatter's subsample.
+        optimised: the optimise stage's verdict on the challenger's INT8 model, if it ran.
+        variant: which of the challenger's weights were evaluated: ``float`` or ``int8``.
 
     Returns:
         The path written.
@@ -101,6 +108,8 @@ def write_report(
         slice_rows=_slice_rows(challenger, champion),
         figures=rendered,
         verdict=verdict,
+        optimised=optimised,
+        variant=variant,
         fail=FAIL,
         n_scatter=min(len(true), max_points),
         n_rows=len(true),
@@ -257,6 +266,18 @@ _TEMPLATE = """<!DOCTYPE html>
 <p>The gate was not run for this report.</p>
 {% endif %}
 </section>
+
+{% if optimised or variant != "float" %}
+<section id="optimised">
+<h2>Optimised model</h2>
+<p>Evaluated with its {{ variant }} weights (those serving loads).</p>
+{% if optimised %}
+<p class="{{ 'pass' if optimised.accepted else 'fail' }}">{{ optimised.reason }}</p>
+<p class="small">{{ optimised.method }}; {{ "{:,}".format(optimised.holdout_rows) }} holdout
+orders, a {{ optimised.timing_rows }}-row batch timed on {{ optimised.measured_on }}.</p>
+{% endif %}
+</section>
+{% endif %}
 
 <section id="metrics">
 <h2>Metrics</h2>

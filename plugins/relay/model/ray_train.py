@@ -21,7 +21,9 @@ from typing import Any
 
 import pandas as pd
 
+from relay.model.optimise import optimise_run
 from relay.model.preprocess import Preprocessor
+from relay.model.quantise import OptimiseOutcome
 from relay.model.training import model_inputs, save_run, split_by_time
 from relay.settings import Settings, get_settings
 
@@ -67,6 +69,7 @@ class TrainResult:
     holdout_path: str
     samples_per_second: float
     checkpoint_path: str | None
+    optimised: OptimiseOutcome | None = None
 
 
 def resolve_hyperparameters(req: TrainRequest, settings: Settings) -> dict[str, Any]:
@@ -225,7 +228,9 @@ def run_training(req: TrainRequest, settings: Settings | None = None) -> TrainRe
     """Train on a training-set Parquet with Ray Train and save the model to ``output_dir``.
 
     Saves ``model.pt`` (best weights), ``net_config.json``, ``preprocessor.json``,
-    ``metrics.json`` and the holdout Parquet the evaluation uses.
+    ``metrics.json`` and the holdout Parquet the evaluation uses; then, unless
+    ``RELAY_OPTIMISE__ENABLED`` is false, the optimise stage's ``optimised.json`` (and
+    ``model.int8.pt`` when it accepted the INT8 model), judged on the same holdout.
     """
     import ray
     import ray.data
@@ -299,6 +304,8 @@ def run_training(req: TrainRequest, settings: Settings | None = None) -> TrainRe
     model.load_state_dict(state["best_model"] or state["model"])
     metrics = dict(result.metrics or {})
     save_run(out, model, prep, hp, metrics, len(split.train))
+    # Here, where the holdout is still in memory: every run, and so every version, gets it.
+    optimised = optimise_run(out, split.holdout, s) if s.optimise.enabled else None
     return TrainResult(
         output_dir=out,
         metrics=metrics,
@@ -307,4 +314,5 @@ def run_training(req: TrainRequest, settings: Settings | None = None) -> TrainRe
         holdout_path=paths["holdout"],
         samples_per_second=float(metrics.get("samples_per_second", 0.0)),
         checkpoint_path=result.checkpoint.path,
+        optimised=optimised,
     )

@@ -1,12 +1,14 @@
 """From a training run's output folder to a registered model version.
 
 ``run_training`` leaves ``model.pt``, ``net_config.json``, ``preprocessor.json`` and
-``metrics.json`` in its output folder. :func:`register_trained` checks that the three model
-files load together, then registers all four (and an evaluation report, if given) as the next
-version in state Trained, with what the registry needs to answer "where did this come from?":
-the feature service, the training set and its data partitions, the code commit, a hash of the
-configuration and the production version it is meant to replace. The history's "trained on"
-line is a note for people; the drift job reads the lineage's ``training_set``.
+``metrics.json`` in its output folder, and the optimise stage (:mod:`relay.model.optimise`)
+its ``optimised.json`` and, when it accepted the INT8 model, ``model.int8.pt``.
+:func:`register_trained` checks that the three model files load together, then registers them
+all (and an evaluation report, if given) as the next version in state Trained, with what the
+registry needs to answer "where did this come from?": the feature service, the training set and
+its data partitions, the code commit, a hash of the configuration and the production version it
+is meant to replace. The history's "trained on" line is a note for people; the drift job reads
+the lineage's ``training_set``.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ from relay.model.bundle import (
     METRICS_FILE,
     MODEL_FILE,
     NET_CONFIG_FILE,
+    OPTIMISE_FILES,
+    OPTIMISED_FILE,
     PREPROCESSOR_FILE,
     ModelBundle,
     ModelBundleError,
     feature_count,
+    read_outcome,
 )
 from relay.registry import (
     BumpKind,
@@ -65,7 +70,8 @@ def register_trained(
 
     Args:
         output_dir: The run's output folder (``model.pt``, ``net_config.json``,
-            ``preprocessor.json``, ``metrics.json``).
+            ``preprocessor.json``, ``metrics.json``; ``optimised.json`` and
+            ``model.int8.pt`` when the optimise stage ran).
         training_set_uri: The training-set Parquet the run read; recorded in the lineage
             (:func:`training_set_ref`), the drift job's reference.
         data_partitions: Lake partitions behind the training set, e.g. ``["2026-11-19"]``.
@@ -84,7 +90,8 @@ def register_trained(
         The registered version.
 
     Raises:
-        ModelBundleError: A file is missing, or the weights do not fit the config.
+        ModelBundleError: A file is missing, the weights do not fit the config, or
+            ``optimised.json`` was made from another ``model.pt``.
         VersionNotFound: ``parent`` is not registered.
         VersionConflict: A concurrent registration took the same version; register again.
     """
@@ -102,6 +109,7 @@ def register_trained(
         name: folder / name for name in (MODEL_FILE, PREPROCESSOR_FILE, NET_CONFIG_FILE)
     }
     artifacts[METRICS_FILE] = folder / METRICS_FILE
+    artifacts.update(optimised_artifacts(folder))
     if evaluation_report is not None:
         artifacts[REPORT_ARTIFACT] = Path(evaluation_report)
     return reg.register(
@@ -127,6 +135,29 @@ def register_trained(
         reason=f"trained on {training_set_uri}",
         serving=serving,
     )
+
+
+def optimised_artifacts(folder: Path) -> dict[str, Path | bytes]:
+    """The optimise stage's files in a run folder, once checked to belong to its ``model.pt``.
+
+    A run folder is re-used by a re-run; a verdict left by an earlier run would otherwise
+    ship another model's INT8 weights with this one.
+
+    Raises:
+        ModelBundleError: ``optimised.json`` is unreadable or was made from another model.
+    """
+    verdict = folder / OPTIMISED_FILE
+    if not verdict.is_file():
+        return {}
+    outcome = read_outcome(verdict.read_text(), str(verdict))
+    actual = hashlib.sha256((folder / MODEL_FILE).read_bytes()).hexdigest()
+    if outcome.float_sha256 != actual:
+        raise ModelBundleError(
+            f"{verdict} was made from another model.pt (sha256 {outcome.float_sha256[:12]}…, "
+            f"this one {actual[:12]}…); run the optimise stage again or delete it and "
+            f"{folder / OPTIMISE_FILES[0]}"
+        )
+    return {name: folder / name for name in OPTIMISE_FILES if (folder / name).is_file()}
 
 
 def training_set_ref(uri: str, partitions: Sequence[str] = ()) -> TrainingSetRef:

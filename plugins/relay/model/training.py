@@ -138,11 +138,16 @@ def tensor_batches(
         yield {k: t[idx] for k, t in tensors.items()}
 
 
-def load_model(state: Mapping[str, torch.Tensor], config: Mapping[str, object]) -> ETANet:
-    """Rebuild a network from its saved config and weights."""
+def net_from_config(config: Mapping[str, object]) -> ETANet:
+    """An untrained network of the shape a saved ``net_config.json`` describes."""
     cfg = dict(config)
     cfg["cardinalities"] = tuple(cfg["cardinalities"])  # type: ignore[arg-type]
-    model = ETANet(NetConfig(**cfg))  # type: ignore[arg-type]
+    return ETANet(NetConfig(**cfg))  # type: ignore[arg-type]
+
+
+def load_model(state: Mapping[str, torch.Tensor], config: Mapping[str, object]) -> ETANet:
+    """Rebuild a network from its saved config and weights."""
+    model = net_from_config(config)
     model.load_state_dict(state)
     model.eval()
     return model

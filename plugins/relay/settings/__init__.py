@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relay.errors import ConfigError
 from relay.features.catalog import psi_thresholds as _catalog_psi_thresholds
+from relay.settings.optimise import OptimiseSettings
 from relay.settings.serving import RolloutSettings, ServingSettings
 
 
@@ -286,6 +287,7 @@ class Settings(BaseSettings):
     data: DataSettings = DataSettings()
     validation: ValidationSettings = ValidationSettings()
     train: TrainSettings = TrainSettings()
+    optimise: OptimiseSettings = OptimiseSettings()
     registry: RegistrySettings = RegistrySettings()
     gate: GateSettings = GateSettings()
     rollout: RolloutSettings = RolloutSettings()
