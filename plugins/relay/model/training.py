@@ -122,8 +122,10 @@ def predict(
     """Predicted minutes for a frame or Feast's online response (dict of columns)."""
     model.eval()
     arrays = prep.transform(frame)
-    tensors = [torch.from_numpy(arrays[k]) for k in INPUTS]
-    return model(*tensors).numpy().astype(np.float64)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with torch.inference_mode():  # no autograd graph: serving never backpropagates
+        tensors = [torch.from_numpy(arrays[k]).to(device) for k in INPUTS]
+        return model(*tensors).cpu().numpy().astype(np.float64)
 
 
 def tensor_batches(

@@ -69,6 +69,8 @@ def load_version(version: str) -> Loaded:
 
     s = get_settings()
     bundle = ModelBundle.from_registry(Registry(s), version)
+    if bundle.variant == "float" and serving_device() == "cuda":
+        bundle.model.to("cuda")  # INT8 (dynamic quantisation) runs on CPU only
     return Loaded(
         model=bundle,
         features=GuardedReader(
@@ -81,3 +83,18 @@ def load_version(version: str) -> Loaded:
         ),
         prior_minutes=bundle.preprocessor.label_mean,
     )
+
+
+def serving_device() -> str:
+    """``cuda`` when this process may use a GPU: Ray gave its replica one
+    (``RELAY_SERVING__MODEL_GPUS`` or the version's ``serving.gpus``), or, outside Ray, torch
+    sees one; else ``cpu``."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    import ray
+
+    if ray.is_initialized() and not ray.get_gpu_ids():
+        return "cpu"  # a CPU replica on a GPU node leaves the GPU to the replicas given it
+    return "cuda"

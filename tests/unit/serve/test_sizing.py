@@ -41,3 +41,14 @@ def test_gpus_come_from_the_settings_unless_the_version_states_them() -> None:
         "num_gpus"
         not in model_replica_options(ServingRequirements(gpus=0.0), gpu_node)["ray_actor_options"]
     )  # a version that says CPU stays on CPU
+
+
+def test_a_model_serves_on_the_gpu_only_where_torch_sees_one(monkeypatch) -> None:
+    import torch
+
+    from relay.serve.loader import serving_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert serving_device() == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert serving_device() == "cuda"  # outside Ray: the plain app, a script
