@@ -144,6 +144,18 @@ class ServingSettings(BaseModel):
     app_module: str = "serving.app"
     max_batch_size: int = 32
     batch_wait_timeout_s: float = 0.010
+    flush_when_idle: bool = Field(
+        True,
+        description="A request that finds no other in its model replica is answered at once, "
+        "without waiting out batch_wait_timeout_s for a batch that won't fill; under load "
+        "requests still batch",
+    )
+    idle_after_s: float = Field(
+        1.0,
+        ge=0,
+        description="flush_when_idle: a replica is idle once no two requests overlapped in it "
+        "for this long (a busy one keeps batching between bursts)",
+    )
     # Must exceed batch size x concurrent batches, or batches never fill (Serve's default is 5).
     max_ongoing_requests: int = 256
     # Replicas of each model version and of the router (prod profile: 2 at least, one dying

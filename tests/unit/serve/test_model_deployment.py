@@ -201,3 +201,48 @@ def test_the_prediction_cache_answers_a_repeat_and_a_changed_feature_on_the_next
     assert c[0]["eta_minutes"] == 14.0
     assert model.cache_stats()["l1"]["hits"] == 1
     assert len(log.records) == 3  # a cached answer is served, so logged
+
+
+def test_a_lone_request_is_answered_at_once_and_concurrent_ones_go_to_the_batcher() -> None:
+    import asyncio
+
+    from serving.app import ETAModel
+
+    features, log = Features(), Log()
+    model = ETAModel.func_or_class(
+        "v1", 32, 0.05, loader=lambda version: Loaded(Minutes(), features, log)
+    )
+    direct: list[int] = []
+    batched: list[str] = []
+    answer = model.answer
+
+    def counted(calls):
+        direct.append(len(calls))
+        return answer(calls)
+
+    async def batcher(call):  # Serve's @serve.batch needs a replica; this records its callers
+        batched.append(call[1])
+        await asyncio.sleep(0)
+        return answer([call])[0]
+
+    model.answer, model.predict_batch = counted, batcher
+
+    async def main() -> list[list[dict[str, Any]]]:
+        alone = await model.predict([_row("a", 1.0)], "req-1")
+        together = await asyncio.gather(
+            *(model.predict([_row(f"o{i}", float(i))], f"req-{i}") for i in range(2, 6))
+        )
+        return [alone, *together]
+
+    answers = asyncio.run(main())
+    assert direct == [1] and batched == ["req-2", "req-3", "req-4", "req-5"]
+    assert [a[0]["eta_minutes"] for a in answers] == [10.0, 20.0, 30.0, 40.0, 50.0]
+    # Right after requests overlapped, a lone one still batches (load comes in bursts) ...
+    asyncio.run(model.predict([_row("c", 1.0)], "req-7"))
+    assert direct == [1] and batched[-1] == "req-7"
+    model._overlapped_at -= model.idle_after_s + 1  # ... until the replica has been idle
+    asyncio.run(model.predict([_row("d", 1.0)], "req-8"))
+    assert direct == [1, 1]
+    model.flush_when_idle = False  # RELAY_SERVING__FLUSH_WHEN_IDLE=false: always the window
+    asyncio.run(model.predict([_row("b", 1.0)], "req-6"))
+    assert direct == [1, 1] and batched[-1] == "req-6"
