@@ -16,6 +16,7 @@ import datetime as dt
 from airflow.sdk import dag, task
 
 from relay.airflow.assets import FEATURE_TABLES
+from relay.airflow.notifier import RelayNotifier
 
 
 @dag(
@@ -32,6 +33,7 @@ from relay.airflow.assets import FEATURE_TABLES
         "retry_delay": dt.timedelta(minutes=2),
         "execution_timeout": dt.timedelta(minutes=20),
     },
+    on_failure_callback=RelayNotifier(),
 )
 def eta_features() -> None:
     @task(outlets=[FEATURE_TABLES])

@@ -4,7 +4,9 @@ Reads the serving log of the last ``RELAY_MONITORING__WINDOW_HOURS`` and the act
 times that have landed, writes an Evidently report (HTML, path in the task log) and decides:
 
 * **ok**: nothing to do;
-* **retrain**: features or predictions drifted: trigger ``eta_training`` with the reason;
+* **retrain**: features or predictions drifted: trigger ``eta_training`` with the reason, one
+  run at a time and not again for a retrain the gate rejected on the same data
+  (:mod:`relay.monitor.retrain`; a retrain not triggered shows as a skipped ``retrain``);
 * **rollback**: production's live accuracy is down against the previous version: restore it.
 
 The decision is :func:`relay.monitor.rules.decide` (pure, thresholds in ``RELAY_MONITORING__*``).
@@ -17,6 +19,7 @@ import datetime as dt
 from airflow.sdk import dag, task
 
 from relay.airflow.assets import DRIFT_REPORTS
+from relay.airflow.notifier import RelayNotifier
 from relay.airflow.operators import RayJobOperator
 
 
@@ -34,14 +37,17 @@ from relay.airflow.operators import RayJobOperator
         "retry_delay": dt.timedelta(minutes=2),
         "execution_timeout": dt.timedelta(minutes=30),
     },
+    on_failure_callback=RelayNotifier(),
 )
 def eta_monitoring() -> None:
     @task(outlets=[DRIFT_REPORTS])
-    def drift_report(data_interval_end: dt.datetime | None = None) -> dict:
+    def drift_report(
+        data_interval_end: dt.datetime | None = None, run_id: str | None = None
+    ) -> dict:
         from relay.flows.eta_monitoring import run_monitoring
 
         end = data_interval_end or dt.datetime.now(dt.UTC)
-        verdict = run_monitoring(end)
+        verdict = run_monitoring(end, run_id=run_id)
         print("\n".join([f"monitoring: {verdict['action'].upper()}", *verdict["reasons"]]))
         print(f"drift report: {verdict.get('report_path')}")
         if verdict.get("quality_report_path"):
@@ -58,13 +64,11 @@ def eta_monitoring() -> None:
 
     @task
     def retrain(verdict: dict, **context: object) -> None:
-        # Imported here: the trigger operator pulls in SQLAlchemy (~1 s) at parse time.
-        from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+        # One retrain at a time: skipped while eta_training is queued or running, after a gate
+        # rejection of the same retrain until newer data lands, and for a run id already taken.
+        from relay.airflow.retrain import trigger_retrain
 
-        print(f"triggering eta_training: {verdict['conf']['reason']}")
-        TriggerDagRunOperator(
-            task_id="trigger_eta_training", trigger_dag_id="eta_training", conf=verdict["conf"]
-        ).execute(context)
+        trigger_retrain(verdict, context)
 
     rollback = RayJobOperator(
         task_id="rollback",

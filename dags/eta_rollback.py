@@ -4,6 +4,7 @@ Trigger from the UI with **Trigger DAG w/ config** and the version id (``relay m
 shows them). The version must still be deployable (validated, serving or deprecated); the
 registry points production at it and the endpoint moves all traffic to it at once. A rollout
 running meanwhile is aborted (recorded with this run's id and the reason) and nothing undoes it.
+The version replaced is marked rolled back; a version marked so is restored only with ``force``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import datetime as dt
 
 from airflow.sdk import Param, dag, task
 
+from relay.airflow.notifier import RelayNotifier
 from relay.airflow.operators import RayJobOperator
 
 
@@ -23,11 +25,17 @@ from relay.airflow.operators import RayJobOperator
     tags=["relay", "eta", "serving"],
     doc_md=__doc__,
     default_args={"owner": "relay", "retries": 1, "retry_delay": dt.timedelta(seconds=30)},
+    on_failure_callback=RelayNotifier(),
     params={
         "target_version": Param(
             type="string", minLength=1, description="Version id to restore, e.g. eta_mlp_1.2.0_…"
         ),
         "reason": Param("manual rollback from the Airflow UI", type="string"),
+        "force": Param(
+            False,
+            type="boolean",
+            description="Restore it even if it was rolled back before (nothing automatic will)",
+        ),
     },
 )
 def eta_rollback() -> None:
@@ -48,6 +56,7 @@ def eta_rollback() -> None:
         entrypoint=(
             "python -m ray_jobs.rollout restore "
             "--version {{ ti.xcom_pull(task_ids='check_target') }}"
+            "{{ ' --force' if params.force else '' }}"
         ),
         # Free text goes through the environment, never through the shell command line.
         env_vars={

@@ -16,6 +16,7 @@ from airflow.sdk import Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from relay.airflow.assets import FEATURE_TABLES, PRODUCTION_MODEL, VALIDATED_ORDERS
+from relay.airflow.notifier import RelayNotifier
 from relay.airflow.operators import RayJobOperator, RolloutWaitOperator
 
 RUN = "{{ ti.xcom_pull(task_ids='plan')['run_dir'] }}"
@@ -78,7 +79,14 @@ def _pipeline():  # type: ignore[no-untyped-def]
             "empty: RELAY_GATE__SLICE_MARGIN. Drift retrains use the drift margin.",
         ),
         "reason": Param("scheduled", type="string", description="Why this run (monitoring)"),
+        "trigger": Param(
+            {},
+            type="object",
+            description="What asked for this run (monitoring fills it: its run id, the drift "
+            "report); the new version's lineage records it",
+        ),
     },
+    on_failure_callback=RelayNotifier(),
 )
 def eta_training() -> None:
     @task
@@ -174,6 +182,7 @@ def eta_training() -> None:
             tset["partitions"],
             force=bool((params or {}).get("force_deploy")),
             slice_margin=(params or {}).get("slice_margin"),
+            conf=params,  # its reason and trigger: the version records why it was trained
         )
 
     @task.branch
@@ -181,9 +190,13 @@ def eta_training() -> None:
         return "rollout" if outcome["deploy"] else "gate_rejected"
 
     @task
-    def gate_rejected(outcome: dict) -> None:
+    def gate_rejected(outcome: dict, run_id: str | None = None, dag_run: object = None) -> None:
+        from relay.flows.eta_retrain import note_gate_rejection
+
         print(f"{outcome['version']} not deployed: the gate rejected it\n{outcome['summary']}")
         print(f"evaluation report: {outcome['report']}")
+        # A monitoring retrain: not asked for again on the same data (relay.monitor.retrain).
+        note_gate_rejection(run_id or "manual", getattr(dag_run, "conf", None), outcome["version"])
 
     # Starts the rollout (the first version simply serves) and returns; the cluster's rollout
     # controller walks it through its steps. Retrying is safe: a live rollout is followed.

@@ -14,6 +14,7 @@ from relay.cli import (
     experiment,
     features,
     model,
+    monitor,
     registry,
     replay,
     rollout,
@@ -53,4 +54,5 @@ app.add_typer(registry.app, name="models")
 app.add_typer(serve.app, name="serve")
 app.add_typer(rollout.app, name="rollout")
 app.add_typer(experiment.app, name="experiment")
+app.add_typer(monitor.app, name="monitor")
 app.add_typer(stack.app, name="stack")

@@ -100,10 +100,15 @@ def models_promote(
         typer.Option(help="Version the stage must point to now (refused otherwise)"),
     ] = None,
     reason: Annotated[str, typer.Option(help="Recorded in the history")] = "",
+    force: Annotated[
+        bool, typer.Option(help="Promote it even if it was rolled back before")
+    ] = False,
 ) -> None:
     """Point a stage at a version (compare-and-set: refused if the stage moved meanwhile)."""
     registry = _registry()
-    pointer = run(lambda: registry.promote(version, stage.value, expect, reason))
+    pointer = run(
+        lambda: registry.promote(version, stage.value, expect, reason, allow_rolled_back=force)
+    )
     previous = pointer.previous_version_id or "no version"
     console.print(f"{pointer.stage.value}: {previous} -> {pointer.version_id}")
 

@@ -150,16 +150,22 @@ def serve_restore(
     by: Annotated[
         str, typer.Option(envvar="RELAY_RESTORE_BY", help="Who restores (recorded); this process")
     ] = "",
+    force: Annotated[
+        bool, typer.Option(help="Serve it even if it was rolled back before (a person's choice)")
+    ] = False,
 ) -> None:
     """Serve an earlier version with all traffic and point production at it (a rollback).
 
-    A live rollout is aborted first, recording who and why; nothing undoes the restore.
+    A live rollout is aborted first, recording who and why; nothing undoes the restore. The
+    version replaced is marked rolled back: no automatic move serves it again.
     """
     from relay.rollout.manual import restore
     from relay.rollout.runner import ensure_controller
 
     serving_control()
-    done = run(lambda: restore(version, by=by or None, reason=reason or f"restored {version}"))
+    done = run(
+        lambda: restore(version, by=by or None, reason=reason or f"restored {version}", force=force)
+    )
     ensure_controller()  # it finishes what an ended rollout lacks, and watches production
     if done.aborted is not None:
         out.print(f"aborted rollout {done.aborted.id} of {done.aborted.candidate}")

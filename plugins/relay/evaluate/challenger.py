@@ -29,6 +29,9 @@ from relay.settings import Settings, get_settings
 
 SLICE_COLUMNS = ("zone_id", "hour", WEATHER)
 """Columns the default slices read: zone, hour (banded) and the zone's weather."""
+FORCED_REASON = "gate REJECTED but deployment forced"
+"""How a forced verdict's history reason starts (read back by a retried gate task)."""
+
 REQUIRED_COLUMNS = tuple(dict.fromkeys((LABEL, *SLICE_COLUMNS, *model_inputs())))
 
 
@@ -233,7 +236,7 @@ def evaluate_version(
     target = ModelState.VALIDATED if verdict.passed or force else ModelState.FAILED
     reason = transition_reason(verdict, result.report)
     if force and not verdict.passed:
-        reason = f"gate REJECTED but deployment forced: {reason}"
+        reason = f"{FORCED_REASON}: {reason}"
     updated = reg.transition(version_id, target, reason)
     return VersionEvaluation(updated, champion_id, result)
 

@@ -14,10 +14,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay.data.lake import VALIDATED_ORDERS, Lake, date_range
 from relay.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from relay.registry import ModelVersion
 
 log = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -185,22 +188,45 @@ def register_and_gate(
     partitions: list[str],
     force: bool = False,
     slice_margin: float | None = None,
+    run_id: str | None = None,
+    conf: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Register the trained model, then gate it against the production champion.
+
+    ``conf`` is the run's conf (its ``reason`` and, for a drift retrain, the ``trigger``
+    monitoring put there): the version's lineage records it (:func:`notices.training_trigger`).
+    A rejection is sent as a notification (:mod:`relay.notify`) with the gate's reasons.
 
     With ``force`` a rejected version is still deployed (as a canary, judged by live metrics);
     the registry records that the gate failed and that the deployment was forced.
     ``slice_margin`` replaces ``GateSettings.slice_margin`` for this run (a drift retrain's);
     a negative one is refused before anything is registered.
+
+    Safe to retry: the run (``run_id``, default the model folder) and its ``model.pt`` always
+    give the same version. A version left Trained or Evaluating by an earlier try is evaluated
+    (again); one the gate already judged is not judged twice: its recorded verdict is returned.
     """
     from relay.evaluate.challenger import evaluate_version
     from relay.evaluate.gate import margin
+    from relay.flows import notices
     from relay.model.registration import register_trained
+    from relay.notify import send
+    from relay.registry import ModelState
 
-    margin(get_settings().gate, slice_margin)
+    s = get_settings()
+    margin(s.gate, slice_margin)
+    trigger = notices.training_trigger(conf)
     version = register_trained(
-        Path(model_dir), training_set_uri=training_set_uri, data_partitions=partitions
+        Path(model_dir),
+        training_set_uri=training_set_uri,
+        data_partitions=partitions,
+        run_id=run_id or str(Path(model_dir).resolve()),
+        trigger=trigger,
     )
+    if version.state not in (ModelState.TRAINED, ModelState.EVALUATING):
+        out = recorded_outcome(version, s)
+        log.info("gate for %s already judged (a retry): %s", version.id, out.summary)
+        return out.to_dict()
     holdout = str(Path(model_dir) / "data" / "holdout.parquet")
     res = evaluate_version(version.id, holdout, force=force, slice_margin=slice_margin)
     verdict = res.result.verdict
@@ -213,4 +239,35 @@ def register_and_gate(
         report=str(res.result.report),
     )
     log.info("gate for %s: %s\nreport: %s", version.id, verdict.summary(), res.result.report)
+    if not verdict.passed:  # told once: a retry returns the recorded verdict above
+        run = version.lineage.training_run
+        notice = notices.gate_rejected(
+            out.version, out.summary, out.report, forced=out.forced, run_id=run, trigger=trigger
+        )
+        send(notice, s)
     return out.to_dict()
+
+
+def recorded_outcome(version: ModelVersion, settings: Settings | None = None) -> GateOutcome:
+    """The gate's outcome for a version it already judged, from the version's history.
+
+    The verdict is the reason of its move out of Evaluating (to Validated: passed or forced;
+    to Failed: rejected, or broken predictions). A version that never went through the gate
+    here (no move out of Evaluating) is not deployed.
+    """
+    from relay.evaluate.challenger import FORCED_REASON
+    from relay.registry import ModelState
+
+    s = settings or get_settings()
+    judged = [h for h in version.history if h.from_state is ModelState.EVALUATING]
+    reason = judged[-1].reason if judged else f"{version.id} is {version.state.value}"
+    validated = bool(judged) and judged[-1].to_state is ModelState.VALIDATED
+    forced = validated and reason.startswith(FORCED_REASON)
+    return GateOutcome(
+        version=version.id,
+        passed=validated and not forced,
+        deploy=validated,
+        forced=forced,
+        summary=reason,
+        report=str(s.reports_dir / "evaluation" / f"{version.id}.html"),
+    )

@@ -9,6 +9,10 @@ registry needs to answer "where did this come from?": the feature service, the t
 its data partitions, the code commit, a hash of the configuration and the production version it
 is meant to replace. The history's "trained on" line is a note for people; the drift job reads
 the lineage's ``training_set``.
+
+Given the training run's id, registration is idempotent: the same run and the same ``model.pt``
+(by sha256) always give the same version, so a retried or cleared gate task registers nothing
+new (:func:`registration_key`; the registry makes it hold under concurrent registrations too).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from relay.registry import (
     Stage,
     TrainingInfo,
     TrainingSetRef,
+    TrainingTrigger,
 )
 from relay.settings import Settings, get_settings
 
@@ -65,6 +70,8 @@ def register_trained(
     code_commit: str | None = None,
     registry: Registry | None = None,
     serving: ServingRequirements | None = None,
+    run_id: str | None = None,
+    trigger: TrainingTrigger | None = None,
 ) -> ModelVersion:
     """Register a finished training run as the model's next version, in state Trained.
 
@@ -85,9 +92,14 @@ def register_trained(
             checkout, or ``"unknown"`` outside a git checkout (e.g. a Ray job's working dir).
         registry: The registry to use; one opened from ``settings`` when None.
         serving: What a replica of it needs (CPUs, memory, replicas); unset: the settings'.
+        run_id: The training run (e.g. its run folder); given, the registration is idempotent:
+            the version already registered for this run and this ``model.pt`` is returned as
+            it is now, in whatever state. None: always a new version (e.g. a deliberate copy).
+        trigger: Why the run trained (its reason; for a drift retrain, the monitoring run and
+            drift report), recorded in the lineage; None: not known (a run by hand).
 
     Returns:
-        The registered version.
+        The registered version (or, with ``run_id``, the one registered before).
 
     Raises:
         ModelBundleError: A file is missing, the weights do not fit the config, or
@@ -121,6 +133,8 @@ def register_trained(
             code_commit=code_commit or git_commit(),
             config_hash=config_hash(hyperparameters, bundle.net_config),
             parent_version_id=parent,
+            training_run=run_id,
+            trigger=trigger,
         ),
         owner=owner,
         training=TrainingInfo(
@@ -134,7 +148,18 @@ def register_trained(
         state=ModelState.TRAINED,
         reason=f"trained on {training_set_uri}",
         serving=serving,
+        key=None if run_id is None else registration_key(run_id, _sha256(folder / MODEL_FILE)),
     )
+
+
+def registration_key(run_id: str, model_sha256: str) -> str:
+    """The idempotency key of a training run's registration: sha256 of the run and the model's
+    sha256. A retried run that wrote other weights (a new ``model.pt``) is a new version."""
+    return hashlib.sha256(f"{run_id}\n{model_sha256}".encode()).hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def optimised_artifacts(folder: Path) -> dict[str, Path | bytes]:
@@ -150,7 +175,7 @@ def optimised_artifacts(folder: Path) -> dict[str, Path | bytes]:
     if not verdict.is_file():
         return {}
     outcome = read_outcome(verdict.read_text(), str(verdict))
-    actual = hashlib.sha256((folder / MODEL_FILE).read_bytes()).hexdigest()
+    actual = _sha256(folder / MODEL_FILE)
     if outcome.float_sha256 != actual:
         raise ModelBundleError(
             f"{verdict} was made from another model.pt (sha256 {outcome.float_sha256[:12]}…, "

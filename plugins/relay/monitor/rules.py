@@ -8,13 +8,20 @@ Rules, every threshold in :class:`~relay.settings.MonitoringSettings`:
 1. **ok, nothing judged** when the window served fewer than ``min_rows`` predictions: drift
    measured on a handful of orders is noise.
 2. **rollback** when production's live MAE, on at least ``min_labelled`` labelled predictions,
-   is worse than the previous production version's by more than ``max_mae_regression`` (5%).
+   is worse than the previous production version's by more than ``max_mae_regression`` (5%),
+   and beyond chance: by ``quality_z`` standard errors of the difference, as the canary's
+   quality check judges it (:func:`relay.verdict.within_noise`).
    The previous version's MAE is its live MAE in the same window when it served at least
    ``min_labelled`` labelled predictions there (a canary, or a split), else its registered
    MAE (the caller reads it from the registry, :func:`registered_mae`). A registered MAE was
    measured on training-time data, so a drifted world can make production look worse than it
-   is: the verdict names which baseline it used. A rollback takes precedence over a retrain:
-   retraining takes hours and restoring the previous version takes seconds.
+   is: the verdict names which baseline it used, and when features or predictions drifted too,
+   a regression against a registered MAE retrains instead of rolling back. A rollback takes
+   precedence over a retrain: retraining takes hours and restoring takes seconds.
+
+   Rollbacks must not flap: a previous version that was rolled back itself is no baseline and
+   no target (quality not judged), and within ``rollback_cooldown_s`` of the last rollback a
+   regression holds (a ``SKIP: rollback held`` line): the other checks decide.
 3. **retrain** when any of these holds:
 
    * the share of monitored features that Evidently found drifted is at least
@@ -28,6 +35,7 @@ Rules, every threshold in :class:`~relay.settings.MonitoringSettings`:
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,7 +44,7 @@ from typing import Any, Literal
 
 from relay.monitor.drift import DriftResult
 from relay.settings import MonitoringSettings
-from relay.verdict import FAIL, SKIP, Verdict, reason_lines, relative_change
+from relay.verdict import FAIL, SKIP, Verdict, reason_lines, relative_change, within_noise
 
 #: Registered metrics that hold a version's MAE in minutes, most trusted first.
 MAE_METRICS = ("mae_minutes", "holdout_mae", "val_mae")
@@ -143,6 +151,8 @@ def decide(
     production_version: str | None,
     previous_version: str | None = None,
     previous_registered_mae: float | None = None,
+    previous_rolled_back: bool = False,
+    last_rollback_at: dt.datetime | None = None,
 ) -> MonitoringVerdict:
     """Judge one monitoring window.
 
@@ -156,6 +166,10 @@ def decide(
         previous_registered_mae: the previous version's registered MAE
             (:func:`registered_mae`), the baseline when it did not serve enough labelled
             predictions in the window.
+        previous_rolled_back: the previous version was rolled back once
+            (``ModelVersion.rolled_back``): it is no baseline and no rollback target.
+        last_rollback_at: the model's latest rollback (any version's mark); within
+            ``rollback_cooldown_s`` of it, before the window's end, no rollback is decided.
 
     Returns:
         The verdict: rollback before retrain before ok; ok without judging anything when the
@@ -178,9 +192,17 @@ def decide(
             ],
             **common,
         )
-    quality_ok, quality_msg, baseline = _quality_check(
-        result, s, production_version, previous_version, previous_registered_mae
-    )
+    baseline: Baseline | None = None
+    if previous_rolled_back:
+        quality_ok = True
+        quality_msg = (
+            f"quality: the previous version {previous_version} was rolled back; no version to "
+            "roll back to, not judged"
+        )
+    else:
+        quality_ok, quality_msg, baseline = _quality_check(
+            result, s, production_version, previous_version, previous_registered_mae
+        )
     share = _share_check(result, s)
     psi_ok, psi_msg, over_psi = _psi_check(result, s)
     prediction = _prediction_check(result, s)
@@ -192,7 +214,14 @@ def decide(
         (Check.PREDICTION_DRIFT, prediction[0], prediction[1]),
     ]
     failed = [name for name, ok, _ in checks if not ok]
+    held = None
     if Check.QUALITY in failed:
+        drift = any(name in RETRAIN_CHECKS for name in failed)
+        held = _rollback_held(result, s, baseline, drift, last_rollback_at)
+    lines = reason_lines((ok, msg) for _, ok, msg in checks)
+    if held is not None:
+        lines.append(f"{SKIP}: rollback held: {held}")
+    if Check.QUALITY in failed and held is None:
         action = Action.ROLLBACK
     elif any(name in RETRAIN_CHECKS for name in failed):
         action = Action.RETRAIN
@@ -206,12 +235,37 @@ def decide(
     order = [f.name for f in result.features]
     return MonitoringVerdict(
         action=action,
-        reasons=reason_lines((ok, msg) for _, ok, msg in checks),
+        reasons=lines,
         failed_checks=[str(name) for name in failed],
         drifted_features=sorted(set(drifted), key=order.index),
         baseline=baseline,
         **common,
     )
+
+
+def _rollback_held(
+    result: DriftResult,
+    s: MonitoringSettings,
+    baseline: Baseline | None,
+    drifted: bool,
+    last: dt.datetime | None,
+) -> str | None:
+    """Why a failed quality check does not roll back, or None when it does."""
+    if baseline == "registered" and drifted:
+        # Measured offline on training-time data, the registered MAE flatters the previous
+        # version in a drifted world: production's regression is the world's, a retrain's job.
+        return "the baseline is a registered MAE and the window drifted: retrain instead"
+    if last is None:
+        return None
+    now = result.window_end
+    since = None if now is None else (now - last).total_seconds()
+    if since is None or since < s.rollback_cooldown_s:
+        ago = "at an unknown time before" if since is None else f"{since:.0f} s before"
+        return (
+            f"the last rollback was {ago} the window's end, within the cooldown of "
+            f"{s.rollback_cooldown_s:g} s"
+        )
+    return None
 
 
 def _quality_check(
@@ -247,11 +301,24 @@ def _quality_check(
             None,
         )
     change = relative_change(mine.mae, base)
-    ok = change <= s.max_mae_regression
+    within = change <= s.max_mae_regression
+    # The canary's test: the excess past the margin must be beyond quality_z standard errors
+    # of the difference. A registered MAE (a large holdout) counts as exact; two live MAEs
+    # come from different orders, so their errors add (sqrt(se_p² + se_q²)).
+    se = mine.mae_se
+    if baseline == "live" and se is not None:
+        other = theirs.mae_se if theirs is not None else None
+        se = None if other is None else math.hypot(se, other)
+    excess = mine.mae - base * (1 + s.max_mae_regression)
+    ok = within or within_noise(excess, se, s.quality_z)
+    noise = ""
+    if not within and se is not None:
+        noise = f", {'within' if ok else 'beyond'} noise {s.quality_z:g} × SE {se:.2f}"
     return (
         ok,
         f"quality: {production} live MAE {mine.mae:.2f} vs {what} min "
-        f"({change:+.1%} {'≤' if ok else '>'} {s.max_mae_regression:.1%}, {n} labelled)",
+        f"({change:+.1%} {'≤' if within else '>'} {s.max_mae_regression:.1%}{noise}, "
+        f"{n} labelled)",
         baseline,
     )
 

@@ -15,6 +15,7 @@ from relay.registry.errors import (
     NothingToRollBack,
     ObjectNotFound,
     RegistryError,
+    RolledBackVersion,
     VersionConflict,
     VersionNotFound,
 )
@@ -29,6 +30,7 @@ from relay.registry.models import (
     StagePointer,
     TrainingInfo,
     TrainingSetRef,
+    TrainingTrigger,
 )
 from relay.registry.registry import Registry
 from relay.registry.s3_store import S3Store
@@ -72,6 +74,7 @@ __all__ = [
     "ObjectNotFound",
     "Registry",
     "RegistryError",
+    "RolledBackVersion",
     "S3Store",
     "SemVer",
     "ServingRequirements",
@@ -80,6 +83,7 @@ __all__ = [
     "Tagged",
     "TrainingInfo",
     "TrainingSetRef",
+    "TrainingTrigger",
     "VersionConflict",
     "VersionId",
     "VersionNotFound",

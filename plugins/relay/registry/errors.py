@@ -68,6 +68,10 @@ class InvalidPromotion(RegistryError):
     """The version's state does not allow it into the requested stage."""
 
 
+class RolledBackVersion(InvalidPromotion):
+    """The version was rolled back once: no automatic move puts it on traffic again."""
+
+
 class InvalidVersion(RegistryError):
     """A semantic version or a version id that does not parse."""
 

@@ -63,6 +63,21 @@ class TrainingSetRef(_Frozen):
     end_date: dt.date | None = Field(None, description="Last day of orders in it, if known")
 
 
+class TrainingTrigger(_Frozen):
+    """Why the version was trained: its run's reason and, for a retrain that monitoring asked
+    for, the monitoring run and the drift report behind it (the DAG conf, kept for good)."""
+
+    reason: str = Field("", description="The run's reason, e.g. scheduled, or the failed checks")
+    triggered_by: str | None = Field(
+        None, description="What asked for the run, e.g. eta_monitoring; None: a schedule, a person"
+    )
+    run_id: str | None = Field(None, description="The triggering DAG run (eta_monitoring's)")
+    monitoring_run: str | None = Field(None, description="The monitoring run's report folder")
+    drift_report: str | None = Field(None, description="The drift report behind a retrain")
+    drifted_features: list[str] = Field(default_factory=list, description="What drifted")
+    production_version: str | None = Field(None, description="The version judged drifted")
+
+
 class Lineage(_Frozen):
     """Where the version came from: features, data, code, config and parent model."""
 
@@ -74,6 +89,12 @@ class Lineage(_Frozen):
     code_commit: str | None = Field(None, description="git commit of the training code")
     config_hash: str | None = Field(None, description="Hash of the training configuration")
     parent_version_id: str | None = Field(None, description="Version this one was trained from")
+    training_run: str | None = Field(
+        None, description="The training run it came from (its output folder or run id), if known"
+    )
+    trigger: TrainingTrigger | None = Field(
+        None, description="Why it was trained; None for versions registered before this field"
+    )
 
 
 class HistoryEntry(_Frozen):
@@ -85,6 +106,16 @@ class HistoryEntry(_Frozen):
     to_state: ModelState
     from_stage: Stage | None = None
     to_stage: Stage | None = None
+
+
+class RollbackMark(_Frozen):
+    """When and why a version was rolled back; and when a person brought it back, if one did."""
+
+    at: dt.datetime
+    reason: str
+    cleared_at: dt.datetime | None = Field(
+        None, description="When a person promoted or restored it anyway (force): barred no more"
+    )
 
 
 class ModelVersion(_Frozen):
@@ -102,6 +133,22 @@ class ModelVersion(_Frozen):
     serving: ServingRequirements = Field(default_factory=ServingRequirements)
     lineage: Lineage
     history: list[HistoryEntry] = Field(default_factory=list)
+    registration_key: str | None = Field(
+        None,
+        description="Idempotency key of its registration (run and model sha256): registering "
+        "with the same key returns this version instead of a new one",
+    )
+    rolled_back: RollbackMark | None = Field(
+        None,
+        description="Set when traffic was moved away from it by a rollback (a restore, the "
+        "guard, a rollout's rollback); no automatic move puts it on traffic again",
+    )
+
+    @property
+    def barred(self) -> bool:
+        """Whether a rollback keeps it off traffic for every automatic move (a mark no person
+        has cleared by promoting or restoring it with force)."""
+        return self.rolled_back is not None and self.rolled_back.cleared_at is None
 
     def artifact(self, name: str) -> ArtifactRef:
         """The artifact called ``name``.

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from relay.registry.errors import ConcurrentUpdate, InvalidPromotion
-from relay.registry.models import HistoryEntry, ModelVersion, StagePointer
+from relay.registry.errors import ConcurrentUpdate, InvalidPromotion, RolledBackVersion
+from relay.registry.models import HistoryEntry, ModelVersion, RollbackMark, StagePointer
 from relay.registry.states import (
     POINTER_STAGES,
     PROMOTABLE,
@@ -44,8 +44,10 @@ def changed(
     at: dt.datetime,
     state: ModelState | None = None,
     stage: Stage | None = None,
+    rolled_back: bool = False,
 ) -> ModelVersion:
-    """The version in ``state`` and ``stage`` (None: unchanged), with the change in its history."""
+    """The version in ``state`` and ``stage`` (None: unchanged), with the change in its history;
+    with ``rolled_back`` also marked as rolled back (a mark still in force is kept)."""
     to_state = version.state if state is None else state
     to_stage = version.stage if stage is None else stage
     entry = HistoryEntry(
@@ -56,22 +58,55 @@ def changed(
         from_stage=version.stage,
         to_stage=to_stage,
     )
+    mark = version.rolled_back
+    if rolled_back and not version.barred:
+        mark = RollbackMark(at=at, reason=reason)
     return version.model_copy(
-        update={"state": to_state, "stage": to_stage, "history": [*version.history, entry]}
+        update={
+            "state": to_state,
+            "stage": to_stage,
+            "history": [*version.history, entry],
+            "rolled_back": mark,
+        }
     )
 
 
 def transitioned(
-    version: ModelVersion, target: ModelState, reason: str, at: dt.datetime
+    version: ModelVersion,
+    target: ModelState,
+    reason: str,
+    at: dt.datetime,
+    rolled_back: bool = False,
 ) -> ModelVersion:
     """The version moved to lifecycle state ``target``; archiving also archives its stage.
+    ``rolled_back`` marks it (a rollout's rollback degrading its candidate, in one write).
 
     Raises:
         IllegalTransition: The transition table does not allow it.
     """
     check_transition(version.state, target)
     stage = Stage.ARCHIVED if target is ModelState.ARCHIVED else None
-    return changed(version, reason, at, state=target, stage=stage)
+    return changed(version, reason, at, state=target, stage=stage, rolled_back=rolled_back)
+
+
+def check_not_rolled_back(version: ModelVersion, stage: Stage, allow: bool = False) -> None:
+    """Refuse a rolled-back version to a serving stage, unless a person allows it.
+
+    Restoring a version promotes it and leaves the one it replaced as the pointer's previous
+    version; without this, the next automatic rollback would restore the version just rolled
+    back, and a rollout could canary it again.
+
+    Raises:
+        RolledBackVersion: The version carries a rollback mark and ``allow`` is False.
+    """
+    mark = version.rolled_back
+    if mark is None or not version.barred or allow or stage not in SERVING_STAGES:
+        return
+    raise RolledBackVersion(
+        f"{version.id} was rolled back at {mark.at.isoformat()} ({mark.reason}); no automatic "
+        f"move puts it in {stage.value} again. A person may: `relay serve restore --force` or "
+        f"`relay models promote --force`"
+    )
 
 
 def promotion(
@@ -81,6 +116,7 @@ def promotion(
     expected_current: str | None,
     reason: str,
     at: dt.datetime,
+    allow_rolled_back: bool = False,
 ) -> StagePointer:
     """The pointer that puts ``version`` in ``stage``: ``pointer`` itself when it does already.
 
@@ -91,9 +127,11 @@ def promotion(
         expected_current: The version id the caller believes the stage points to, or None.
         reason: Recorded on the pointer.
         at: The time of the move.
+        allow_rolled_back: A person's explicit choice: a rolled-back version is accepted.
 
     Raises:
         InvalidPromotion: The version's state does not allow this stage.
+        RolledBackVersion: The version was rolled back (see :func:`check_not_rolled_back`).
         ConcurrentUpdate: The stage does not point to ``expected_current``.
     """
     if version.state not in PROMOTABLE[stage]:
@@ -103,6 +141,8 @@ def promotion(
             f"can be promoted to {stage.value}"
         )
     current = None if pointer is None else pointer.version_id
+    # Even when the pointer names it already: a rolled-back candidate stays in canary's.
+    check_not_rolled_back(version, stage, allow_rolled_back)
     if expected_current is not None and current != expected_current:
         raise ConcurrentUpdate(
             f"{stage.value} of {version.name} points to {current or 'no version'}, "
@@ -128,18 +168,21 @@ def rolled_back(
     stage: Stage,
     reason: str,
     at: dt.datetime,
+    allow_rolled_back: bool = False,
 ) -> StagePointer:
     """``name``'s ``stage`` pointer back at ``target``; it records no previous version, so a
     second rollback in a row is refused.
 
     Raises:
         InvalidPromotion: The target can no longer serve this stage (e.g. archived).
+        RolledBackVersion: The target was rolled back itself and ``allow_rolled_back`` is False.
     """
     if target.state not in PROMOTABLE[stage]:
         raise InvalidPromotion(
             f"cannot roll {stage.value} of {name} back to {target.id}: it is "
             f"{target.state.value}; promote another version instead"
         )
+    check_not_rolled_back(target, stage, allow_rolled_back)
     return StagePointer(
         name=name,
         stage=stage,
@@ -151,18 +194,31 @@ def rolled_back(
     )
 
 
-def entered(version: ModelVersion, stage: Stage, reason: str, at: dt.datetime) -> ModelVersion:
-    """The version once a stage's pointer has moved to it; a serving stage starts deploying it."""
+def entered(
+    version: ModelVersion, stage: Stage, reason: str, at: dt.datetime, forced: bool = False
+) -> ModelVersion:
+    """The version once a stage's pointer has moved to it; a serving stage starts deploying it.
+
+    ``forced``: a person put a rolled-back version back on traffic; its mark is cleared (kept,
+    with the time), so the rest of its way (a rollout's promotion) is not refused."""
     state = version.state
     if stage in SERVING_STAGES and version.state in PROMOTABLE[stage]:
         state = entering_serving_state(version.state)
-    return changed(version, reason, at, state=state, stage=stage)
+    moved = changed(version, reason, at, state=state, stage=stage)
+    mark = version.rolled_back
+    if forced and mark is not None and version.barred and stage in SERVING_STAGES:
+        cleared = mark.model_copy(update={"cleared_at": at})
+        moved = moved.model_copy(update={"rolled_back": cleared})
+    return moved
 
 
-def left(version: ModelVersion, stage: Stage, reason: str, at: dt.datetime) -> ModelVersion | None:
+def left(
+    version: ModelVersion, stage: Stage, reason: str, at: dt.datetime, rolled_back: bool = False
+) -> ModelVersion | None:
     """The version once a stage's pointer has moved away from it: archived, and deprecated if it
-    served traffic; None when it has moved on to another stage since."""
+    served traffic; None when it has moved on to another stage since. ``rolled_back``: the move
+    was a rollback, and the version is marked so."""
     if version.stage is not stage:
         return None
     state = leaving_serving_state(version.state) if stage in SERVING_STAGES else None
-    return changed(version, reason, at, state=state, stage=Stage.ARCHIVED)
+    return changed(version, reason, at, state=state, stage=Stage.ARCHIVED, rolled_back=rolled_back)

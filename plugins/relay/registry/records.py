@@ -5,6 +5,7 @@ Layout under the registry root (a folder or ``s3://bucket/prefix``)::
     {model}/blobs/{sha256}           artifact bytes, content-addressed
     {model}/versions/{semver}.json   a version's metadata; its presence means "registered"
     {model}/stages/{stage}.json      staging / canary / production pointer
+    {model}/registrations/{key}.json an idempotent registration's claim (the version it takes)
 
 :class:`RegistryRecords` answers every question about what is registered (versions, stage
 pointers, lineage); :class:`~relay.registry.registry.Registry` adds the writes.
@@ -113,6 +114,15 @@ class RegistryRecords:
                 if tagged is not None:
                     versions.append(ModelVersion.model_validate(tagged.doc))
         return versions
+
+    def last_rollback_at(self, name: str | None = None) -> dt.datetime | None:
+        """When the model was last rolled back (its versions' newest rollback mark), or None.
+
+        Monitoring's cooldown reads it: any rollback counts (a restore, the guard, a rollout).
+        """
+        model = check_name(name or self.model_name)
+        marks = [v.rolled_back.at for v in self.list_versions(model) if v.rolled_back]
+        return max(marks, default=None)
 
     def _model_names(self) -> list[str]:
         return sorted({key.split("/")[0] for key in self.store.list_keys() if "/versions/" in key})

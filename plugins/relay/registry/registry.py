@@ -37,8 +37,9 @@ from relay.registry.models import (
     StagePointer,
     TrainingInfo,
 )
-from relay.registry.records import RegistryRecords
+from relay.registry.records import UPDATE_ATTEMPTS, RegistryRecords
 from relay.registry.states import INITIAL_STATES, ModelState, Stage
+from relay.registry.store import Tagged
 from relay.registry.versions import BumpKind, SemVer, check_name, make_version_id, next_version
 
 
@@ -64,8 +65,13 @@ class Registry(RegistryRecords):
         name: str | None = None,
         state: ModelState = ModelState.CREATED,
         reason: str = "registered",
+        key: str | None = None,
     ) -> ModelVersion:
         """Store a model's artifacts and register them as its next version.
+
+        With ``key`` the registration is idempotent: a version registered with the same key is
+        returned as it is now (whatever its state), and of any number of concurrent
+        registrations with one key exactly one version results (see :meth:`_register_once`).
 
         Args:
             artifacts: File name → a path to read or the bytes themselves, e.g.
@@ -78,9 +84,11 @@ class Registry(RegistryRecords):
             name: The model; ``settings.registry.model_name`` when None.
             state: Created, or Trained when the weights come from a finished training run.
             reason: Recorded as the first history entry.
+            key: An idempotency key (e.g. :func:`registration_key` of the training run and
+                the model's sha256); None: always a new version.
 
         Returns:
-            The registered version.
+            The registered version, or the one already registered with ``key``.
 
         Raises:
             VersionNotFound: ``lineage.parent_version_id`` is not registered.
@@ -94,8 +102,14 @@ class Registry(RegistryRecords):
             raise InvalidPromotion(f"a new version starts as one of {allowed}, not {state.value}")
         for artifact_name in artifacts:
             check_name(artifact_name, "artifact name")
+        if key is not None:
+            check_name(key, "registration key")
         if lineage.parent_version_id is not None:
             self.get(lineage.parent_version_id)
+        if key is not None:
+            claimed = self.store.read_json(self._claim_key(name, key))
+            if claimed is not None:  # registered (or being registered) already: no new blobs
+                return self._register_once(name, key, bump, claimed)
         version = self.next_version(bump, name)
         now = self._clock()
         refs = [self._put_artifact(name, n, data) for n, data in artifacts.items()]
@@ -111,7 +125,10 @@ class Registry(RegistryRecords):
             serving=serving or ServingRequirements(),
             lineage=lineage,
             history=[HistoryEntry(at=now, reason=reason, from_state=None, to_state=state)],
+            registration_key=key,
         )
+        if key is not None:
+            return self._register_once(name, key, bump, record)
         try:
             # Last write, create-only: the version exists from here on, and only one writer wins.
             self.store.cas_json(
@@ -124,6 +141,66 @@ class Registry(RegistryRecords):
             ) from err
         return record
 
+    @staticmethod
+    def _claim_key(name: str, key: str) -> str:
+        return f"{name}/registrations/{key}.json"
+
+    def _register_once(
+        self, name: str, key: str, bump: BumpKind, first: ModelVersion | Tagged
+    ) -> ModelVersion:
+        # The claim under `registrations/{key}` is an intent record: the whole version document,
+        # written create-only before the version itself. Whoever finds a claim completes it by
+        # writing that document at its version, create-only; every completer writes the same
+        # bytes, so one succeeds and the others find it. A claimed version number taken meanwhile
+        # by another registration (not ours: no document of ours is ever written at two numbers)
+        # is renumbered with compare-and-set on the claim, and everyone follows the claim.
+        claim_key = self._claim_key(name, key)
+        claim = first if isinstance(first, Tagged) else None
+        for _ in range(UPDATE_ATTEMPTS):
+            if claim is None:
+                claim = self.store.read_json(claim_key)
+            if claim is None and isinstance(first, ModelVersion):
+                doc = first.model_dump(mode="json")
+                try:
+                    claim = Tagged(doc, self.store.cas_json(claim_key, doc, None))
+                except ConcurrentUpdate:
+                    continue  # another registration with this key claimed first: follow it
+            if claim is None:  # pragma: no cover, a claim never disappears
+                raise VersionConflict(f"the claim {claim_key} vanished; register again")
+            intent = ModelVersion.model_validate(claim.doc)
+            version_key = self._version_key(name, SemVer.parse(intent.version))
+            found = self.store.read_json(version_key)
+            if found is not None and found.doc.get("registration_key") == key:
+                return ModelVersion.model_validate(found.doc)
+            if found is not None:  # the number went to another registration: renumber
+                claim = self._renumber(claim_key, claim, intent, bump)
+                continue
+            try:
+                self.store.cas_json(version_key, claim.doc, None)
+            except ConcurrentUpdate:
+                claim = None  # ours by another completer, or someone else's: look again
+                continue
+            return intent
+        raise VersionConflict(
+            f"registering {name} with key {key} met {UPDATE_ATTEMPTS} concurrent "
+            f"registrations; register again (the same key gives the same version)"
+        )
+
+    def _renumber(
+        self, claim_key: str, claim: Tagged, intent: ModelVersion, bump: BumpKind
+    ) -> Tagged | None:
+        version = self.next_version(bump, intent.name)
+        moved = intent.model_copy(
+            update={
+                "version": str(version),
+                "id": make_version_id(intent.name, version, intent.created_at),
+            }
+        ).model_dump(mode="json")
+        try:
+            return Tagged(moved, self.store.cas_json(claim_key, moved, claim.etag))
+        except ConcurrentUpdate:
+            return None  # another completer renumbered it first: read theirs
+
     def _put_artifact(self, model: str, name: str, data: Path | bytes) -> ArtifactRef:
         # Whole-file reads: model artifacts here are megabytes, not gigabytes.
         payload = data if isinstance(data, bytes) else Path(data).read_bytes()
@@ -134,10 +211,18 @@ class Registry(RegistryRecords):
 
     # Lifecycle -----------------------------------------------------------------------------
 
-    def transition(self, version_id: str, to_state: ModelState | str, reason: str) -> ModelVersion:
+    def transition(
+        self,
+        version_id: str,
+        to_state: ModelState | str,
+        reason: str,
+        *,
+        rolled_back: bool = False,
+    ) -> ModelVersion:
         """Move a version to another lifecycle state and record why.
 
-        Archiving also puts the version in the archived stage.
+        Archiving also puts the version in the archived stage. ``rolled_back`` marks the version
+        as rolled back in the same write (a rollout degrading the candidate it rolled back).
 
         Raises:
             IllegalTransition: The transition table does not allow it.
@@ -145,7 +230,8 @@ class Registry(RegistryRecords):
         """
         target = ModelState(to_state)
         return self._update(
-            version_id, lambda v: moves.transitioned(v, target, reason, self._clock())
+            version_id,
+            lambda v: moves.transitioned(v, target, reason, self._clock(), rolled_back),
         )
 
     # Stages --------------------------------------------------------------------------------
@@ -156,6 +242,9 @@ class Registry(RegistryRecords):
         stage: Stage | str,
         expected_current: str | None = None,
         reason: str = "",
+        *,
+        rolling_back: bool = False,
+        allow_rolled_back: bool = False,
     ) -> StagePointer:
         """Point a stage at a version with a compare-and-set write.
 
@@ -171,6 +260,9 @@ class Registry(RegistryRecords):
                 None to accept whatever it points to when read. Either way, a pointer that
                 changes between our read and our write makes this call fail.
             reason: Recorded on the pointer and in the versions' history.
+            rolling_back: The move is a rollback (a restore): the displaced version is marked
+                rolled back, and no automatic move puts it on traffic again.
+            allow_rolled_back: A person's explicit choice to promote a rolled-back version.
 
         Returns:
             The new pointer.
@@ -179,6 +271,7 @@ class Registry(RegistryRecords):
             ConcurrentUpdate: The stage does not point to ``expected_current``, or another
                 promotion moved it first.
             InvalidPromotion: The version's state does not allow this stage.
+            RolledBackVersion: The version was rolled back and ``allow_rolled_back`` is False.
             VersionNotFound: No such version.
         """
         stage = moves.pointer_stage(stage)
@@ -186,32 +279,47 @@ class Registry(RegistryRecords):
         read = self._read_pointer(version.name, stage)
         pointer, etag = (None, None) if read is None else read
         reason = reason or f"promoted to {stage.value}"
-        new = moves.promotion(version, stage, pointer, expected_current, reason, self._clock())
-        if new is pointer:
-            return new  # the stage points to the version already: nothing to write
+        new = moves.promotion(
+            version, stage, pointer, expected_current, reason, self._clock(), allow_rolled_back
+        )
+        if new is pointer:  # the stage points to the version already: no move to write
+            if allow_rolled_back and version.barred:
+                self._enter_stage(version_id, stage, reason, forced=True)  # clears the mark
+            return new
         # The commit point: of two promotions that read the same pointer, one write fails here.
         self.store.cas_json(
             self._pointer_key(version.name, stage), new.model_dump(mode="json"), etag
         )
-        self._enter_stage(version_id, stage, reason)
+        self._enter_stage(version_id, stage, reason, forced=allow_rolled_back)
         if new.previous_version_id is not None:
+            why = f"replaced in {stage.value} by {version_id}"
             self._leave_stage(
-                new.previous_version_id, stage, f"replaced in {stage.value} by {version_id}"
+                new.previous_version_id,
+                stage,
+                f"rolled back: {why}: {reason}" if rolling_back else why,
+                rolled_back=rolling_back,
             )
         return new
 
     def rollback(
-        self, stage: Stage | str = Stage.PRODUCTION, name: str | None = None, reason: str = ""
+        self,
+        stage: Stage | str = Stage.PRODUCTION,
+        name: str | None = None,
+        reason: str = "",
+        *,
+        allow_rolled_back: bool = False,
     ) -> StagePointer:
         """Point a stage back at its previous version (compare-and-set).
 
-        The version rolled back from is archived and deprecated like a replaced one; the
-        restored version starts deploying. The new pointer records no previous version, so a
-        second rollback in a row is refused.
+        The version rolled back from is archived and deprecated like a replaced one, and marked
+        rolled back; the restored version starts deploying. The new pointer records no previous
+        version, so a second rollback in a row is refused.
 
         Raises:
             NothingToRollBack: The stage records no previous version.
             InvalidPromotion: The previous version can no longer serve (e.g. archived).
+            RolledBackVersion: The previous version was rolled back itself (a person may
+                ``allow_rolled_back``).
             ConcurrentUpdate: Another promotion or rollback moved the pointer first.
         """
         stage = moves.pointer_stage(stage)
@@ -224,18 +332,24 @@ class Registry(RegistryRecords):
         pointer, etag = read
         target = self.get(read[0].previous_version_id)
         reason = reason or f"rolled back {stage.value} from {pointer.version_id}"
-        new = moves.rolled_back(pointer, target, name, stage, reason, self._clock())
+        new = moves.rolled_back(
+            pointer, target, name, stage, reason, self._clock(), allow_rolled_back
+        )
         self.store.cas_json(self._pointer_key(name, stage), new.model_dump(mode="json"), etag)
-        self._enter_stage(target.id, stage, reason)
+        self._enter_stage(target.id, stage, reason, forced=allow_rolled_back)
         if pointer.version_id is not None:
-            self._leave_stage(pointer.version_id, stage, reason)
+            self._leave_stage(pointer.version_id, stage, reason, rolled_back=True)
         return new
 
-    def _enter_stage(self, version_id: str, stage: Stage, reason: str) -> None:
-        self._update(version_id, lambda v: moves.entered(v, stage, reason, self._clock()))
+    def _enter_stage(
+        self, version_id: str, stage: Stage, reason: str, forced: bool = False
+    ) -> None:
+        self._update(version_id, lambda v: moves.entered(v, stage, reason, self._clock(), forced))
 
-    def _leave_stage(self, version_id: str, stage: Stage, reason: str) -> None:
-        self._update(version_id, lambda v: moves.left(v, stage, reason, self._clock()))
+    def _leave_stage(
+        self, version_id: str, stage: Stage, reason: str, rolled_back: bool = False
+    ) -> None:
+        self._update(version_id, lambda v: moves.left(v, stage, reason, self._clock(), rolled_back))
 
     # Artifacts -----------------------------------------------------------------------------
 

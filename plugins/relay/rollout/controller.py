@@ -28,8 +28,10 @@ import logging
 from collections.abc import Callable
 
 from relay.clock import as_utc, utcnow
+from relay.notify import send
 from relay.registry import ModelState, Registry
 from relay.registry.errors import ConcurrentUpdate
+from relay.rollout.announce import aborted_notice, tick_notice
 from relay.rollout.experiment_record import live_experiment
 from relay.rollout.guarding import guard_once
 from relay.rollout.lease import LeaseHeld, LeaseLost, TrafficLease, process_owner, rollout_owner
@@ -81,6 +83,7 @@ def start_rollout_record(
     lease: TrafficLease | None = None,
     by: str | None = None,
     now: dt.datetime | None = None,
+    allow_rolled_back: bool = False,
 ) -> Rollout:
     """Start a rollout of ``version`` against the version serving now; the ticks move traffic.
 
@@ -94,6 +97,8 @@ def start_rollout_record(
         store: where the record goes.
         endpoint: Serve (:mod:`relay.serve.control` by default), asked what serves now.
         forced: the candidate was forced past a rejecting gate: capped until judged.
+        allow_rolled_back: a person's choice to roll out a version rolled back before (else
+            refused: ``RolledBackVersion``).
         plan: the steps; :func:`relay.rollout.plan.default_plan` by default.
         lease: the traffic lease.
         by: who starts it (an owner name); this process by default.
@@ -129,7 +134,7 @@ def start_rollout_record(
                 f"`relay rollout abort` it or let it end first"
             )
         why = f"canary against {stable}" + (f" ({FORCED})" if forced else "")
-        reg.promote(version, "canary", reason=why)
+        reg.promote(version, "canary", reason=why, allow_rolled_back=allow_rolled_back)
         record = start_rollout(version, stable, plan or default_plan(s.rollout), by=who, now=at)
         if forced:
             first = record.history[0].model_copy(update={"reason": why})
@@ -245,6 +250,9 @@ def reconcile_once(
         mark_serving(reg, new.candidate, f"canary: {describe(result.traffic)}")
     for line in lines:
         emit(line)
+    notice = tick_notice(rollout, result, at)  # after the write: a lost tick tells nothing
+    if notice is not None:
+        send(notice, s)
     return dataclasses.replace(result, reasons=lines)
 
 
@@ -283,6 +291,7 @@ def abort_rollout(
     with tl.held(by):
         apply_rule(ep, ended.traffic, s)
         _finish(ended, reg, ep, s)
+    send(aborted_notice(ended), s)
     return ended
 
 
@@ -350,7 +359,7 @@ def _finish(rollout: Rollout, reg: Registry, ep: Endpoint, s: Settings) -> list[
         failed = [r for r in (last.reasons if last else []) if r.startswith(FAIL)]
         why = f"rollout {rollout.id} rolled it back at step {rollout.step}: " + "; ".join(failed)
         mark_serving(reg, rollout.candidate, "canary served")
-        reg.transition(rollout.candidate, ModelState.DEGRADED, why)
+        reg.transition(rollout.candidate, ModelState.DEGRADED, why, rolled_back=True)
         lines.append(f"ROLLED BACK: {rollout.candidate} is Degraded ({why})")
     if "free" in todo:
         # A rolled-back version left running holds CPUs the next training job waits for.

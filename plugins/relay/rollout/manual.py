@@ -11,7 +11,8 @@ A restore during a live rollout aborts it first (recorded with who and why, endi
 restored version serving), then takes the lease over from its controller: an in-flight tick
 finds the record changed and writes nothing, and any later tick of the ended record heals
 Serve towards the restored version, never away from it. A live experiment is stopped the same
-way (recorded), since it holds the lease for its whole run.
+way (recorded), since it holds the lease for its whole run. A restore that replaces production,
+and the rollout it aborts, are told (:mod:`relay.notify`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from relay.clock import as_utc, utcnow
-from relay.registry import ModelState, Registry
+from relay.notify import send
+from relay.registry import ModelState, Registry, Stage
+from relay.registry.moves import check_not_rolled_back
+from relay.rollout.announce import restore_notices
 from relay.rollout.experiment_record import ExperimentStore, stop_live
 from relay.rollout.lease import TrafficLease, process_owner, rollout_owner
 from relay.rollout.record import Rollout, RolloutError, abort
@@ -76,15 +80,20 @@ def restore(
     endpoint: Endpoint | None = None,
     lease: TrafficLease | None = None,
     now: dt.datetime | None = None,
+    force: bool = False,
 ) -> Restored:
     """Serve ``version`` with all traffic and point production at it, under the lease.
 
     Used for the first version, and to restore an earlier one. A live rollout is aborted
     first, with ``by`` and ``reason`` recorded. The replaced version keeps running, so moving
-    back is quick.
+    back is quick. A restore is a rollback: the version it replaces in production is marked
+    rolled back, and no automatic move (monitoring, the guard, a rollout) serves it again;
+    one marked so is refused here unless a person forces it (``force``).
 
     Raises:
         LeaseHeld: another restore or manual move holds the traffic lease.
+        RolledBackVersion: ``version`` was rolled back and ``force`` is False (refused before
+            anything is aborted).
         VersionNotFound / IllegalTransition: the registry refuses ``version``.
     """
     s = settings or get_settings()
@@ -92,11 +101,16 @@ def restore(
     ep, tl = endpoint or serve_endpoint(), lease or TrafficLease.open(s)
     who, at = by or process_owner(), as_utc(now or utcnow())
     why = reason or f"restored {version}"
+    check_not_rolled_back(reg.get(version), Stage.PRODUCTION, force)
     aborted = _abort_live(rs, tl, who, f"restore of {version}: {why}", at, version)
     # A live experiment holds the lease for its whole run: a restore ends it too (recorded).
     stop_live(ExperimentStore(s, store=rs.store), tl, who, f"restore of {version}: {why}", at)
     with tl.held(who, wait_s=s.rollout.lease_wait_s):
-        split = serve_alone(version, s, reg, ep, why)
+        replaced = reg.stage_version("production")
+        split = serve_alone(version, s, reg, ep, why, rolling_back=True, force=force)
+    before = None if replaced is None else replaced.id
+    for notice in restore_notices(version, before, who, why, aborted):
+        send(notice, s)
     return Restored(split, aborted)
 
 
@@ -117,12 +131,28 @@ def _abort_live(
 
 
 def serve_alone(
-    version: str, s: Settings, reg: Registry, ep: Endpoint, reason: str
+    version: str,
+    s: Settings,
+    reg: Registry,
+    ep: Endpoint,
+    reason: str,
+    *,
+    rolling_back: bool = False,
+    force: bool = False,
 ) -> TrafficSplit:
-    """Registry first (production is ``version``), then Serve; the caller holds the lease."""
+    """Registry first (production is ``version``), then Serve; the caller holds the lease.
+
+    ``rolling_back`` marks the version it replaces rolled back; ``force`` serves a version
+    that was rolled back (a person's choice)."""
     current = reg.stage_version("production")
     if current is None or current.id != version:
-        reg.promote(version, "production", reason=reason)
+        reg.promote(
+            version,
+            "production",
+            reason=reason,
+            rolling_back=rolling_back,
+            allow_rolled_back=force,
+        )
     ep.deploy_model(version, s)
     split = ep.set_traffic(TrafficSplit(stable=version), s)
     mark_serving(reg, version, "serving all traffic")

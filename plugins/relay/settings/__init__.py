@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relay.errors import ConfigError
 from relay.features.catalog import psi_thresholds as _catalog_psi_thresholds
+from relay.settings.notify import NotifySettings
 from relay.settings.optimise import OptimiseSettings
 from relay.settings.serving import RolloutSettings, ServingSettings
 
@@ -255,6 +256,18 @@ class MonitoringSettings(BaseModel):
         description="Production's live MAE may be at most this much worse than the previous "
         "production version's before a rollback",
     )
+    quality_z: float = Field(
+        2.326,
+        ge=0,
+        description="One-sided z: a live MAE regression past the margin rolls back only when "
+        "it is this many standard errors past it (2.326: 1% by chance, as the canary's); 0: any",
+    )
+    rollback_cooldown_s: float = Field(
+        86_400.0,
+        ge=0,
+        description="No automatic rollback within this many seconds of the last rollback (one "
+        "window of 24 h: the restored version's quality is first measured in full)",
+    )
     min_labelled: int = Field(
         100, ge=1, description="Labelled predictions needed before live MAE is judged"
     )
@@ -293,6 +306,7 @@ class Settings(BaseSettings):
     rollout: RolloutSettings = RolloutSettings()
     serving: ServingSettings = ServingSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    notify: NotifySettings = NotifySettings()
 
     @model_validator(mode="after")
     def _profile_defaults(self) -> Settings:

@@ -28,6 +28,7 @@ from relay.registry import (
     ModelVersion,
     NothingToRollBack,
     Registry,
+    RolledBackVersion,
     S3Store,
     ServingRequirements,
     Stage,
@@ -354,6 +355,33 @@ def test_concurrent_registrations_of_one_version_do_not_both_succeed(backend, mo
     assert first.load_torch_state(only.id)["weight"].shape == (2, 4)
 
 
+def test_registrations_with_one_key_interleaved_at_each_write_give_one_version(
+    backend, monkeypatch
+):
+    # `second` is cut in on by `first` (same key) at its claim write, then at its version
+    # write: both times both end with the one version (the store's create-only writes decide).
+    lineage = Lineage(feature_service="eta_v1", training_run="runs/r1")
+
+    def register(registry: Registry, key: str) -> ModelVersion:
+        return registry.register({"model.pt": _weights(1)}, lineage=lineage, owner="t", key=key)
+
+    def cut_in_at(stage: str, key: str) -> None:
+        first, second = backend.registry(), backend.registry()
+        cas_json, cut_in = second.store.cas_json, []
+
+        def first_meanwhile(store_key, doc, expected_etag):
+            if stage in store_key and not cut_in:
+                cut_in.append(register(first, key).id)
+            return cas_json(store_key, doc, expected_etag)
+
+        monkeypatch.setattr(second.store, "cas_json", first_meanwhile)
+        assert [register(second, key).id] == cut_in
+
+    cut_in_at("/registrations/", "k1")
+    cut_in_at("/versions/", "k2")
+    assert [v.registration_key for v in backend.registry().list_versions()] == ["k1", "k2"]
+
+
 def test_tampered_artifact_is_refused_at_load(backend):
     registry = backend.registry()
     v1 = _register(registry)
@@ -438,7 +466,11 @@ def test_rollback_restores_the_previous_production_version(backend):
         registry.rollback()
     # Once archived, a version cannot be rolled back to.
     registry.transition(v1.id, "serving", "redeployed")
-    registry.promote(v2.id, "production", reason="fixed upstream data")
+    # v2 was rolled back: nothing automatic promotes it again; a person may, explicitly.
+    assert bad.barred
+    with pytest.raises(RolledBackVersion, match="was rolled back"):
+        registry.promote(v2.id, "production", reason="fixed upstream data")
+    registry.promote(v2.id, "production", reason="fixed upstream data", allow_rolled_back=True)
     registry.transition(v1.id, "archived", "retired")
     with pytest.raises(InvalidPromotion, match="archived"):
         registry.rollback()

@@ -186,7 +186,11 @@ def _fresh_start(cluster: dict[str, Any], plan: Plan) -> Rollout:
     from relay.rollout.manual import restore
 
     restore(cluster["v1"], cluster["settings"], by="test:setup", reason="test setup")
-    return start_rollout_record(cluster["v2"], cluster["settings"], plan=plan, by="test:start")
+    # v2 again: an earlier test's setup restore over a promoted v2 rolled it back; a person
+    # starting it again chooses so (nothing automatic would).
+    return start_rollout_record(
+        cluster["v2"], cluster["settings"], plan=plan, by="test:start", allow_rolled_back=True
+    )
 
 
 def _errors(settings: Settings) -> dict[str, int]:
@@ -254,7 +258,9 @@ def test_a_zone_targeted_step_sends_exactly_that_zones_orders_to_the_candidate(
         ]
     )
     restore(cluster["v1"], s, by="test:setup", reason="test setup")
-    started = start_rollout_record(cluster["v2"], s, plan=plan, by="test:start")
+    started = start_rollout_record(
+        cluster["v2"], s, plan=plan, by="test:start", allow_rolled_back=True
+    )
     reconcile_once(s)  # no controller running: one tick by hand applies the step
     by_zone: dict[str, set[str]] = {}
     for i, (_, row) in enumerate(rows.iterrows()):
