@@ -448,6 +448,7 @@ def _bad_copy_of(version_id: str, home: Path) -> str:
     import torch
 
     from relay.evaluate.challenger import evaluate_version
+    from relay.model.bundle import OPTIMISE_FILES
     from relay.model.registration import register_trained
     from relay.monitor.window import reference_uri_of
     from relay.registry import Registry
@@ -455,6 +456,8 @@ def _bad_copy_of(version_id: str, home: Path) -> str:
     run = next(p for p in (home / "runs").iterdir() if (p / "model" / "model.pt").exists())
     bad = home / "bad_model"
     shutil.copytree(run / "model", bad, dirs_exist_ok=True)
+    for name in OPTIMISE_FILES:  # the optimise stage judged the good weights, not these
+        (bad / name).unlink(missing_ok=True)
     state = torch.load(bad / "model.pt")
     state["base.bias"] += 2.0  # a skewed output: every ETA far off
     torch.save(state, bad / "model.pt")

@@ -15,8 +15,9 @@ Rules, every threshold in :class:`~relay.settings.MonitoringSettings`:
    ``min_labelled`` labelled predictions there (a canary, or a split), else its registered
    MAE (the caller reads it from the registry, :func:`registered_mae`). A registered MAE was
    measured on training-time data, so a drifted world can make production look worse than it
-   is: the verdict names which baseline it used, and when features or predictions drifted too,
-   a regression against a registered MAE retrains instead of rolling back. A rollback takes
+   is: the verdict names which baseline it used, and when features drifted too, a regression
+   against a registered MAE retrains instead of rolling back (predictions that drifted on
+   inputs that did not are the model's own fault: it rolls back). A rollback takes
    precedence over a retrain: retraining takes hours and restoring takes seconds.
 
    Rollbacks must not flap: a previous version that was rolled back itself is no baseline and
@@ -216,8 +217,10 @@ def decide(
     failed = [name for name, ok, _ in checks if not ok]
     held = None
     if Check.QUALITY in failed:
-        drift = any(name in RETRAIN_CHECKS for name in failed)
-        held = _rollback_held(result, s, baseline, drift, last_rollback_at)
+        # The world's drift, not the predictions': a model whose outputs moved on inputs that
+        # did not is broken itself, and restoring the previous one is the cure.
+        world = any(name in (Check.DRIFT_SHARE, Check.FEATURE_PSI) for name in failed)
+        held = _rollback_held(result, s, baseline, world, last_rollback_at)
     lines = reason_lines((ok, msg) for _, ok, msg in checks)
     if held is not None:
         lines.append(f"{SKIP}: rollback held: {held}")

@@ -65,6 +65,14 @@ def test_a_regression_against_a_registered_mae_in_a_drifted_world_retrains():
     assert _decide(live).action is Action.ROLLBACK
 
 
+def test_a_model_whose_predictions_moved_on_unchanged_inputs_rolls_back_against_a_registered_mae():
+    # A broken model in production (every ETA late): its predictions drifted, the world did not.
+    broken = _window((4000, 9.0, 0.05), prediction_psi=2.5)
+    verdict = _decide(broken, previous_registered_mae=5.0)
+    assert verdict.action is Action.ROLLBACK, verdict.summary()
+    assert verdict.failed_checks == [Check.QUALITY, Check.PREDICTION_DRIFT]
+
+
 @pytest.mark.parametrize(
     ("hours_ago", "action"),
     [(1, Action.OK), (23.9, Action.OK), (24, Action.ROLLBACK), (48, Action.ROLLBACK)],
