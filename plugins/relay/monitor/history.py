@@ -19,7 +19,7 @@ from typing import Any
 
 from relay.clock import utcnow
 from relay.monitor.retrain import GateRejection
-from relay.registry.backends import open_store
+from relay.registry.backends import registry_store
 from relay.registry.errors import ConcurrentUpdate
 from relay.registry.records import UPDATE_ATTEMPTS
 from relay.registry.store import ArtifactStore
@@ -43,11 +43,7 @@ class MonitoringHistory:
             store: overrides the registry store named by ``settings.registry.uri``.
         """
         s = settings or get_settings()
-        if store is None:
-            if s.registry.uri is None:  # pragma: no cover, the settings validator fills it
-                raise ValueError("registry URI not set")
-            store = open_store(s.registry.uri, s)
-        self.store = store
+        self.store = registry_store(s, store)
         model = check_name(s.registry.model_name)
         self.verdict_prefix = f"{model}/monitoring/verdicts/"
         self.rejections_key = f"{model}/monitoring/rejections.json"

@@ -23,3 +23,14 @@ def open_store(uri: str, settings: Settings) -> ArtifactStore:
             f"set RELAY_REGISTRY__URI to one of those"
         )
     return LocalStore(uri.removeprefix("file://"))
+
+
+def registry_store(settings: Settings, store: ArtifactStore | None = None) -> ArtifactStore:
+    """``store``, or else the registry's artifact store that ``settings.registry.uri`` names:
+    where records that live beside the registry's documents (rollouts, the lease, monitoring's
+    history) are kept."""
+    if store is not None:
+        return store
+    if settings.registry.uri is None:  # pragma: no cover, the settings validator fills it
+        raise ValueError("registry URI not set")
+    return open_store(settings.registry.uri, settings)

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from relay.clock import as_utc, utcnow
 from relay.errors import RelayError
-from relay.registry.backends import open_store
+from relay.registry.backends import registry_store
 from relay.registry.errors import ConcurrentUpdate
 from relay.registry.records import UPDATE_ATTEMPTS
 from relay.registry.store import ArtifactStore
@@ -113,15 +113,6 @@ def rollout_owner(rollout_id: str) -> str:
 def process_owner(kind: str = "cli") -> str:
     """The lease owner name of this process: ``<kind>:<user>@<host>:<pid>``."""
     return f"{kind}:{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}"
-
-
-def registry_store(settings: Settings, store: ArtifactStore | None = None) -> ArtifactStore:
-    """``store``, or else the registry's artifact store that ``settings.registry.uri`` names."""
-    if store is not None:
-        return store
-    if settings.registry.uri is None:  # pragma: no cover, the settings validator fills it
-        raise ValueError("registry URI not set")
-    return open_store(settings.registry.uri, settings)
 
 
 class TrafficLease:

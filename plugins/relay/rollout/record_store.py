@@ -22,11 +22,11 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from relay.registry.backends import registry_store
 from relay.registry.errors import ConcurrentUpdate
 from relay.registry.records import UPDATE_ATTEMPTS
 from relay.registry.store import ArtifactStore, Tagged, encode_json
 from relay.registry.versions import check_name
-from relay.rollout.lease import registry_store
 from relay.settings import Settings, get_settings
 
 R = TypeVar("R", bound=BaseModel)
