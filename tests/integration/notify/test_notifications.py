@@ -19,21 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from pydantic import SecretStr
 
 from relay.airflow.notifier import RelayNotifier
 from relay.flows.eta_training import register_and_gate
 from relay.flows.notices import monitoring_notice, notify_retrain
-from relay.model.preprocess import Preprocessor
-from relay.model.training import build_model, save_run
 from relay.notify import Notification, NotificationKind, send
 from relay.registry import Registry
 from relay.rollout.controller import abort_rollout
 from relay.rollout.manual import restore
 from relay.rollout.record import RolloutState
 from relay.settings import Settings, get_settings, reset_settings
-from tests.unit.model.test_behaviour import small_world
+from tests.unit.flows.test_gate_retry import untrained_run
 from tests.unit.rollout.test_controller import World
 
 pytestmark = [pytest.mark.integration]
@@ -182,20 +179,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, receiver: Receiver) ->
     reset_settings()
 
 
-def _trained(folder: Path) -> Path:
-    """A run folder as the train job leaves it: an untrained model (the gate rejects it)."""
-    torch.manual_seed(0)
-    train = small_world(500, seed=1)
-    prep = Preprocessor.fit(train)
-    model = build_model(prep, {"hidden_layers": 1, "hidden_units": 8})
-    save_run(folder, model, prep, {"hidden_layers": 1}, {"val_mae": 9.0}, len(train))
-    holdout = small_world(300, seed=2)
-    holdout["hour"] = holdout["order_hour"]
-    (folder / "data").mkdir()
-    holdout.to_parquet(folder / "data" / "holdout.parquet")
-    return folder
-
-
 def test_a_gate_rejection_is_told_and_the_version_names_the_drift_run_behind_it(
     home, receiver, tmp_path
 ):
@@ -209,7 +192,7 @@ def test_a_gate_rejection_is_told_and_the_version_names_the_drift_run_behind_it(
             "drifted_features": ["distance_km"],
         },
     }
-    run = _trained(tmp_path / "runs" / "retrain__1" / "model")
+    run = untrained_run(tmp_path / "runs" / "retrain__1" / "model")
     outcome = register_and_gate(str(run), "train.parquet", [], run_id="retrain__1", conf=conf)
     assert outcome["passed"] is False
     told = receiver.of(NotificationKind.GATE_REJECTED)

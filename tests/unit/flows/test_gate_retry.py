@@ -29,7 +29,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     reset_settings()
 
 
-def _run(folder: Path, seed: int = 0) -> Path:
+def untrained_run(folder: Path, seed: int = 0) -> Path:
     """A run folder as the train job leaves it: a model (untrained: the gate rejects any) and
     its holdout."""
     torch.manual_seed(seed)
@@ -45,7 +45,7 @@ def _run(folder: Path, seed: int = 0) -> Path:
 
 
 def test_a_retried_gate_registers_one_version_and_returns_its_recorded_verdict(home, tmp_path):
-    run = _run(tmp_path / "runs" / "manual__1" / "model")
+    run = untrained_run(tmp_path / "runs" / "manual__1" / "model")
     first = register_and_gate(str(run), "train.parquet", [], force=True)
     again = register_and_gate(str(run), "train.parquet", [], force=True)
     registry = Registry(home)
@@ -61,7 +61,7 @@ def test_a_retried_gate_registers_one_version_and_returns_its_recorded_verdict(h
 
 
 def test_a_retry_after_a_crash_mid_gate_evaluates_the_same_version(home, tmp_path):
-    run = _run(tmp_path / "runs" / "manual__2" / "model")
+    run = untrained_run(tmp_path / "runs" / "manual__2" / "model")
     registry = Registry(home)
     left = register_trained(
         run, training_set_uri="train.parquet", run_id=str(run.resolve()), registry=registry
@@ -75,7 +75,7 @@ def test_a_retry_after_a_crash_mid_gate_evaluates_the_same_version(home, tmp_pat
 
 
 def test_new_weights_in_the_same_run_folder_are_a_new_version(home, tmp_path):
-    run = _run(tmp_path / "runs" / "manual__3" / "model")
+    run = untrained_run(tmp_path / "runs" / "manual__3" / "model")
     first = register_and_gate(str(run), "train.parquet", [])
     state = torch.load(run / "model.pt", weights_only=True)
     changed = {k: v + 0.5 if v.is_floating_point() else v for k, v in state.items()}
