@@ -1,11 +1,14 @@
 """Hourly ETA monitoring: drift and live quality of what the endpoint served → act.
 
-Reads the serving log of the last ``RELAY_MONITORING__WINDOW_HOURS`` and the actual delivery
-times that have landed, writes an Evidently report (HTML, path in the task log) and decides:
+First compacts the serving log's last hours (each hour's small files into one file,
+:func:`relay.serve.log_compact.compact_before`); then reads the serving log of the last
+``RELAY_MONITORING__WINDOW_HOURS`` and the actual delivery times that have landed, writes an
+Evidently report (HTML, path in the task log) and decides:
 
 * **ok**: nothing to do;
-* **retrain**: features or predictions drifted: trigger ``eta_training`` with the reason, one
-  run at a time and not again for a retrain the gate rejected on the same data
+* **retrain**: drift that matters, confirmed, seen in ``RELAY_MONITORING__PERSIST_WINDOWS``
+  windows in a row (:mod:`relay.monitor.retrain_rules`): trigger ``eta_training`` with the
+  reason, one run at a time and not again for a retrain the gate rejected on the same data
   (:mod:`relay.monitor.retrain`; a retrain not triggered shows as a skipped ``retrain``);
 * **rollback**: production's live accuracy is down against the previous version: restore it.
 
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import dag, task
+from airflow.sdk import TriggerRule, dag, task
 
 from relay.airflow.assets import DRIFT_REPORTS
 from relay.airflow.notifier import RelayNotifier
@@ -40,7 +43,18 @@ from relay.airflow.operators import RayJobOperator
     on_failure_callback=RelayNotifier(),
 )
 def eta_monitoring() -> None:
-    @task(outlets=[DRIFT_REPORTS])
+    @task
+    def compact_serving_log(data_interval_end: dt.datetime | None = None) -> int:
+        from relay.data.lake import Lake
+        from relay.serve.log_compact import compact_before
+
+        done = compact_before(Lake(), data_interval_end or dt.datetime.now(dt.UTC))
+        for c in done:
+            print(f"{c.date} {c.hour:02d}h: {c.inputs} files -> {c.rows} rows, {c.removed} removed")
+        return sum(c.inputs for c in done)
+
+    # Compaction only makes the read cheaper: a failed one must not hold back the report.
+    @task(outlets=[DRIFT_REPORTS], trigger_rule=TriggerRule.ALL_DONE)
     def drift_report(
         data_interval_end: dt.datetime | None = None, run_id: str | None = None
     ) -> dict:
@@ -85,6 +99,7 @@ def eta_monitoring() -> None:
     )
 
     verdict = drift_report()
+    compact_serving_log() >> verdict
     act(verdict) >> [retrain(verdict), rollback, healthy()]
 
 

@@ -1,5 +1,8 @@
 """Daily ETA training: data → features → tune → train → gate → rollout → production.
 
+Beside the search and training, ``landed_drift`` compares the landed days with the production
+model's training set; the new version's lineage records it.
+
 Each step calls :mod:`relay.flows.eta_training` (or submits a Ray job); this file only wires them.
 Trigger it from the UI with **Trigger DAG w/ config** to pick the days, skip tuning or force a
 rejected model into canary. The monitoring DAG triggers it with ``reason`` in the conf.
@@ -137,6 +140,13 @@ def eta_training() -> None:
     def training_set(plan: dict, materialized: str, params: dict | None = None) -> dict:
         return _pipeline().training_set(_days(plan), (params or {})["window_days"])
 
+    @task
+    def landed_drift(plan: dict, tset: dict) -> dict:
+        # Beside the search and training: it records, it never stops the run (validation does).
+        out = _pipeline().landed_drift(_days(plan), tset["uri"], plan["run_dir"])
+        print(out["line"], f"(report {out['report_uri']})" if out["report_uri"] else "")
+        return out
+
     @task.branch
     def search_or_reuse(params: dict | None = None) -> str:
         return "reuse_hyperparameters" if (params or {}).get("skip_tuning") else "tune"
@@ -231,8 +241,9 @@ def eta_training() -> None:
     config = hyperparameters(planned)
     [tune, reused] >> config
     config >> train
+    drift = landed_drift(planned, ts)
     outcome = gate(planned, ts)
-    train >> outcome
+    [train, drift] >> outcome  # the gate registers the version with the drift's record
     decision = deploy_or_stop(outcome)
     decision >> [rollout, gate_rejected(outcome)]
     rollout >> rollout_result

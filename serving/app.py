@@ -96,6 +96,7 @@ class ETAModel:
         self.bundle, self.features, self.log = loaded.model, loaded.features, loaded.log
         self.prior_minutes = loaded.prior_minutes
         self.cache, self.cache_metrics = _prediction_cache(version, self.bundle)
+        self.ray_metrics = _model_metrics(version)
         self.predict_batch.set_max_batch_size(max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._warm_up()
@@ -176,6 +177,8 @@ class ETAModel:
             preds = self.cache.predict(self.bundle, feats, len(flat))
             if self.cache_metrics is not None:
                 self.cache_metrics.publish(self.cache.stats)
+        if self.ray_metrics is not None:
+            self.ray_metrics.observe_pass(len(flat), read.row_ages)
         elapsed_ms = (time.perf_counter() - t0) * 1000
         answers, records = answer_rows(
             self.version,
@@ -225,6 +228,13 @@ def _prediction_cache(version: str, model: Any) -> tuple[Any, Any]:
     if cache is None or not ray.is_initialized():
         return cache, None
     return cache, RayCacheMetrics(version)
+
+
+def _model_metrics(version: str) -> Any:
+    """The replica's Ray metrics (batch size, feature ages); None outside a Ray worker."""
+    from relay.serve.ray_metrics import ModelMetrics
+
+    return ModelMetrics(version) if ray.is_initialized() else None
 
 
 async def _call(
@@ -288,6 +298,7 @@ class Router:
         *,
         metrics_push_s: float,
         metrics_hub_timeout_s: float,
+        drift_refresh_s: float = 60.0,
         limits: Limits | None = None,
         secrets: SecretFiles | None = None,
         model_timeout_s: float | None = None,
@@ -311,6 +322,12 @@ class Router:
         # This replica's counters go to the cluster's hub; /v1/metrics answers the sum.
         self.hub = HubClient(self.metrics, metrics_hub_timeout_s)
         self.hub.start(metrics_push_s)
+        # The same calls as Ray metrics, which Prometheus sums over replicas, and monitoring's
+        # newest drift as gauges beside them (relay.serve.ray_metrics).
+        from relay.serve.ray_metrics import RouterMetrics, start_drift_export
+
+        self.ray_metrics = RouterMetrics()
+        self.drift = start_drift_export(drift_refresh_s)
         self.split: TrafficSplit | None = None
         self.faults: dict[str, Fault] = {}
         self.handles: dict[str, DeploymentHandle] = {}
@@ -470,6 +487,7 @@ class Router:
                 batch_orders=c.batch_orders,
                 orders=c.orders,
             )
+            self.ray_metrics.observe(c)
         if merged.failed or merged.unanswered:
             detail = merged.failed or f"orders {list(merged.unanswered)} got no answer"
             return JSONResponse(
@@ -682,6 +700,7 @@ def router_application(settings: Any = None, initial: dict[str, Any] | None = No
         initial,
         metrics_push_s=sv.metrics_push_s,
         metrics_hub_timeout_s=sv.metrics_hub_timeout_s,
+        drift_refresh_s=sv.drift_refresh_s,
         limits=Limits.of(sv),
         secrets=SecretFiles.of(sv),
         model_timeout_s=sv.model_timeout_s,

@@ -236,7 +236,8 @@ def test_training_dag_leaves_a_registered_model_serving(trained: dict[str, Any])
     from relay.registry import Registry
 
     states = _task_states("eta_training", trained["run_id"])
-    ran = {"ingest", "validate", "features", "training_set", "train", "gate", "rollout"}
+    ran = {"ingest", "validate", "features", "training_set", "landed_drift", "train", "gate"}
+    ran.add("rollout")
     assert {states[t] for t in ran} == {"success"}, states
     assert states["tune"] == "skipped" and states["gate_rejected"] == "skipped"
     assert "[ray job]" in trained["output"]  # the Ray jobs' logs are in the task logs
@@ -244,6 +245,11 @@ def test_training_dag_leaves_a_registered_model_serving(trained: dict[str, Any])
     production = Registry().stage_version("production")
     assert production is not None and production.state.value == "serving"
     assert production.lineage.data_partitions  # lineage names the lake partitions
+    # The first model: nothing in production to compare its landed days with, and it says so.
+    landed = production.lineage.landed_drift
+    assert landed is not None and landed.status == "no_reference", landed
+    assert [str(d) for d in landed.days] == list(DAYS)
+    assert "landed drift of 2026-11-17..2026-11-18: no reference" in trained["output"]
     order = Lake().read(RAW_ORDERS, dt.date.fromisoformat(DAYS[1])).iloc[0]
     answer = _post_eta(
         {
@@ -431,11 +437,19 @@ def test_monitoring_on_drifted_traffic_triggers_training(trained: dict[str, Any]
 
     production = Registry().stage_version("production")
     assert production is not None
-    at = dt.datetime(2026, 11, 19, 5, tzinfo=dt.UTC)
-    _serve_log(production.id, at - dt.timedelta(minutes=59), "new_zone", DAYS[1])
     before = len(_runs("eta_training"))
-    _, states, _ = _monitor(at)
-    assert states["retrain"] == "success", states
+    # A storm costs the model accuracy through inputs that drifted: drift seen. One window of
+    # it waits (RELAY_MONITORING__PERSIST_WINDOWS, 2); the next one in a row retrains.
+    first = dt.datetime(2026, 11, 19, 4, tzinfo=dt.UTC)
+    _serve_log(production.id, first - dt.timedelta(minutes=59), "storm", DAYS[1])
+    _, states, output = _monitor(first)
+    assert states["healthy"] == "success", (states, output[-3000:])
+    assert "drift seen in 1 of 2 consecutive windows; waiting" in output, output[-3000:]
+    assert len(_runs("eta_training")) == before
+    at = first + dt.timedelta(hours=1)
+    _serve_log(production.id, at - dt.timedelta(minutes=59), "storm", DAYS[1])
+    _, states, output = _monitor(at)
+    assert states["retrain"] == "success", (states, output[-3000:])
     assert states["healthy"] == "skipped"
     runs = _runs("eta_training")
     assert len(runs) == before + 1

@@ -96,7 +96,7 @@ def _interpolate(value: str, env: dict[str, str]) -> str:
 
 
 def _is_ray_node(service: dict[str, Any]) -> bool:
-    return service.get("command", [])[:2] == ["ray", "start"]
+    return service.get("command", [])[:1] == ["relay-ray-node"]
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)
@@ -118,7 +118,12 @@ def test_images_pin_their_base_run_as_non_root_and_install_the_lock(name):
     users = re.findall(r"^USER\s+(\S+)", text, flags=re.M)
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert "--index-url" in text and "torch==${TORCH_VERSION}" in text
-    assert "-c constraints.txt ." in text  # the project itself, against the lock
+    # The image's own hashed lock (tests/unit/test_packaging.py checks what each holds), every
+    # file checked; then the project alone, and pip check over the result.
+    lock = f"requirements/{name.removeprefix('Dockerfile.')}.lock"
+    assert re.search(rf"^COPY {lock} /tmp/", text, flags=re.M), lock
+    assert re.search(r"pip install [^\n]*--require-hashes --no-deps -r /tmp/\S+\.lock", text)
+    assert "pip install --no-cache-dir --no-deps . \\\n    && pip check" in text
 
 
 def test_airflow_image_points_airflow_at_the_projects_dags_and_plugins():
@@ -314,3 +319,21 @@ def test_airflow_runs_fab_with_its_admin_created_from_a_secret(compose, services
     assert compose["secrets"]["airflow_admin_password"] == {"environment": "AIRFLOW_ADMIN_PASSWORD"}
     script = (DOCKER / "airflow-init.sh").read_text()
     assert "users create" in script and "--password" not in script  # the prompt, not argv
+
+
+def test_ray_nodes_start_without_block_and_stop_on_sigterm(services):
+    """Every Ray node runs relay-ray-node (docker/ray-node.sh): `ray start` without --block,
+    SIGTERM turned into `ray stop` within the container's stop grace period."""
+    script = (DOCKER / "ray-node.sh").read_text()
+    assert subprocess.run(["sh", "-n", str(DOCKER / "ray-node.sh")]).returncode == 0
+    assert "trap stop_node TERM INT" in script and "ray stop --grace-period" in script
+    grace = int(re.search(r"RAY_STOP_GRACE_S:-(\d+)", script).group(1))
+    ray_file = (DOCKER / "Dockerfile.ray").read_text()
+    assert "COPY --chmod=0755 docker/ray-node.sh /usr/local/bin/relay-ray-node" in ray_file
+    assert re.search(r'^CMD \["relay-ray-node", "--head"', ray_file, flags=re.M)
+    for name in ("ray-head", "ray-worker", "ray-worker-gpu"):
+        svc = services[name]
+        assert _is_ray_node(svc), name
+        assert "--block" not in svc["command"], name
+        assert svc.get("init") is True, f"{name}: an init forwards SIGTERM and reaps Ray's daemons"
+        assert int(str(svc["stop_grace_period"]).rstrip("s")) > grace, name

@@ -147,5 +147,6 @@ def models_lineage(version: VersionArg, as_json: JsonOpt = False) -> None:
             ("code", lin.code_commit or "-"),
             ("config", lin.config_hash or "-"),
             ("parent", lin.parent_version_id or "-"),
+            ("drift", lin.landed_drift.line() if lin.landed_drift else "-"),
         ):
             out.print(f"    {key:<11}{value}", markup=False, highlight=False)

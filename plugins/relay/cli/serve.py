@@ -7,6 +7,7 @@ registry (:mod:`relay.rollout.manual`). ``rollout`` and ``restore`` are also the
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -199,3 +200,30 @@ def serve_fault(
     out.print(
         f"{version}: +{fault.delay_ms:g} ms, {fault.error_rate:.0%} failing, for {duration_s:g} s"
     )
+
+
+@app.command("compact")
+def serve_compact(
+    hours: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Whole hours back from --until (default RELAY_SERVING__LOG_COMPACT_*)"
+        ),
+    ] = None,
+    until: Annotated[
+        dt.datetime | None,
+        typer.Option(
+            formats=["%Y-%m-%dT%H", "%Y-%m-%dT%H:%M", "%Y-%m-%d"],
+            help="UTC; the hours that ended by then (default: now)",
+        ),
+    ] = None,
+) -> None:
+    """Compact the serving log: merge each whole hour's small files into one file sorted by
+    time (the hourly monitoring DAG does this for its last hours; this is for a backlog)."""
+    from relay.data.lake import Lake
+    from relay.serve.log_compact import compact_before
+
+    end = (until or dt.datetime.now(dt.UTC)).replace(tzinfo=dt.UTC)
+    for c in run(lambda: compact_before(Lake(), end, hours)):
+        what = f"{c.inputs} files -> {c.rows} rows" if c.uri else "nothing to merge"
+        out.print(f"{c.date} {c.hour:02d}h  {what}  ({c.removed} files removed)")

@@ -4,6 +4,10 @@ The world (zones, merchants, couriers) is fixed by the seed; each day's orders a
 ``(seed, date)`` so any day can be regenerated alone. Delivery time is a non-linear function of
 preparation, courier wait, distance, congestion by hour and zone, weather and courier load, with
 noise, so a model has something real to learn and a naive baseline has something to lose to.
+
+Ordinary days differ as real ones do (:mod:`relay.data.weather`, :mod:`relay.data.days`):
+weather comes in fronts that last days, the week and the holidays reshape the hours, the zones
+and the courier supply, and demand moves from day to day with the rain and on its own.
 """
 
 from __future__ import annotations
@@ -14,11 +18,17 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from relay.data.days import Demand, daily_demand, hour_weights
 from relay.data.schema import VEHICLES, WEATHER
+from relay.data.weather import RAIN, weather_grid
 
 _VEHICLE_SPEED_KMH = np.array([14.0, 22.0, 26.0])
 _WEATHER_SPEED = np.array([1.0, 0.96, 0.8, 0.6])
 _WEATHER_PREP = np.array([1.0, 1.0, 1.05, 1.12])
+# On an average day nine couriers in ten work; the rest is the slack that busy days call in.
+_ON_SHIFT = 0.9
+# Kitchens slow down on busy days: preparation grows with the city's volume to this power.
+_KITCHEN_LOAD = 0.3
 
 
 @dataclass(frozen=True)
@@ -107,16 +117,6 @@ def _draw_world(
     )
 
 
-def _hour_weights(weekday: int) -> np.ndarray:
-    hours = np.arange(24)
-    lunch = np.exp(-0.5 * ((hours - 12.5) / 1.1) ** 2)
-    dinner = np.exp(-0.5 * ((hours - 19.5) / 1.4) ** 2)
-    night = np.where((hours < 7) | (hours > 23), 0.02, 0.12)
-    weekend = weekday >= 5
-    w = night + (0.8 if weekend else 1.0) * lunch + (1.4 if weekend else 1.1) * dinner
-    return w / w.sum()
-
-
 def _rush_curve(hour_frac: np.ndarray) -> np.ndarray:
     """Traffic congestion by hour of day (0..~1): morning, lunch and evening peaks."""
     return (
@@ -126,20 +126,36 @@ def _rush_curve(hour_frac: np.ndarray) -> np.ndarray:
     )
 
 
-def _weather_grid(rng: np.random.Generator, world: World, storm_share: float) -> np.ndarray:
-    """Weather state per (zone, hour): a persistent latent process cut into categories."""
-    n_zones = len(world.zone_ids)
-    day_level = rng.normal(-0.5, 0.6)
-    latent = np.empty((n_zones, 24))
-    state = rng.normal(0, 1, n_zones)
-    for h in range(24):
-        state = 0.85 * state + np.sqrt(1 - 0.85**2) * rng.normal(0, 1, n_zones)
-        latent[:, h] = state + day_level + world.zone_wetness
-    grid = np.digitize(latent, [0.3, 1.3, 2.4])  # clear | cloudy | rain | storm
-    if storm_share > 0:
-        storm = rng.random(grid.shape) < storm_share
-        grid = np.where(storm, 3, np.maximum(grid, 2 * (rng.random(grid.shape) < 0.5)))
-    return grid
+def zone_residential(world: World) -> np.ndarray:
+    """How residential each zone is, 0 to 1: the least congested zones are homes."""
+    return np.clip((0.9 - world.zone_congestion) / 0.7, 0.0, 1.0)
+
+
+def day_conditions(
+    date: dt.date, seed: int = 7, world: World | None = None
+) -> tuple[np.ndarray, Demand]:
+    """A day's ordinary weather per (zone, hour) and its demand, before any scenario.
+
+    Args:
+        date: the day.
+        seed: the world's seed.
+        world: a world to use instead of the seed's default one.
+
+    Returns:
+        The weather categories per (zone, hour) and the day's :class:`~relay.data.days.Demand`.
+    """
+    w = world or make_world(seed)
+    grid = weather_grid(seed, date, w.zone_wetness)
+    return grid, daily_demand(seed, date, zone_residential(w), (grid >= RAIN).mean(axis=1))
+
+
+def daily_volume(date: dt.date, base: int, seed: int = 7, world: World | None = None) -> int:
+    """How many orders the simulated city places on ``date`` when an average day has ``base``.
+
+    :func:`generate_orders` takes its count from the caller; a caller that wants volumes to
+    follow the week, the holidays and the rain passes ``daily_volume(date, base)``.
+    """
+    return max(1, round(base * day_conditions(date, seed, world)[1].volume))
 
 
 def generate_orders(
@@ -165,19 +181,22 @@ def generate_orders(
     w = world or make_world(seed, new_zones=cond.new_zones)
     rng = np.random.default_rng([seed, date.toordinal(), 17])
     n = n_orders
-    weekday = date.weekday()
+    # The scenario changes the world, not the day's ordinary weather and demand (a storm is
+    # laid over them below): each scenario shifts what it names and nothing else.
+    grid, demand = day_conditions(date, seed, w)
 
-    # When: hour of day with lunch and dinner peaks, then a uniform second inside the hour.
-    hour = rng.choice(24, n, p=_hour_weights(weekday))
+    # When: hour of day with the day's lunch and dinner peaks, then a second inside the hour.
+    hour = rng.choice(24, n, p=hour_weights(demand.profile))
     sec = hour * 3600 + rng.integers(0, 3600, n)
     order_idx = np.argsort(sec, kind="stable")
     sec = sec[order_idx]
     hour = sec // 3600
     hour_frac = sec / 3600.0
 
-    # Where: a merchant by popularity; the delivery zone is the merchant's zone.
+    # Where: a merchant by popularity in its zone's demand of the day; the delivery zone is
+    # the merchant's zone.
     n_base_zones = len(w.zone_ids) - cond.new_zones
-    pop = w.merchant_popularity.copy()
+    pop = w.merchant_popularity * demand.zone_factor[w.merchant_zone]
     if cond.new_zones:
         is_new = w.merchant_zone >= n_base_zones
         pop[is_new] *= cond.new_zone_order_share / max(pop[is_new].sum() / pop.sum(), 1e-9)
@@ -185,8 +204,9 @@ def generate_orders(
     merchant = rng.choice(len(w.merchant_ids), n, p=pop / pop.sum())
     zone = w.merchant_zone[merchant]
 
-    # Who: a courier of that zone on shift (a shortage shrinks the pool).
-    on_shift = max(1, round(len(w.courier_ids) * cond.courier_share))
+    # Who: a courier of that zone on shift (the day's supply and a shortage set the pool).
+    supply = cond.courier_share * demand.courier_supply
+    on_shift = max(1, round(len(w.courier_ids) * min(1.0, _ON_SHIFT * supply)))
     shift = np.sort(rng.permutation(len(w.courier_ids))[:on_shift])
     shift_zone = w.courier_zone[shift]
     counts = np.bincount(shift_zone, minlength=len(w.zone_ids))
@@ -200,17 +220,22 @@ def generate_orders(
     )
     courier = shift[pick]
 
-    weather = _weather_grid(rng, w, cond.storm_share)[zone, hour]
+    if cond.storm_share > 0:
+        storm = rng.random(grid.shape) < cond.storm_share
+        grid = np.where(storm, 3, np.maximum(grid, 2 * (rng.random(grid.shape) < 0.5)))
+    weather = grid[zone, hour]
     rush = _rush_curve(hour_frac)
-    shortage = 1.0 / cond.courier_share
+    # Orders per courier against an average day's: the day's volume over its supply.
+    shortage = demand.volume / supply
     load_lambda = (0.5 + 1.3 * rush) * min(shortage, 4.0) ** 0.8
     courier_load = np.minimum(rng.poisson(load_lambda), 8)
 
     distance = np.clip(rng.lognormal(np.log(w.zone_spread_km[zone]), 0.45), 0.3, 25.0)
-    items = 1 + rng.poisson(1.6, n)
+    items = 1 + rng.poisson(1.6 + demand.profile.extra_items, n)
     prep = (
         w.merchant_prep[merchant]
         * cond.prep_factor
+        * demand.volume**_KITCHEN_LOAD
         * rng.lognormal(0.0, 0.22, n)
         * (1 + 0.35 * rush)
         * _WEATHER_PREP[weather]

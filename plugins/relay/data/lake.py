@@ -2,7 +2,8 @@
 
 Every dataset has a layer and a name (``raw/orders``, ``validated/orders``,
 ``features/courier_stats``, ``serving/predictions`` …) and one partition per day:
-``{lake}/{layer}/{name}/date=YYYY-MM-DD/part-0.parquet``.
+``{lake}/{layer}/{name}/date=YYYY-MM-DD/part-0.parquet``. The serving log is also partitioned
+by hour inside the day (``date=YYYY-MM-DD/hour=HH/``; the ``hour`` arguments below).
 """
 
 from __future__ import annotations
@@ -103,8 +104,15 @@ class Lake:
         """A glob over every partition file of a dataset (DuckDB and Feast read it)."""
         return f"{self.uri(dataset)}/*/*.parquet"
 
-    def _path(self, dataset: Dataset, date: dt.date) -> str:
-        return f"{self._root_path}/{dataset.layer}/{dataset.name}/date={date.isoformat()}"
+    def _path(self, dataset: Dataset, date: dt.date, hour: int | None = None) -> str:
+        day = f"{self._root_path}/{dataset.layer}/{dataset.name}/date={date.isoformat()}"
+        return day if hour is None else f"{day}/hour={hour:02d}"
+
+    def folder(self, dataset: Dataset, date: dt.date | None = None, hour: int | None = None) -> str:
+        """The filesystem path (in :attr:`fs`) of a dataset, a day's partition or an hour's."""
+        if date is None:
+            return f"{self._root_path}/{dataset.layer}/{dataset.name}"
+        return self._path(dataset, date, hour)
 
     def write(
         self, df: pd.DataFrame, dataset: Dataset, date: dt.date, *, only: bool = False
@@ -123,18 +131,38 @@ class Lake:
                     self.fs.delete_file(path)
         return uri
 
-    def write_part(self, df: pd.DataFrame, dataset: Dataset, date: dt.date, name: str) -> str:
-        """Write (or replace) one named file of a day's partition; returns its URI."""
-        self._write_file(df, self._path(dataset, date), name, self.fs)
-        return f"{self.uri(dataset, date)}/{name}"
+    def write_part(
+        self,
+        df: pd.DataFrame | pa.Table,
+        dataset: Dataset,
+        date: dt.date,
+        name: str,
+        *,
+        hour: int | None = None,
+        row_group_rows: int | None = None,
+    ) -> str:
+        """Write (or replace) one named file of a day's partition (or of an hour in it, with
+        ``hour``); returns its URI. A table's schema metadata is kept in the file."""
+        folder = self._path(dataset, date, hour)
+        self._write_file(df, folder, name, self.fs, row_group_rows)
+        return f"{self.root}/{folder.removeprefix(self._root_path + '/')}/{name}"
 
     @staticmethod
-    def _write_file(df: pd.DataFrame, folder: str, name: str, fs: pafs.FileSystem) -> None:
+    def _write_file(
+        df: pd.DataFrame | pa.Table,
+        folder: str,
+        name: str,
+        fs: pafs.FileSystem,
+        row_group_rows: int | None = None,
+    ) -> None:
         """Write one Parquet file so readers never see it half-written: a temp file and
-        ``os.replace`` locally, a single object PUT on S3."""
-        table = pa.Table.from_pandas(df, preserve_index=False)
+        ``os.replace`` locally, a single object PUT (or a multipart upload, atomic on
+        completion) on S3."""
+        table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
         # DuckDB (Feast's offline store) rejects nanosecond tz-aware timestamps.
         opts: dict[str, Any] = {"coerce_timestamps": "us", "allow_truncated_timestamps": True}
+        if row_group_rows is not None:
+            opts["row_group_size"] = row_group_rows
         if isinstance(fs, pafs.LocalFileSystem):
             fs.create_dir(folder, recursive=True)
             tmp = f"{folder}/.{uuid.uuid4().hex}.tmp"
@@ -143,8 +171,11 @@ class Lake:
         else:
             pq.write_table(table, f"{folder}/{name}", filesystem=fs, **opts)
 
-    def append(self, df: pd.DataFrame, dataset: Dataset, date: dt.date) -> str:
-        """Add ``df`` to one day's partition as a new file; existing files are left alone.
+    def append(
+        self, df: pd.DataFrame, dataset: Dataset, date: dt.date, hour: int | None = None
+    ) -> str:
+        """Add ``df`` to one day's partition (or to an hour in it, with ``hour``) as a new file;
+        existing files are left alone.
 
         The file is ``part-<UTC timestamp, microseconds>-<uuid>.parquet``, so names sort by
         write time and concurrent writers never collide. Readers never see a half-written
@@ -153,7 +184,7 @@ class Lake:
 
         Returns the new file's URI.
         """
-        folder = self._path(dataset, date)
+        folder = self._path(dataset, date, hour)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         name = f"part-{stamp}-{uuid.uuid4().hex}.parquet"
         put_fs = self.fs
@@ -163,14 +194,15 @@ class Lake:
                 self._put_fs, _ = filesystem(self.root, self.settings, single_put=True)
             put_fs = self._put_fs
         self._write_file(df, folder, name, put_fs)
-        return f"{self.uri(dataset, date)}/{name}"
+        return f"{self.root}/{folder.removeprefix(self._root_path + '/')}/{name}"
 
-    def files(self, dataset: Dataset, date: dt.date) -> list[str]:
-        """The Parquet files of one day's partition (filesystem paths), in name order.
+    def files(self, dataset: Dataset, date: dt.date, hour: int | None = None) -> list[str]:
+        """The Parquet files of one day's partition, or of one hour in it with ``hour``
+        (filesystem paths), in name order; a day's hour folders are not descended into.
 
         Temp files of writes in progress (``.*.tmp``) are never listed.
         """
-        selector = pafs.FileSelector(self._path(dataset, date), allow_not_found=True)
+        selector = pafs.FileSelector(self._path(dataset, date, hour), allow_not_found=True)
         return sorted(
             info.path
             for info in self.fs.get_file_info(selector)

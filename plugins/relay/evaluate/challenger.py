@@ -10,6 +10,7 @@ Trained → Evaluating → Validated or Failed, and records the gate's reasons i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -96,6 +97,8 @@ def evaluate_challenger(
     model_name: str | None = None,
     slice_margin: float | None = None,
     optimised: OptimiseOutcome | None = None,
+    importance: Mapping[str, float] | None = None,
+    champion_importance: Mapping[str, float] | None = None,
 ) -> ChallengerEvaluation:
     """Score a challenger (and the champion, if any) on one holdout, gate it, write a report.
 
@@ -111,6 +114,8 @@ def evaluate_challenger(
         slice_margin: this run's slice margin over ``settings.gate.slice_margin``
             (:func:`relay.evaluate.gate.decide`).
         optimised: the optimise stage's verdict on the challenger, shown in the report.
+        importance: the challenger's feature importance, drawn in the report (and
+            ``champion_importance``, the champion's, beside it).
 
     Returns:
         Both evaluations, the gate's verdict and the report's path.
@@ -147,6 +152,8 @@ def evaluate_challenger(
         verdict,
         optimised=optimised,
         variant=challenger.variant,
+        importance=importance,
+        champion_importance=champion_importance,
     )
     return ChallengerEvaluation(ev_challenger, ev_champion, verdict, report)
 
@@ -205,6 +212,11 @@ def evaluate_version(
     production = reg.stage_version(Stage.PRODUCTION, version.name)
     champion_id = None if production is None or production.id == version_id else production.id
     champion = None if champion_id is None else ModelBundle.from_registry(reg, champion_id)
+    champion_importance = (
+        production.training.feature_importance
+        if production is not None and champion_id is not None
+        else None
+    )
     optimised = _optimised(reg, version)
     report = Path(report_path or s.reports_dir / "evaluation" / f"{version_id}.html")
 
@@ -227,6 +239,8 @@ def evaluate_version(
             model_name=version.name,
             slice_margin=slice_margin,
             optimised=optimised,
+            importance=version.training.feature_importance,
+            champion_importance=champion_importance,
         )
     except InvalidPredictions as err:
         if err.role == "challenger":

@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # pragma: no cover, typing only
     from relay.model.quantise import OptimiseOutcome
 
 MAX_SCATTER_POINTS = 5_000
+TOP_FEATURES = 3
+"""Features named in the importance section's text, per model."""
 
 
 def write_report(
@@ -39,13 +41,15 @@ def write_report(
     seed: int = 0,
     optimised: OptimiseOutcome | None = None,
     variant: str = "float",
+    importance: Mapping[str, float] | None = None,
+    champion_importance: Mapping[str, float] | None = None,
 ) -> Path:
     """Write a self-contained HTML report comparing a challenger with the champion.
 
     The page embeds plotly.js once, so it opens offline. Sections: metrics table, residual
     histogram, predicted vs actual (at most ``max_points`` points, one shared random subset),
-    MAE by slice (one chart per slice), the gate verdict and, when the optimise stage ran, its
-    INT8 verdict.
+    MAE by slice (one chart per slice), the gate verdict, when the optimise stage ran its INT8
+    verdict and, when known, the challenger's feature importance (beside the champion's).
 
     Args:
         path: the HTML file to write; its folder is created.
@@ -59,6 +63,9 @@ def write_report(
         seed: seed of the scatter's subsample.
         optimised: the optimise stage's verdict on the challenger's INT8 model, if it ran.
         variant: which of the challenger's weights were evaluated: ``float`` or ``int8``.
+        importance: the challenger's feature importance (shares by input,
+            ``TrainingInfo.feature_importance``); empty or None: no importance section.
+        champion_importance: the champion's, drawn beside it when known.
 
     Returns:
         The path written.
@@ -81,6 +88,9 @@ def write_report(
     for name in challenger.slices:
         title = f"MAE by {name}"
         figures.append((f"slice-{name}", title, _slice_figure(name, challenger, champion)))
+    ranked = _importance_models(challenger, champion, importance, champion_importance)
+    if ranked:
+        figures.append(("importance", "Feature importance", _importance_figure(ranked)))
     # The first figure carries plotly.js; the rest reuse it, so the bundle is embedded once.
     # Markup is safe here: plotly writes its data as JSON with "<" and "/" \u-escaped.
     rendered = [
@@ -113,6 +123,7 @@ def write_report(
         fail=FAIL,
         n_scatter=min(len(true), max_points),
         n_rows=len(true),
+        top_features=[(label, _top(shares)) for label, shares in ranked],
     )
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -232,6 +243,56 @@ def _slice_figure(name: str, challenger: Evaluation, champion: Evaluation | None
     return fig
 
 
+def _importance_models(
+    challenger: Evaluation,
+    champion: Evaluation | None,
+    importance: Mapping[str, float] | None,
+    champion_importance: Mapping[str, float] | None,
+) -> list[tuple[str, dict[str, float]]]:
+    """(label, shares) of each model whose importance is known, the challenger first; none
+    without the challenger's (a version trained before importance was measured)."""
+    if not importance:
+        return []
+    models = [(challenger.label, dict(importance))]
+    if champion_importance:
+        models.append((champion.label if champion else "champion", dict(champion_importance)))
+    return models
+
+
+def _top(shares: Mapping[str, float], n: int = TOP_FEATURES) -> str:
+    ranked = sorted(shares.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    return ", ".join(f"{name} {share:.0%}" for name, share in ranked)
+
+
+def _importance_figure(models: list[tuple[str, dict[str, float]]]) -> go.Figure:
+    import plotly.graph_objects as go
+
+    ours = models[0][1]
+    names = sorted({n for _, shares in models for n in shares})
+    # Ascending, as plotly draws a horizontal bar chart bottom-up: the largest share on top.
+    names.sort(key=lambda n: (ours.get(n, 0.0), max(s.get(n, 0.0) for _, s in models)))
+    fig = go.Figure()
+    for label, shares in models:
+        fig.add_trace(
+            go.Bar(
+                x=[shares.get(n) for n in names],
+                y=names,
+                orientation="h",
+                name=label,
+                text=[f"{shares[n]:.1%}" if n in shares else "" for n in names],
+            )
+        )
+    fig.update_layout(
+        barmode="group",
+        xaxis_title="share of the holdout MAE increase when shuffled",
+        xaxis_tickformat=".0%",
+        height=max(300, 22 * len(names) * len(models) + 120),
+        margin={"t": 30},
+    )
+    fig.update_yaxes(type="category")
+    return fig
+
+
 _TEMPLATE = """<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -294,6 +355,15 @@ orders, a {{ optimised.timing_rows }}-row batch timed on {{ optimised.measured_o
 <section id="{{ fig.id }}">
 <h2>{{ fig.title }}</h2>
 {% if fig.id == "scatter" %}<p>{{ "{:,}".format(n_scatter) }} orders shown.</p>{% endif %}
+{% if fig.id == "importance" %}
+<p>Permutation importance on the training run's holdout: each input's share of the MAE
+increase when its column is shuffled.</p>
+<ul>
+{% for label, top in top_features %}
+<li>Top features of {{ label }}: {{ top }}</li>
+{% endfor %}
+</ul>
+{% endif %}
 {{ fig.html }}
 </section>
 {% endfor %}

@@ -7,11 +7,13 @@ service (its views, their join keys and features, the on-demand views), and per 
 store's own ``online_read`` for each view's distinct entities (the keys Feast wrote them under,
 so a push or a materialization is seen at once), then converts the values as Feast does. The
 answer is :meth:`relay.features.store.OnlineFeatures.read`'s: the same columns and values, a
-test holds them equal on SQLite and Redis.
+test holds them equal on SQLite and Redis. The rows' event timestamps, which the store returns
+with them, give each read's feature freshness (:attr:`DirectRead.row_ages`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +37,11 @@ class DirectRead:
         keys: the request rows' fields answered as they are (the entity keys, as Feast does).
         on_demand: the service's on-demand views (computed here from the request fields).
         request_fields: the request fields the on-demand views take.
+
+    Attributes:
+        row_ages: after each :meth:`read`, per view, the age in seconds of the oldest row it
+            found (the stalest value the batch is answered with); a view none of whose entities
+            is stored is left out. Read it in the thread that read.
     """
 
     def __init__(
@@ -63,6 +70,7 @@ class DirectRead:
             for p in service.feature_view_projections
             if p.name in tables
         )
+        self.row_ages: dict[str, float] = {}
 
     def read(self, rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
         """Feature columns for ``rows`` (request rows: the keys and the request fields)."""
@@ -70,6 +78,8 @@ class DirectRead:
         from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
 
         n = len(rows)
+        now = dt.datetime.now(dt.UTC)
+        ages: dict[str, float] = {}
         out: dict[str, list[Any]] = {k: [r[k] for r in rows] for k in self._keys}
         for view in self._views:
             # Each distinct entity once, as Feast does: 32 orders of one zone are one read.
@@ -88,6 +98,10 @@ class DirectRead:
                 self._config, view.table, entity_keys, list(view.features)
             )
             found = [values or {} for _, values in read]  # None: an unknown entity
+            stamps = [ts for ts, values in read if values and ts is not None]
+            if stamps:
+                oldest = min(t if t.tzinfo else t.replace(tzinfo=dt.UTC) for t in stamps)
+                ages[view.table.name] = max(0.0, (now - oldest).total_seconds())
             for name in view.features:
                 column = [
                     feast_value_type_to_python_type(v[name]) if name in v else None for v in found
@@ -97,4 +111,5 @@ class DirectRead:
             inputs = {k: [r[k] for r in rows] for k in self._request_fields}
             outputs = {f.name for f in odfv.features}  # transform_dict echoes its inputs
             out |= {k: list(v) for k, v in odfv.transform_dict(inputs).items() if k in outputs}
+        self.row_ages = ages
         return out

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -32,10 +32,14 @@ class Store(Protocol):
 
 @dataclass(frozen=True)
 class OnlineRead:
-    """Feature columns for a batch, and why they are the defaults (None: the store answered)."""
+    """Feature columns for a batch, why they are the defaults (None: the store answered), and
+    per view the age in seconds of the oldest row the store answered with (empty for defaults,
+    or a store that does not tell: ``row_ages`` of :class:`relay.features.store.OnlineFeatures`).
+    """
 
     features: dict[str, list[Any]]
     degraded: str | None = None
+    row_ages: dict[str, float] = field(default_factory=dict)
 
 
 class GuardedReader:
@@ -63,7 +67,7 @@ class GuardedReader:
         # One thread: a read the store never answers holds it, and later requests get the
         # defaults at once instead of queueing behind it (nor piling up threads).
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-online-read")
-        self._pending: Future[dict[str, list[Any]]] | None = None
+        self._pending: Future[OnlineRead] | None = None
         self._skip_until = 0.0
         self._why = ""
         self._lock = threading.Lock()
@@ -74,10 +78,10 @@ class GuardedReader:
         with self._lock:
             why = self._skipping()
             if why is None:
-                future = self._pending = self._pool.submit(self.store.read, orders)
+                future = self._pending = self._pool.submit(self._read, orders)
         if why is None:
             try:
-                return OnlineRead(future.result(timeout=self.timeout_s))
+                return future.result(timeout=self.timeout_s)
             except FutureTimeout:
                 why = f"online store slower than {self.timeout_s * 1000:.0f} ms"
             except Exception as exc:
@@ -85,6 +89,11 @@ class GuardedReader:
             self._trip(why)
         self.degraded_reads += 1
         return OnlineRead(self.store.defaults(orders), why)
+
+    def _read(self, orders: list[dict[str, Any]]) -> OnlineRead:
+        features = self.store.read(orders)
+        # In the read's own thread, the only one that reads: the ages are this read's.
+        return OnlineRead(features, row_ages=dict(getattr(self.store, "row_ages", None) or {}))
 
     def warm_up(self, orders: list[dict[str, Any]], reads: int = 20) -> None:
         """Pay the store's first reads (connection, registry: up to 400 ms each) before any

@@ -33,7 +33,7 @@ from relay.data.lake import (
 from relay.errors import FeatureStoreError, PartitionNotFound
 from relay.features.catalog import VIEWS
 from relay.features.direct import DirectRead
-from relay.features.frames import feature_tables
+from relay.features.frames import entity_frame, feature_tables
 from relay.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -264,30 +264,6 @@ def _feature_view(store: FeatureStore, name: str) -> Any:
         ) from exc
 
 
-def entity_frame(orders: pd.DataFrame) -> pd.DataFrame:
-    """The entity rows Feast needs for a set of orders: keys, request fields, timestamp.
-
-    Keeps ``order_id`` and, when present, the label ``delivery_minutes``.
-    """
-    created = orders["created_at"]
-    out = pd.DataFrame(
-        {
-            "order_id": orders["order_id"].to_numpy(),
-            "courier_id": orders["courier_id"].to_numpy(),
-            "merchant_id": orders["merchant_id"].to_numpy(),
-            "zone_id": orders["zone_id"].to_numpy(),
-            "event_timestamp": created.to_numpy(),
-            "distance_km": orders["distance_km"].to_numpy(dtype=float),
-            "hour": created.dt.hour.to_numpy(dtype="int64"),
-            "weekday": created.dt.weekday.to_numpy(dtype="int64"),
-        }
-    )
-    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True)
-    if "delivery_minutes" in orders:
-        out["delivery_minutes"] = orders["delivery_minutes"].to_numpy(dtype=float)
-    return out
-
-
 def training_frame(orders: pd.DataFrame, settings: Settings | None = None) -> pd.DataFrame:
     """Point-in-time-correct features for ``orders``: each row sees only values stamped at or
     before the order's creation. Rows come back in the orders' order."""
@@ -348,6 +324,8 @@ class OnlineFeatures:
             else:
                 self._stored.extend(f.name for f in projection.features)
         self._columns: tuple[str, ...] | None = None
+        #: After each read, per view, the age (s) of its oldest row found (direct reads only).
+        self.row_ages: dict[str, float] = {}
         self._direct = (
             DirectRead(self.store, self.service, ENTITY_KEYS, self._on_demand, REQUEST_FIELDS)
             if s.feast.direct_read
@@ -360,9 +338,11 @@ class OnlineFeatures:
         rows = [{k: r[k] for k in (*ENTITY_KEYS, *REQUEST_FIELDS)} for r in orders]
         if self._direct is not None and not sdk:
             out = self._direct.read(rows)
+            self.row_ages = self._direct.row_ages
         else:
             resp = self.store.get_online_features(features=self.service, entity_rows=rows)
             out = dict(resp.to_dict())
+            self.row_ages = {}
         self._columns = tuple(out)
         return out
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from relay.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from relay.registry.models import ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ def run_monitoring(
     from relay.flows.notices import monitoring_notice, retrain_trigger
     from relay.model.bundle import ModelBundle
     from relay.monitor.drift import NoServingTraffic
+    from relay.monitor.history import MonitoringHistory
     from relay.monitor.rules import Action, decide, registered_mae
     from relay.monitor.window import monitor_window, reference_uri_of
     from relay.notify import send
@@ -60,6 +64,9 @@ def run_monitoring(
         result = monitor_window(end, reference_uri_of(production), s, predict=bundle.predict)
     except NoServingTraffic as exc:
         return _recorded(_quiet(str(exc)), end, s)
+    # Persistence counts the windows before this one: the last persist_windows verdicts hold
+    # them even when this window's own earlier record (a re-run) is among them.
+    recent = MonitoringHistory(s).verdicts(s.monitoring.persist_windows)
     verdict = decide(
         result,
         s.monitoring,
@@ -68,6 +75,11 @@ def run_monitoring(
         previous_registered_mae=previous_mae,
         previous_rolled_back=before is not None and before.barred,
         last_rollback_at=reg.last_rollback_at(production.name),
+        importance=production.training.feature_importance,
+        previous_importance=before.training.feature_importance if before else None,
+        recent=recent,
+        production_registered_mae=registered_mae(production.training.metrics),
+        last_retrain_at=last_retrain_at(reg.list_versions(production.name)),
     )
     log.info("%s\ndrift report: %s", verdict.summary(), result.report_path)
     out = verdict.to_dict()
@@ -76,6 +88,11 @@ def run_monitoring(
     trigger = retrain_trigger(why, run_id)
     out["conf"] = training_conf(why["reason"], end, s.gate.drift_slice_margin, trigger=trigger)
     out["quality_report_path"] = result.quality_report_path
+    # The measurements travel with the verdict in the registry's store, so the serving drift
+    # gauges (relay.monitor.latest) need no access to this worker's report folder.
+    out["feature_psi"] = {f.name: f.psi for f in result.features if f.psi is not None}
+    out["prediction_psi"] = None if result.prediction is None else result.prediction.psi
+    out["drifted_share"] = result.drifted_share
     notice = monitoring_notice(out, run_id)
     if notice is not None and verdict.action is Action.ROLLBACK:
         send(notice, s)  # a retrain is told where it is triggered (the storm limits may skip it)
@@ -110,6 +127,24 @@ def training_conf(
     if trigger:
         conf["trigger"] = dict(trigger)
     return conf
+
+
+def last_retrain_at(versions: Iterable[ModelVersion]) -> dt.datetime | None:
+    """When the newest version trained at monitoring's request was registered, or None.
+
+    The retrain cooldown counts from it: a retrain that happened, whatever became of it
+    (promoted, rejected by the gate, rolled back). A retrain asked for and still running is
+    :mod:`relay.monitor.retrain`'s to hold, and a verdict that asked for one the trigger then
+    skipped started nothing to cool down from.
+    """
+    from relay.monitor.rules import TRIGGERED_BY
+
+    made = [
+        v.created_at
+        for v in versions
+        if v.lineage.trigger is not None and v.lineage.trigger.triggered_by == TRIGGERED_BY
+    ]
+    return max(made, default=None)
 
 
 def _quiet(reason: str) -> dict[str, Any]:

@@ -141,6 +141,22 @@ def training_set(
     return {"uri": uri, "rows": rows, "partitions": parts}
 
 
+def landed_drift(days: list[dt.date], training_set_uri: str, folder: Path | str) -> dict[str, Any]:
+    """Compare the run's landed days in its training set with production's training set, into
+    ``<run>/landed_drift/`` (:func:`relay.monitor.landed.measure`). Records, never stops the
+    run: nothing in production or a failure is recorded as such. Returns the record (JSON) with
+    ``record`` (the ``landed.json`` path) and ``line`` (the one-line summary)."""
+    from relay.monitor.landed import FOLDER, RECORD_FILE, measure
+
+    out = Path(folder) / FOLDER
+    record = measure(training_set_uri, days, out)
+    return {
+        **record.model_dump(mode="json"),
+        "record": str(out / RECORD_FILE),
+        "line": record.line(),
+    }
+
+
 def reuse_hyperparameters(folder: Path | str, overrides: Mapping[str, Any] | None = None) -> str:
     """Write ``best_config.json`` for a run that skips tuning: the production version's
     hyperparameters (the defaults when nothing is in production), then ``overrides``."""
@@ -194,7 +210,8 @@ def register_and_gate(
     """Register the trained model, then gate it against the production champion.
 
     ``conf`` is the run's conf (its ``reason`` and, for a drift retrain, the ``trigger``
-    monitoring put there): the version's lineage records it (:func:`notices.training_trigger`).
+    monitoring put there): the version's lineage records it (:func:`notices.training_trigger`),
+    with the run's landed-drift record (:func:`landed_drift`, in the run folder) when there is one.
     A rejection is sent as a notification (:mod:`relay.notify`) with the gate's reasons.
 
     With ``force`` a rejected version is still deployed (as a canary, judged by live metrics);
@@ -210,6 +227,7 @@ def register_and_gate(
     from relay.evaluate.gate import margin
     from relay.flows import notices
     from relay.model.registration import register_trained
+    from relay.monitor.landed import FOLDER, read_record
     from relay.notify import send
     from relay.registry import ModelState
 
@@ -222,6 +240,8 @@ def register_and_gate(
         data_partitions=partitions,
         run_id=run_id or str(Path(model_dir).resolve()),
         trigger=trigger,
+        # The run folder's landed_drift/ (the step beside training); None if it did not run.
+        landed_drift=read_record(Path(model_dir).parent / FOLDER),
     )
     if version.state not in (ModelState.TRAINED, ModelState.EVALUATING):
         out = recorded_outcome(version, s)

@@ -27,7 +27,8 @@ DAGS = ("eta_features", "eta_training", "eta_monitoring", "eta_rollback")
 
 
 def start_ray(settings: Settings | None = None) -> int:
-    """A Ray head with its dashboard (Jobs API), Serve's HAProxy ingress enabled."""
+    """A Ray head with its dashboard (Jobs API) and metrics agent
+    (``RELAY_RAY__METRICS_EXPORT_PORT``), Serve's HAProxy ingress enabled."""
     from relay.infra.cluster import node_env
     from relay.infra.rayjobs import auth_headers
     from relay.serve.control import HAPROXY_ENV
@@ -44,6 +45,9 @@ def start_ray(settings: Settings | None = None) -> int:
         f"--num-cpus={s.ray.num_cpus}",
         f"--dashboard-host={dash.hostname or '127.0.0.1'}",
         f"--dashboard-port={dash.port or 8265}",
+        # Prometheus scrapes Relay's Ray metrics (relay.serve.ray_metrics) here; on node_ip,
+        # so loopback in the local profile.
+        f"--metrics-export-port={s.ray.metrics_export_port}",
         "--disable-usage-stats",
     ]
     # Job entrypoints say `python`: make it this environment's, wherever make up was run from.

@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from relay.model.importance import Importance, measure_run
 from relay.model.optimise import optimise_run
 from relay.model.preprocess import Preprocessor
 from relay.model.quantise import OptimiseOutcome
@@ -70,6 +71,7 @@ class TrainResult:
     samples_per_second: float
     checkpoint_path: str | None
     optimised: OptimiseOutcome | None = None
+    importance: Importance | None = None
 
 
 def resolve_hyperparameters(req: TrainRequest, settings: Settings) -> dict[str, Any]:
@@ -229,6 +231,8 @@ def run_training(req: TrainRequest, settings: Settings | None = None) -> TrainRe
 
     Saves ``model.pt`` (best weights), ``net_config.json``, ``preprocessor.json``,
     ``metrics.json`` and the holdout Parquet the evaluation uses; then, unless
+    ``RELAY_IMPORTANCE__ENABLED`` is false, the model's permutation importance on that holdout
+    (``importance.json``, :mod:`relay.model.importance`), and unless
     ``RELAY_OPTIMISE__ENABLED`` is false, the optimise stage's ``optimised.json`` (and
     ``model.int8.pt`` when it accepted the INT8 model), judged on the same holdout.
     """
@@ -304,7 +308,10 @@ def run_training(req: TrainRequest, settings: Settings | None = None) -> TrainRe
     model.load_state_dict(state["best_model"] or state["model"])
     metrics = dict(result.metrics or {})
     save_run(out, model, prep, hp, metrics, len(split.train))
-    # Here, where the holdout is still in memory: every run, and so every version, gets it.
+    # Here, where the holdout is still in memory: every run, and so every version, gets them.
+    importance = (
+        measure_run(out, model, prep, split.holdout, s.importance) if s.importance.enabled else None
+    )
     optimised = optimise_run(out, split.holdout, s) if s.optimise.enabled else None
     return TrainResult(
         output_dir=out,
@@ -315,4 +322,5 @@ def run_training(req: TrainRequest, settings: Settings | None = None) -> TrainRe
         samples_per_second=float(metrics.get("samples_per_second", 0.0)),
         checkpoint_path=result.checkpoint.path,
         optimised=optimised,
+        importance=importance,
     )

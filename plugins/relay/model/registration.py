@@ -1,14 +1,17 @@
 """From a training run's output folder to a registered model version.
 
-``run_training`` leaves ``model.pt``, ``net_config.json``, ``preprocessor.json`` and
-``metrics.json`` in its output folder, and the optimise stage (:mod:`relay.model.optimise`)
-its ``optimised.json`` and, when it accepted the INT8 model, ``model.int8.pt``.
+``run_training`` leaves ``model.pt``, ``net_config.json``, ``preprocessor.json``,
+``metrics.json`` and ``importance.json`` (:mod:`relay.model.importance`: its shares become the
+version's ``training.feature_importance``) in its output folder, and the optimise stage
+(:mod:`relay.model.optimise`) its ``optimised.json`` and, when it accepted the INT8 model,
+``model.int8.pt``.
 :func:`register_trained` checks that the three model files load together, then registers them
 all (and an evaluation report, if given) as the next version in state Trained, with what the
 registry needs to answer "where did this come from?": the feature service, the training set and
 its data partitions, the code commit, a hash of the configuration and the production version it
-is meant to replace. The history's "trained on" line is a note for people; the drift job reads
-the lineage's ``training_set``.
+is meant to replace, and the drift of the run's landed days against that version's training set
+(:mod:`relay.monitor.landed`; its report stored beside the model). The history's "trained on"
+line is a note for people; the drift job reads the lineage's ``training_set``.
 
 Given the training run's id, registration is idempotent: the same run and the same ``model.pt``
 (by sha256) always give the same version, so a retried or cleared gate task registers nothing
@@ -38,8 +41,10 @@ from relay.model.bundle import (
     feature_count,
     read_outcome,
 )
+from relay.model.importance import read_importance
 from relay.registry import (
     BumpKind,
+    LandedDrift,
     Lineage,
     ModelState,
     ModelVersion,
@@ -53,6 +58,8 @@ from relay.registry import (
 from relay.settings import Settings, get_settings
 
 REPORT_ARTIFACT = "evaluation.html"
+#: The landed-drift report and measurements of the run (:mod:`relay.monitor.landed`).
+LANDED_DRIFT_ARTIFACTS = {"report_uri": "landed_drift.html", "summary_uri": "landed_drift.json"}
 UNKNOWN_COMMIT = "unknown"
 DEFAULT_OWNER = "relay"
 
@@ -72,13 +79,14 @@ def register_trained(
     serving: ServingRequirements | None = None,
     run_id: str | None = None,
     trigger: TrainingTrigger | None = None,
+    landed_drift: LandedDrift | None = None,
 ) -> ModelVersion:
     """Register a finished training run as the model's next version, in state Trained.
 
     Args:
         output_dir: The run's output folder (``model.pt``, ``net_config.json``,
-            ``preprocessor.json``, ``metrics.json``; ``optimised.json`` and
-            ``model.int8.pt`` when the optimise stage ran).
+            ``preprocessor.json``, ``metrics.json``; ``importance.json`` when importance was
+            measured, ``optimised.json`` and ``model.int8.pt`` when the optimise stage ran).
         training_set_uri: The training-set Parquet the run read; recorded in the lineage
             (:func:`training_set_ref`), the drift job's reference.
         data_partitions: Lake partitions behind the training set, e.g. ``["2026-11-19"]``.
@@ -97,6 +105,9 @@ def register_trained(
             it is now, in whatever state. None: always a new version (e.g. a deliberate copy).
         trigger: Why the run trained (its reason; for a drift retrain, the monitoring run and
             drift report), recorded in the lineage; None: not known (a run by hand).
+        landed_drift: The run's drift of its landed days against production's training set,
+            recorded in the lineage; its report and summary, when on local disk, are stored
+            as ``landed_drift.html`` and ``landed_drift.json``. None: not measured.
 
     Returns:
         The registered version (or, with ``run_id``, the one registered before).
@@ -112,6 +123,7 @@ def register_trained(
     folder = Path(output_dir)
     bundle = ModelBundle.from_dir(folder)  # refuses files that do not load together
     run = _read_metrics(folder / METRICS_FILE)
+    importance = read_importance(folder)  # None for runs from before it was measured
     hyperparameters = dict(run.get("hyperparameters") or {})
     partitions = list(data_partitions)
     if parent is None:
@@ -124,6 +136,7 @@ def register_trained(
     artifacts.update(optimised_artifacts(folder))
     if evaluation_report is not None:
         artifacts[REPORT_ARTIFACT] = Path(evaluation_report)
+    artifacts.update(landed_drift_artifacts(landed_drift))
     return reg.register(
         artifacts,
         lineage=Lineage(
@@ -135,6 +148,7 @@ def register_trained(
             parent_version_id=parent,
             training_run=run_id,
             trigger=trigger,
+            landed_drift=landed_drift,
         ),
         owner=owner,
         training=TrainingInfo(
@@ -143,6 +157,7 @@ def register_trained(
             feature_count=feature_count(bundle.preprocessor),
             hyperparameters=hyperparameters,
             metrics=numeric_metrics(run.get("metrics") or {}),
+            feature_importance={} if importance is None else importance.shares,
         ),
         bump=bump,
         state=ModelState.TRAINED,
@@ -183,6 +198,15 @@ def optimised_artifacts(folder: Path) -> dict[str, Path | bytes]:
             f"{folder / OPTIMISE_FILES[0]}"
         )
     return {name: folder / name for name in OPTIMISE_FILES if (folder / name).is_file()}
+
+
+def landed_drift_artifacts(record: LandedDrift | None) -> dict[str, Path | bytes]:
+    """The landed-drift report and summary to store with the version: those of ``record``
+    that are files here (a report elsewhere stays linked by its URI in the lineage)."""
+    if record is None:
+        return {}
+    found = {name: getattr(record, field) for field, name in LANDED_DRIFT_ARTIFACTS.items()}
+    return {name: Path(uri) for name, uri in found.items() if uri and Path(uri).is_file()}
 
 
 def training_set_ref(uri: str, partitions: Sequence[str] = ()) -> TrainingSetRef:

@@ -1,7 +1,8 @@
 """What to do about the production model after a monitoring window: nothing, retrain, roll back.
 
-:func:`decide` is pure: a :class:`relay.monitor.drift.DriftResult`, the versions to compare and the
-monitoring settings in, a :class:`MonitoringVerdict` out. Every check is listed in the verdict.
+:func:`decide` is pure: a :class:`relay.monitor.drift.DriftResult`, the versions to compare, the
+model's feature importance, the earlier windows' verdicts and the monitoring settings in, a
+:class:`MonitoringVerdict` out. Every check is listed in the verdict.
 
 Rules, every threshold in :class:`~relay.settings.MonitoringSettings`:
 
@@ -15,21 +16,20 @@ Rules, every threshold in :class:`~relay.settings.MonitoringSettings`:
    ``min_labelled`` labelled predictions there (a canary, or a split), else its registered
    MAE (the caller reads it from the registry, :func:`registered_mae`). A registered MAE was
    measured on training-time data, so a drifted world can make production look worse than it
-   is: the verdict names which baseline it used, and when features drifted too, a regression
-   against a registered MAE retrains instead of rolling back (predictions that drifted on
-   inputs that did not are the model's own fault: it rolls back). A rollback takes
-   precedence over a retrain: retraining takes hours and restoring takes seconds.
+   is: the verdict names which baseline it used, and when features that matter drifted too,
+   a regression against a registered MAE is left to the retrain rules instead of rolling back
+   (predictions that drifted on inputs that did not are the model's own fault: it rolls back).
+   A rollback takes precedence over a retrain: retraining takes hours and restoring seconds.
 
    Rollbacks must not flap: a previous version that was rolled back itself is no baseline and
    no target (quality not judged), and within ``rollback_cooldown_s`` of the last rollback a
    regression holds (a ``SKIP: rollback held`` line): the other checks decide.
-3. **retrain** when any of these holds:
-
-   * the share of monitored features that Evidently found drifted is at least
-     ``drift_share_threshold`` (features with a PSI threshold of their own, which move every
-     ordinary day, are judged by it alone and not counted);
-   * a feature's PSI exceeds its threshold (``psi_thresholds[name]``, else ``psi_threshold``);
-   * the predictions' PSI exceeds ``prediction_drift_threshold``.
+3. **retrain** when drift that matters (importance-weighted feature drift at least
+   ``importance_drift_threshold``) is confirmed by prediction drift or a quality loss against
+   production's own registered MAE, or quality is lost while inputs drifted, in this window
+   and the ``persist_windows - 1`` before it, and no retrain happened within
+   ``retrain_cooldown_s``: :mod:`relay.monitor.retrain_rules`. The verdict records whether
+   this window saw drift (``drift_seen``), which the next window counts.
 
 4. otherwise **ok**.
 """
@@ -38,12 +38,18 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
 from relay.monitor.drift import DriftResult
+from relay.monitor.retrain_rules import (
+    drift_streak,
+    feature_drift_check,
+    quality_loss_check,
+    retrain_lines,
+)
 from relay.settings import MonitoringSettings
 from relay.verdict import FAIL, SKIP, Verdict, reason_lines, relative_change, within_noise
 
@@ -66,12 +72,10 @@ class Check(StrEnum):
 
     TRAFFIC = "traffic"
     QUALITY = "quality"
-    DRIFT_SHARE = "drift_share"
-    FEATURE_PSI = "feature_psi"
+    FEATURE_DRIFT = "feature_drift"
     PREDICTION_DRIFT = "prediction_drift"
+    QUALITY_LOSS = "quality_loss"
 
-
-RETRAIN_CHECKS = frozenset({Check.DRIFT_SHARE, Check.FEATURE_PSI, Check.PREDICTION_DRIFT})
 
 Baseline = Literal["live", "registered"]
 
@@ -84,8 +88,8 @@ class MonitoringVerdict(Verdict):
         action: ok, retrain or rollback.
         reasons: every check, one line each, prefixed ``PASS:``, ``FAIL:`` or ``SKIP:``.
         failed_checks: the names of the failing checks (:class:`Check` values).
-        drifted_features: the features behind a retrain: those over their PSI threshold and,
-            when the drifted share is over its threshold, those Evidently found drifted.
+        drifted_features: when the features that matter drifted or the window saw drift, the
+            drifted features, heaviest (by production's importance) first.
         production_version: the version judged.
         previous_version: the version it was compared with, if any.
         baseline: where the previous version's MAE came from (``live`` in this window or
@@ -93,6 +97,9 @@ class MonitoringVerdict(Verdict):
         run_key: the monitoring run (the report folder's name).
         report_path: the drift report (HTML).
         window_end: the window's end (ISO 8601), if known.
+        drift_seen: this window saw drift that retrains once it persists (confirmed drift,
+            :mod:`relay.monitor.retrain_rules`); the next window counts it.
+        drift_streak: windows in a row, this one included, that saw drift (0: not this one).
     """
 
     action: Action
@@ -105,6 +112,8 @@ class MonitoringVerdict(Verdict):
     run_key: str = ""
     report_path: str = ""
     window_end: str | None = None
+    drift_seen: bool = False
+    drift_streak: int = 0
 
     def headline(self) -> str:
         """The run, the version judged and the decision."""
@@ -154,6 +163,11 @@ def decide(
     previous_registered_mae: float | None = None,
     previous_rolled_back: bool = False,
     last_rollback_at: dt.datetime | None = None,
+    importance: Mapping[str, float] | None = None,
+    recent: Sequence[Mapping[str, Any]] = (),
+    production_registered_mae: float | None = None,
+    last_retrain_at: dt.datetime | None = None,
+    previous_importance: Mapping[str, float] | None = None,
 ) -> MonitoringVerdict:
     """Judge one monitoring window.
 
@@ -171,6 +185,17 @@ def decide(
             (``ModelVersion.rolled_back``): it is no baseline and no rollback target.
         last_rollback_at: the model's latest rollback (any version's mark); within
             ``rollback_cooldown_s`` of it, before the window's end, no rollback is decided.
+        importance: production's permutation importance by monitored feature
+            (``ModelVersion.training.feature_importance``); None or empty: equal weights.
+        recent: the verdicts of earlier windows, newest first
+            (``MonitoringHistory.verdicts``): their ``drift_seen`` makes the persistence.
+        production_registered_mae: production's own registered MAE (:func:`registered_mae`),
+            against which a quality loss confirms drift.
+        last_retrain_at: when the newest version trained at monitoring's request was
+            registered; within ``retrain_cooldown_s`` of it no retrain is decided.
+        previous_importance: the previous version's importance; whether the world drifted
+            under a registered baseline is judged by what *that* version relies on (its
+            registered MAE is the one a drift would make stale). None or empty: production's.
 
     Returns:
         The verdict: rollback before retrain before ok; ok without judging anything when the
@@ -204,44 +229,54 @@ def decide(
         quality_ok, quality_msg, baseline = _quality_check(
             result, s, production_version, previous_version, previous_registered_mae
         )
-    share = _share_check(result, s)
-    psi_ok, psi_msg, over_psi = _psi_check(result, s)
+    feature = feature_drift_check(result, s, importance)
     prediction = _prediction_check(result, s)
+    loss = quality_loss_check(result, s, production_version, production_registered_mae)
     checks: list[tuple[Check, bool, str]] = [
         (Check.TRAFFIC, True, f"traffic: {result.rows} predictions ≥ min {s.min_rows}"),
         (Check.QUALITY, quality_ok, quality_msg),
-        (Check.DRIFT_SHARE, share[0], share[1]),
-        (Check.FEATURE_PSI, psi_ok, psi_msg),
+        (Check.FEATURE_DRIFT, feature.ok, feature.message),
         (Check.PREDICTION_DRIFT, prediction[0], prediction[1]),
+        (Check.QUALITY_LOSS, loss[0], loss[1]),
     ]
     failed = [name for name, ok, _ in checks if not ok]
     held = None
     if Check.QUALITY in failed:
         # The world's drift, not the predictions': a model whose outputs moved on inputs that
         # did not is broken itself, and restoring the previous one is the cure.
-        world = any(name in (Check.DRIFT_SHARE, Check.FEATURE_PSI) for name in failed)
+        world = Check.FEATURE_DRIFT in failed
+        if previous_importance:
+            world = not feature_drift_check(result, s, previous_importance).ok
         held = _rollback_held(result, s, baseline, world, last_rollback_at)
+    earlier = drift_streak(recent, production_version, result.window_end)
+    seen, retrain, retrain_why = retrain_lines(
+        feature=Check.FEATURE_DRIFT in failed,
+        prediction=Check.PREDICTION_DRIFT in failed,
+        quality=Check.QUALITY_LOSS in failed,
+        inputs=bool(feature.drifted),
+        streak=earlier,
+        s=s,
+        end=result.window_end,
+        last_retrain_at=last_retrain_at,
+    )
     lines = reason_lines((ok, msg) for _, ok, msg in checks)
     if held is not None:
         lines.append(f"{SKIP}: rollback held: {held}")
+    lines += retrain_why
     if Check.QUALITY in failed and held is None:
         action = Action.ROLLBACK
-    elif any(name in RETRAIN_CHECKS for name in failed):
+    elif retrain:
         action = Action.RETRAIN
     else:
         action = Action.OK
-    drifted: list[str] = []
-    if Check.DRIFT_SHARE in failed:
-        drifted += result.drifted_features
-    if Check.FEATURE_PSI in failed:
-        drifted += over_psi
-    order = [f.name for f in result.features]
     return MonitoringVerdict(
         action=action,
         reasons=lines,
         failed_checks=[str(name) for name in failed],
-        drifted_features=sorted(set(drifted), key=order.index),
+        drifted_features=feature.drifted if seen or not feature.ok else [],
         baseline=baseline,
+        drift_seen=seen,
+        drift_streak=earlier + 1 if seen else 0,
         **common,
     )
 
@@ -257,7 +292,10 @@ def _rollback_held(
     if baseline == "registered" and drifted:
         # Measured offline on training-time data, the registered MAE flatters the previous
         # version in a drifted world: production's regression is the world's, a retrain's job.
-        return "the baseline is a registered MAE and the window drifted: retrain instead"
+        return (
+            "the baseline is a registered MAE and features that matter drifted: the retrain "
+            "rules decide"
+        )
     if last is None:
         return None
     now = result.window_end
@@ -324,40 +362,6 @@ def _quality_check(
         f"{n} labelled)",
         baseline,
     )
-
-
-def _share_check(result: DriftResult, s: MonitoringSettings) -> tuple[bool, str]:
-    # A feature with a PSI threshold of its own moves every ordinary day (the weather): it is
-    # judged by that threshold alone, not counted in the share, where a rainy day would tip
-    # the vote of a dozen features.
-    own = set(s.psi_thresholds)
-    counted = [f.name for f in result.features if f.name not in own]
-    drifted = [f for f in result.drifted_features if f not in own]
-    share = len(drifted) / len(counted) if counted else 0.0
-    ok = share < s.drift_share_threshold
-    names = f" ({', '.join(drifted)})" if drifted else ""
-    skipped = sorted(own & {f.name for f in result.features})
-    aside = f"; {', '.join(skipped)} judged by their own PSI threshold" if skipped else ""
-    return (
-        ok,
-        f"drift share: {len(drifted)}/{len(counted)} features drifted = "
-        f"{share:.0%} {'<' if ok else '≥'} {s.drift_share_threshold:.0%}{names}{aside}",
-    )
-
-
-def _psi_check(result: DriftResult, s: MonitoringSettings) -> tuple[bool, str, list[str]]:
-    judged = [
-        (f.name, f.psi, s.psi_thresholds.get(f.name, s.psi_threshold)) for f in result.features
-    ]
-    scored = [(name, value, limit) for name, value, limit in judged if value is not None]
-    over = [(name, value, limit) for name, value, limit in scored if value > limit]
-    if over:
-        listed = ", ".join(f"{name} {value:.2f} > {limit:g}" for name, value, limit in over)
-        return False, f"feature PSI: {listed}", [name for name, _, _ in over]
-    if not scored:
-        return True, "feature PSI: no feature with values on both sides, not judged", []
-    name, value, limit = max(scored, key=lambda t: t[1])
-    return True, f"feature PSI: highest {name} {value:.2f} ≤ {limit:g}", []
 
 
 def _prediction_check(result: DriftResult, s: MonitoringSettings) -> tuple[bool, str]:

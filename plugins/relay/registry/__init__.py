@@ -23,6 +23,7 @@ from relay.registry.local_store import LocalStore
 from relay.registry.models import (
     ArtifactRef,
     HistoryEntry,
+    LandedDrift,
     Lineage,
     LineageRecord,
     ModelVersion,
@@ -65,6 +66,7 @@ __all__ = [
     "InvalidName",
     "InvalidPromotion",
     "InvalidVersion",
+    "LandedDrift",
     "Lineage",
     "LineageRecord",
     "LocalStore",

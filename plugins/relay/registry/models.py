@@ -6,6 +6,7 @@ Every model dumps to JSON (``model_dump(mode="json")``) and reads back unchanged
 from __future__ import annotations
 
 import datetime as dt
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
@@ -37,6 +38,12 @@ class TrainingInfo(_Frozen):
     feature_count: int = Field(0, ge=0, description="Model inputs")
     hyperparameters: dict[str, JsonValue] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict, description="e.g. mae_minutes")
+    feature_importance: dict[str, float] = Field(
+        default_factory=dict,
+        description="Permutation importance on the holdout, per model input: its share of "
+        "the MAE increase when shuffled (shares sum to 1); empty for a version trained "
+        "before importance was measured",
+    )
 
 
 class ServingRequirements(_Frozen):
@@ -78,6 +85,52 @@ class TrainingTrigger(_Frozen):
     production_version: str | None = Field(None, description="The version judged drifted")
 
 
+class LandedDrift(_Frozen):
+    """Drift of the days a training run newly landed against the production version's training
+    set, measured by the run before it trained (:mod:`relay.monitor.landed`).
+
+    It is information for the gate and for people; it never stops a run: bad data is stopped
+    by validation. ``status`` says whether it was measured: ``no_reference`` when nothing was
+    in production, ``skipped`` (with ``reason``) when it could not be computed.
+    """
+
+    status: Literal["measured", "no_reference", "skipped"]
+    reason: str = Field("", description="Why it was not measured; empty when measured")
+    days: list[dt.date] = Field(default_factory=list, description="The landed days compared")
+    reference_version_id: str | None = Field(
+        None, description="The production version whose training set was the reference"
+    )
+    reference_uri: str | None = Field(None, description="That training set")
+    report_uri: str | None = Field(None, description="The Evidently drift report (HTML)")
+    summary_uri: str | None = Field(None, description="The measurements (summary.json)")
+    rows: int = Field(0, ge=0, description="Landed rows compared (before sampling)")
+    reference_rows: int = Field(0, ge=0, description="Rows of the reference")
+    drifted_share: float | None = Field(
+        None, ge=0, le=1, description="Share of the monitored features Evidently found drifted"
+    )
+    drifted_features: list[str] = Field(default_factory=list, description="Those features")
+    psi: dict[str, float] = Field(
+        default_factory=dict, description="PSI per feature against the reference"
+    )
+
+    def line(self, top: int = 3) -> str:
+        """One line for a log or a terminal: the drifted share and the ``top`` PSI values."""
+        days = f"{self.days[0]}..{self.days[-1]}" if self.days else "the landed days"
+        if self.status == "no_reference":
+            return f"landed drift of {days}: no reference ({self.reason or 'none in production'})"
+        if self.status == "skipped":
+            return f"landed drift of {days}: skipped ({self.reason})"
+        share = self.drifted_share or 0.0
+        drifted = ", ".join(self.drifted_features) or "none"
+        # Highest first; the registry stores the mapping with its keys sorted.
+        highest = sorted(self.psi.items(), key=lambda kv: -kv[1])[:top]
+        psi = ", ".join(f"{name} {value:.2f}" for name, value in highest)
+        return (
+            f"landed drift of {days} vs {self.reference_version_id}: {share:.0%} of features "
+            f"drifted ({drifted}); top PSI {psi or '-'}"
+        )
+
+
 class Lineage(_Frozen):
     """Where the version came from: features, data, code, config and parent model."""
 
@@ -94,6 +147,11 @@ class Lineage(_Frozen):
     )
     trigger: TrainingTrigger | None = Field(
         None, description="Why it was trained; None for versions registered before this field"
+    )
+    landed_drift: LandedDrift | None = Field(
+        None,
+        description="Drift of its newly landed days against production's training set; None "
+        "for versions registered before this field, or by hand",
     )
 
 

@@ -1,12 +1,14 @@
-"""The serving log: every prediction the endpoint serves, as date-partitioned Parquet in the lake.
+"""The serving log: every prediction the endpoint serves, as hour-partitioned Parquet in the lake.
 
 The Serve deployment calls :meth:`ServingLogWriter.log` on the request path; that only appends
 to an in-memory buffer. A background thread writes the buffer to
-``serving/predictions/date=YYYY-MM-DD/part-<timestamp>-<uuid>.parquet`` (one new file per day
-per flush, :meth:`relay.data.lake.Lake.append`) when ``max_batch`` records are waiting or the oldest
-has waited ``max_delay_s``. A record lands in the partition of the UTC date of its
-``requested_at``. The record format is :mod:`relay.serve.log_schema`; reading the log back,
-joined with the actual delivery times, is :mod:`relay.serve.log_read`.
+``serving/predictions/date=YYYY-MM-DD/hour=HH/part-<timestamp>-<uuid>.parquet`` (one new file
+per hour per flush, :meth:`relay.data.lake.Lake.append`) when ``max_batch`` records are waiting
+or the oldest has waited ``max_delay_s``. A record lands in the partition of the UTC hour of its
+``requested_at``. The hourly monitoring run merges each past hour's small files into one
+(:mod:`relay.serve.log_compact`). The record format is :mod:`relay.serve.log_schema`; the
+layout and the reader are :mod:`relay.serve.log_store`; reading the log back, joined with the
+actual delivery times, is :mod:`relay.serve.log_read`.
 
 Delivery is at least once: a write that fails after the object landed is written again on the
 next flush. :func:`relay.serve.log_read.read_serving_log` drops repeated ``request_id`` rows, so
@@ -21,7 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from relay.clock import utcnow
 from relay.data.lake import SERVING_LOG, Lake
@@ -197,7 +199,7 @@ class ServingLogWriter:
             )
 
     def _write(self) -> int:
-        """Drain the buffer and append one file per UTC day; re-queue what failed."""
+        """Drain the buffer and append one file per UTC hour; re-queue what failed."""
         with self._flush_lock:
             with self._cond:
                 rows = list(self._buffer)
@@ -219,10 +221,11 @@ class ServingLogWriter:
                         self._dropped += len(rows)
                     log.exception("could not tabulate %d serving log records; dropped", len(rows))
                     raise
-                days = df["requested_at"].dt.date
-                for day, part in df.groupby(days, sort=True):
+                at = df["requested_at"].dt
+                for (day, hour), part in df.groupby([at.date, at.hour], sort=True):
                     try:
-                        self.lake.append(part.reset_index(drop=True), SERVING_LOG, day)
+                        frame = part.reset_index(drop=True)
+                        self.lake.append(frame, SERVING_LOG, cast(dt.date, day), cast(int, hour))
                         written += len(part)
                     except Exception as exc:  # retried on the next flush
                         error = error or exc

@@ -297,23 +297,16 @@ def forget_version(serving: ServingSettings, version: str) -> int:
 
 class RayCacheMetrics:
     """The cache's counts as Ray metrics (``relay_prediction_cache_lookups_total`` and
-    ``..._hits_total``, ``..._seconds_total``, tagged ``version`` and ``level``), summed across
-    replicas by Ray's metrics agent and scraped by Prometheus. Published at most every
-    ``every_s``, as increments since the last publish."""
+    ``..._hits_total``, ``..._seconds_total``, tagged ``model_version`` and ``level``: see
+    :mod:`relay.serve.ray_metrics`), summed across replicas by Prometheus. Published at most
+    every ``every_s``, as increments since the last publish."""
 
     def __init__(self, version: str, every_s: float = 1.0) -> None:
-        from ray.util.metrics import Counter
+        from relay.serve.ray_metrics import ray_metric
 
-        tags = ("version", "level")
-        self.lookups = Counter(
-            "relay_prediction_cache_lookups", "Rows looked up in the prediction cache", tags
-        )
-        self.hits = Counter(
-            "relay_prediction_cache_hits", "Rows answered from the prediction cache", tags
-        )
-        self.seconds = Counter(
-            "relay_prediction_cache_seconds", "Time spent looking rows up (s)", tags
-        )
+        self.lookups = ray_metric("relay_prediction_cache_lookups")
+        self.hits = ray_metric("relay_prediction_cache_hits")
+        self.seconds = ray_metric("relay_prediction_cache_seconds")
         self.version = version
         self.every_s = every_s
         self._last = 0.0
@@ -326,7 +319,7 @@ class RayCacheMetrics:
         self._last = now
         for level, s in stats.levels.items():
             lookups, hits, seconds = self._sent.get(level, (0, 0, 0.0))
-            tags = {"version": self.version, "level": level}
+            tags = {"model_version": self.version, "level": level}
             if s.lookups > lookups:
                 self.lookups.inc(s.lookups - lookups, tags)
             if s.hits > hits:

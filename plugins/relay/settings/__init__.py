@@ -18,11 +18,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relay.errors import ConfigError
-from relay.features.catalog import psi_thresholds as _catalog_psi_thresholds
+from relay.settings.importance import ImportanceSettings
+from relay.settings.monitoring import MonitoringSettings
 from relay.settings.notify import NotifySettings
 from relay.settings.optimise import OptimiseSettings
 from relay.settings.serving import RolloutSettings, ServingSettings
@@ -142,6 +143,9 @@ class RaySettings(BaseModel):
         description="The address the head `make up` starts advertises and binds its HTTP and "
         "metrics servers to; a node's own address to let other nodes join",
     )
+    metrics_export_port: int = Field(
+        8090, gt=0, lt=65536, description="Metrics agent port of the head (node_ip): Prometheus"
+    )
 
 
 class AirflowSettings(BaseModel):
@@ -219,68 +223,6 @@ class GateSettings(BaseModel):
     drift_slice_margin: float = Field(0.15, ge=0)
 
 
-class MonitoringSettings(BaseModel):
-    """Drift and live-quality monitoring of the production model (:mod:`relay.monitor.rules`).
-
-    PSI bands follow the field's convention: below 0.1 stable, 0.1-0.2 moderate, above 0.2 high.
-    Weather moves every day, and a rainy day is no reason to retrain a model that takes weather
-    as an input: over 30 simulated ordinary days (24-hour windows against a 7-day reference) the
-    PSI of ``zone_weather`` reached 0.98 and of ``zone_mean_delivery_24h`` 0.32, while a storm
-    day gave 5.0 and 0.7. Those two features get their own thresholds in ``psi_thresholds``.
-    """
-
-    window_hours: int = Field(24, gt=0, description="Hours of serving log one run looks at")
-    min_rows: int = Field(
-        200, ge=1, description="Predictions a window needs before drift is judged"
-    )
-    max_rows: int = Field(
-        20_000, ge=100, description="Rows sampled (seeded) from each side for the drift report"
-    )
-    drift_share_threshold: float = Field(
-        0.3, gt=0, le=1, description="Share of drifted features that triggers a retrain"
-    )
-    psi_threshold: float = Field(
-        0.2, gt=0, description="PSI above this on any monitored feature triggers a retrain"
-    )
-    psi_thresholds: dict[str, float] = Field(
-        default_factory=lambda: _catalog_psi_thresholds(),
-        description="Per-feature PSI thresholds that replace psi_threshold (JSON in the env); "
-        "default: those the feature catalog declares",
-    )
-    prediction_drift_threshold: float = Field(
-        0.2, gt=0, description="PSI of the predictions above this triggers a retrain"
-    )
-    max_mae_regression: float = Field(
-        0.05,
-        ge=0,
-        description="Production's live MAE may be at most this much worse than the previous "
-        "production version's before a rollback",
-    )
-    quality_z: float = Field(
-        2.326,
-        ge=0,
-        description="One-sided z: a live MAE regression past the margin rolls back only when "
-        "it is this many standard errors past it (2.326: 1% by chance, as the canary's); 0: any",
-    )
-    rollback_cooldown_s: float = Field(
-        86_400.0,
-        ge=0,
-        description="No automatic rollback within this many seconds of the last rollback (one "
-        "window of 24 h: the restored version's quality is first measured in full)",
-    )
-    min_labelled: int = Field(
-        100, ge=1, description="Labelled predictions needed before live MAE is judged"
-    )
-
-    @field_validator("psi_thresholds")
-    @classmethod
-    def _positive_psi_thresholds(cls, limits: dict[str, float]) -> dict[str, float]:
-        bad = {name: value for name, value in limits.items() if not value > 0}
-        if bad:
-            raise ValueError(f"PSI thresholds must be > 0: {bad}")
-        return limits
-
-
 class Settings(BaseSettings):
     """All of Relay's configuration."""
 
@@ -301,6 +243,7 @@ class Settings(BaseSettings):
     validation: ValidationSettings = ValidationSettings()
     train: TrainSettings = TrainSettings()
     optimise: OptimiseSettings = OptimiseSettings()
+    importance: ImportanceSettings = ImportanceSettings()
     registry: RegistrySettings = RegistrySettings()
     gate: GateSettings = GateSettings()
     rollout: RolloutSettings = RolloutSettings()

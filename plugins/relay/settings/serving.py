@@ -207,11 +207,35 @@ class ServingSettings(BaseModel):
     router_cpus: float = 0.25
     log_max_batch: int = 1000
     log_max_delay_s: float = 1.0
+    log_compact_min_files: int = Field(
+        2,
+        ge=2,
+        description="Serving log: compaction merges an hour once it holds this many files "
+        "(relay.serve.log_compact)",
+    )
+    log_compact_row_group_rows: int = Field(
+        131_072,
+        ge=1_024,
+        description="Serving log: rows per Parquet row group of an hour's compacted file (one "
+        "file per hour; an hour at 20 orders/s is 72,000 rows)",
+    )
+    log_compact_lookback_hours: int = Field(
+        3,
+        ge=1,
+        description="Serving log: each monitoring run compacts the whole hours this far back "
+        "(late files, a missed run); older hours: `relay serve compact --since`",
+    )
     metrics_push_s: float = Field(
         0.5, gt=0, description="Seconds between a router's pushes to the metrics hub (its lag)"
     )
     metrics_hub_timeout_s: float = Field(
         2.0, gt=0, description="Wait on the metrics hub, then answer a router's own counters"
+    )
+    drift_refresh_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds between a router's reads of the newest monitoring verdict for "
+        "the relay_drift_* Ray gauges (monitoring runs hourly)",
     )
     metrics_read_timeout_s: float = Field(
         15.0,

@@ -88,6 +88,27 @@ def test_two_workers_beat_the_naive_baseline_on_holdout(trained):
     assert trained.metrics["epoch"] >= 1 and trained.metrics["restarts"] == 0
 
 
+def test_the_run_measures_feature_importance_and_the_version_carries_it(trained, tmp_path):
+    from relay.model.importance import IMPORTANCE_FILE
+    from relay.model.registration import register_trained
+    from relay.registry import Registry
+    from relay.settings import Settings
+
+    importance = trained.importance
+    assert importance is not None and (trained.output_dir / IMPORTANCE_FILE).is_file()
+    prep, _ = _load(trained.output_dir)
+    assert set(importance.shares) == set(prep.inputs)
+    assert sum(importance.shares.values()) == pytest.approx(1.0)
+    assert min(importance.shares.values()) >= 0.0
+    # The synthetic world's time grows with distance above all.
+    assert "order_distance_km" in dict(importance.top(3)), importance.shares
+    s = Settings(home=tmp_path / "home")
+    version = register_trained(
+        trained.output_dir, training_set_uri="t.parquet", settings=s, registry=Registry(s)
+    )
+    assert version.training.feature_importance == importance.shares
+
+
 def test_a_killed_worker_resumes_from_its_checkpoint(ray_cluster, training_set, tmp_path):
     res = run_training(
         TrainRequest(

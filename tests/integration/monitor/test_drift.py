@@ -25,10 +25,10 @@ from relay.features.frames import feature_tables, point_in_time
 from relay.features.store import entity_frame
 from relay.model.preprocess import WEATHER_LEVELS
 from relay.monitor.drift import DriftResult, NoServingTraffic
-from relay.monitor.rules import Action, decide
+from relay.monitor.rules import Action, Check, decide
 from relay.monitor.window import monitor_window
 from relay.serve.log_schema import to_frame, to_row
-from relay.settings import Settings
+from relay.settings import MonitoringSettings, Settings
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +79,9 @@ class LinearModel:
         self.means = {c: float(reference[c].astype(float).mean()) for c in NUMERIC}
         x = self._x(reference)
         self.beta = np.linalg.lstsq(x, reference["delivery_minutes"].to_numpy(), rcond=None)[0]
+        # Its "registered" MAE: production's own accuracy, which a live quality loss is against.
+        errors = self.predict(reference) - reference["delivery_minutes"].to_numpy()
+        self.mae = float(np.mean(np.abs(errors)))
 
     def _x(self, frame: pd.DataFrame) -> np.ndarray:
         cols = [frame[c].astype(float).fillna(self.means[c]).to_numpy() for c in NUMERIC]
@@ -159,6 +162,12 @@ def _check_reports(result: DriftResult) -> None:
     assert DriftResult.from_dict(summary) == result
 
 
+def _one_window(settings: Settings) -> MonitoringSettings:
+    """The monitoring thresholds, one window of confirmed drift enough: these tests are about
+    what the drift job measures on generated data, persistence is tests/unit/monitor's."""
+    return settings.monitoring.model_copy(update={"persist_windows": 1})
+
+
 def test_an_ordinary_day_needs_nothing(tmp_path, reference):
     uri, model = reference
     settings = _monitored_day(tmp_path, "normal", model)
@@ -174,7 +183,7 @@ def test_an_ordinary_day_needs_nothing(tmp_path, reference):
     assert result.live_mae["v1"].mae < 10
     _check_reports(result)
 
-    verdict = decide(result, settings.monitoring, production_version="v1")
+    verdict = decide(result, _one_window(settings), production_version="v1")
     assert verdict.action is Action.OK, verdict.summary()
     assert verdict.drifted_features == []
 
@@ -188,13 +197,15 @@ def test_a_storm_triggers_a_retrain_naming_the_weather(tmp_path, reference):
     assert result.prediction is not None and result.prediction.reference == "label"
     weather = result.feature("zone_weather")
     assert weather.drifted and weather.psi > 2.0, weather
-    verdict = decide(result, settings.monitoring, production_version="v1")
+    verdict = decide(
+        result, _one_window(settings), production_version="v1", production_registered_mae=model.mae
+    )
     assert verdict.action is Action.RETRAIN, verdict.summary()
     assert "zone_weather" in verdict.drifted_features
     assert "zone_weather" in verdict.to_conf()["reason"]
 
 
-def test_new_zones_trigger_a_retrain_naming_the_zone(tmp_path, reference):
+def test_new_zones_are_drift_that_matters_named_and_retrained_once_confirmed(tmp_path, reference):
     uri, model = reference
     settings = _monitored_day(tmp_path, "new_zone", model)
     result = monitor_window(END, uri, settings, predict=model.predict)
@@ -202,9 +213,16 @@ def test_new_zones_trigger_a_retrain_naming_the_zone(tmp_path, reference):
     zone = result.feature("zone_id")
     assert zone.kind == "categorical" and zone.drifted and zone.psi > 0.5, zone
     assert result.drifted_share >= settings.monitoring.drift_share_threshold
-    verdict = decide(result, settings.monitoring, production_version="v1")
-    assert verdict.action is Action.RETRAIN, verdict.summary()
+    verdict = decide(
+        result, _one_window(settings), production_version="v1", production_registered_mae=model.mae
+    )
+    assert Check.FEATURE_DRIFT in verdict.failed_checks, verdict.summary()
     assert "zone_id" in verdict.drifted_features
+    # This least-squares model reads no zone: whether its predictions or its accuracy moved
+    # enough to confirm the drift is the day's; a retrain follows exactly when they did.
+    confirmed = {Check.PREDICTION_DRIFT, Check.QUALITY_LOSS} & set(verdict.failed_checks)
+    assert verdict.drift_seen == bool(confirmed), verdict.summary()
+    assert (verdict.action is Action.RETRAIN) == verdict.drift_seen, verdict.summary()
 
 
 def test_a_worse_production_version_is_rolled_back(tmp_path, reference):
@@ -221,7 +239,7 @@ def test_a_worse_production_version_is_rolled_back(tmp_path, reference):
 
     assert set(result.live_mae) == {"v1", "v2"}
     assert result.live_mae["v2"].mae > result.live_mae["v1"].mae * 1.05
-    verdict = decide(result, settings.monitoring, production_version="v2", previous_version="v1")
+    verdict = decide(result, _one_window(settings), production_version="v2", previous_version="v1")
     assert verdict.action is Action.ROLLBACK, verdict.summary()
     assert verdict.baseline == "live"
 

@@ -28,7 +28,7 @@ from relay.rollout.record import Rollout, RolloutState
 from relay.rollout.store import RolloutStore
 from relay.serve.traffic import TrafficSplit
 from relay.settings import Settings, get_settings, reset_settings
-from tests.integration.serve.test_serving import _order, _post, _train_and_register
+from tests.integration.serve.test_serving import _order, _post, two_versions
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -64,21 +64,14 @@ def cluster(lake_days, tmp_path_factory) -> Iterator[dict[str, Any]]:
     import ray
     from ray import serve
 
-    from relay.data.lake import VALIDATED_ORDERS, Lake
-    from relay.features.store import apply, materialize, training_frame
     from relay.registry import Registry
     from relay.rollout.runner import stop_controller
     from relay.serve import control
     from tests.integration.conftest import _free_port
 
-    apply()
-    end = dt.datetime.combine(lake_days[-1] + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
-    materialize(end)
-    orders = Lake().read_range(VALIDATED_ORDERS, lake_days[0], lake_days[-1])
-    frame = training_frame(orders)
     base = tmp_path_factory.mktemp("runs")
-    v1 = _train_and_register(frame, base / "v1", seed=1, epochs=2)
-    v2 = _train_and_register(frame, base / "v2", seed=2, epochs=2)
+    made = two_versions(lake_days, base, epochs=(2, 2))
+    v1, v2, orders = made["v1"], made["v2"], made["orders"]
     reg = Registry()
     for v in (v1, v2):  # both passed their gate
         for state in ("evaluating", "validated"):

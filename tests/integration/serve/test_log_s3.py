@@ -79,3 +79,47 @@ def test_serving_log_writer_over_s3(s3):
     assert df["request_id"].tolist() == ["r0", "r1", "r2", "r3"]
     assert df["f_order_distance_km"].tolist() == [1.0, 2.0, 3.0, 4.0]
     assert lake.partitions(SERVING_LOG) == [DAY, DAY + dt.timedelta(days=1)]
+
+
+def test_hourly_log_compacts_and_reads_over_s3(s3, monkeypatch):
+    """Hour partitions, compaction interrupted before its deletes, and a window read, on S3."""
+    from relay.serve import log_compact
+    from relay.serve.log_store import scan_log
+
+    lake, client, bucket = s3
+    at = dt.datetime(2026, 11, 20, 13, 0, tzinfo=dt.UTC)
+    with ServingLogWriter(lake, max_batch=1_000_000, max_delay_s=3600.0) as w:
+        for k in range(6):  # six flushes in 13h, one in 14h
+            w.log([_record(f"r{k}", at + dt.timedelta(minutes=10 * k))])
+            w.flush()
+        w.log([_record("late", at + dt.timedelta(hours=1, minutes=1))])
+    hour = "lake/serving/predictions/date=2026-11-20/hour=13/"
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=hour)["Contents"]
+    assert len(listed) == 6
+
+    monkeypatch.setattr(log_compact, "_delete", lambda *a: 0)  # killed before deleting
+    done = log_compact.compact_hour(lake, DAY, 13)
+    assert done.inputs == 6 and (done.uri or "").startswith(f"s3://{bucket}/{hour}compact-")
+    window = (at, at + dt.timedelta(hours=2))
+    df, scan = scan_log(lake, *window)
+    assert sorted(df["request_id"]) == sorted([f"r{k}" for k in range(6)] + ["late"])
+    assert (len(scan.files), len(scan.skipped)) == (2, 6)
+
+    monkeypatch.undo()
+    assert log_compact.compact_hour(lake, DAY, 13).removed == 6
+    objects = client.list_objects_v2(Bucket=bucket, Prefix=hour)["Contents"]
+    keys = [o["Key"] for o in objects if o["Key"] != hour]  # pyarrow leaves a folder marker
+    assert len(keys) == 1 and keys[0].startswith(f"{hour}compact-")
+    df, scan = scan_log(lake, *window)
+    assert len(df) == 7 and scan.opened == 2
+
+
+def _record(request_id: str, at: dt.datetime) -> dict:
+    return {
+        "request_id": request_id,
+        "order_id": f"O-{request_id}",
+        "requested_at": at,
+        "model_version": "v1",
+        "eta_minutes": 20.0,
+        "features": {"order_distance_km": 1.0},
+    }

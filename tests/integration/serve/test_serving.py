@@ -75,6 +75,19 @@ def _order(row: pd.Series, order_id: str | None = None) -> dict[str, Any]:
     }
 
 
+def two_versions(lake_days, base: Path, epochs: tuple[int, int]) -> dict[str, Any]:
+    """The feature store applied and materialized through the lake's last day, and two small
+    versions registered from the same training frame (seeds 1 and 2) under ``base``."""
+    apply()
+    end = dt.datetime.combine(lake_days[-1] + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    materialize(end)
+    orders = Lake().read_range(VALIDATED_ORDERS, lake_days[0], lake_days[-1])
+    frame = training_frame(orders)
+    v1 = _train_and_register(frame, base / "v1", seed=1, epochs=epochs[0])
+    v2 = _train_and_register(frame, base / "v2", seed=2, epochs=epochs[1])
+    return {"v1": v1, "v2": v2, "orders": orders, "frame": frame, "end": end}
+
+
 @pytest.fixture(scope="module")
 def served(lake_days, tmp_path_factory):
     import ray
@@ -82,14 +95,9 @@ def served(lake_days, tmp_path_factory):
 
     from relay.serve import control
 
-    apply()
-    end = dt.datetime.combine(lake_days[-1] + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
-    materialize(end)
-    orders = Lake().read_range(VALIDATED_ORDERS, lake_days[0], lake_days[-1])
-    frame = training_frame(orders)
     base = tmp_path_factory.mktemp("runs")
-    v1 = _train_and_register(frame, base / "v1", seed=1, epochs=3)
-    v2 = _train_and_register(frame, base / "v2", seed=2, epochs=2)
+    made = two_versions(lake_days, base, epochs=(3, 2))
+    v1, v2, orders, frame, end = (made[k] for k in ("v1", "v2", "orders", "frame", "end"))
 
     from tests.integration.conftest import _free_port
 

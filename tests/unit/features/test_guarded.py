@@ -96,3 +96,13 @@ def test_redis_connections_time_out_and_never_retry_unless_the_string_says_other
     )
     kept = with_timeouts("redis:6379,socket_timeout=2", 0.05, 0.1)
     assert "socket_timeout=2" in kept and "socket_timeout=0.1" not in kept
+
+
+def test_the_row_ages_of_the_read_travel_with_it_and_defaults_have_none():
+    store = Store()
+    store.row_ages = {"courier_stats": 42.0}  # type: ignore[attr-defined]
+    reader = GuardedReader(store, timeout_s=5.0, retry_after_s=2.0)
+    got = reader.read(ROWS)
+    assert got.row_ages == {"courier_stats": 42.0}
+    store.fail = ConnectionError("down")
+    assert reader.read(ROWS).row_ages == {}  # the defaults are no row of the store's

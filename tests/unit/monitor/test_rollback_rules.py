@@ -11,7 +11,7 @@ import pytest
 from relay.monitor.rules import Action, Check, decide
 from relay.serve.log_read import VersionQuality
 from relay.settings import MonitoringSettings, Settings
-from tests.unit.monitor.test_rules import END, FEATURES, _result
+from tests.unit.monitor.test_rules import END, FEATURES, _drifted_before, _result
 
 SETTINGS = MonitoringSettings()
 
@@ -55,14 +55,48 @@ def test_against_a_registered_mae_only_productions_noise_counts():
 
 
 def test_a_regression_against_a_registered_mae_in_a_drifted_world_retrains():
+    # zone_id, half of what the model relies on, drifted; production is also well past its
+    # own registered MAE: drift that costs, seen in the window before too.
     drifted = _window((4000, 7.0, 0.05), psis={"zone_id": 1.2})
-    verdict = _decide(drifted, previous_registered_mae=5.0)
+    context = {
+        "importance": {"zone_id": 0.5, "order_distance_km": 0.5},
+        "production_registered_mae": 5.2,
+        "recent": [_drifted_before()],
+    }
+    verdict = _decide(drifted, previous_registered_mae=5.0, **context)
     assert verdict.action is Action.RETRAIN, verdict.summary()
-    assert verdict.failed_checks == [Check.QUALITY, Check.FEATURE_PSI]
-    assert verdict.reasons[-1].startswith("SKIP: rollback held: the baseline is a registered MAE")
+    assert verdict.failed_checks == [Check.QUALITY, Check.FEATURE_DRIFT, Check.QUALITY_LOSS]
+    held = next(r for r in verdict.reasons if r.startswith("SKIP: rollback held"))
+    assert held.startswith("SKIP: rollback held: the baseline is a registered MAE")
     # Against the previous version's live MAE in the same drifted window, it rolls back.
     live = _window((4000, 7.0, 0.05), (4000, 5.0, 0.05), psis={"zone_id": 1.2})
-    assert _decide(live).action is Action.ROLLBACK
+    assert _decide(live, **context).action is Action.ROLLBACK
+    # A drift in a feature the model hardly uses is no reason to doubt the registered MAE.
+    minor = {"zone_id": 0.05, "order_distance_km": 0.95}
+    assert _decide(drifted, previous_registered_mae=5.0, importance=minor).action is (
+        Action.ROLLBACK
+    )
+
+
+def test_the_drift_that_holds_a_rollback_is_judged_by_what_the_previous_version_relies_on():
+    # The previous version, whose registered MAE is the baseline, leans on zone_id, which
+    # drifted: that baseline is stale, and the regression is the world's (the retrain's).
+    drifted = _window((4000, 7.0, 0.05), psis={"zone_id": 1.2})
+    leans = {"zone_id": 0.9, "order_distance_km": 0.1}
+    held = _decide(drifted, previous_registered_mae=5.0, previous_importance=leans)
+    assert held.action is Action.OK, held.summary()
+    assert any(
+        r.startswith("SKIP: rollback held: the baseline is a registered MAE") for r in held.reasons
+    )
+    # The same drift in a feature the previous version ignores leaves its MAE a fair baseline,
+    # though production, weighing every input alike, would have called it drift that matters.
+    ignores = {"zone_id": 0.0, "order_distance_km": 1.0}
+    alike = {"zone_id": 0.5, "order_distance_km": 0.5}
+    assert _decide(drifted, previous_registered_mae=5.0, importance=alike).action is Action.OK
+    verdict = _decide(
+        drifted, previous_registered_mae=5.0, importance=alike, previous_importance=ignores
+    )
+    assert verdict.action is Action.ROLLBACK, verdict.summary()
 
 
 def test_a_model_whose_predictions_moved_on_unchanged_inputs_rolls_back_against_a_registered_mae():
@@ -88,8 +122,17 @@ def test_no_second_rollback_within_the_cooldown(hours_ago, action):
 
 
 def test_within_the_cooldown_drift_still_retrains():
-    drifted = _window((4000, 5.5, 0.05), (4000, 5.0, 0.05), drifted=FEATURES[:5])
-    verdict = _decide(drifted, last_rollback_at=END - dt.timedelta(hours=2))
+    # About the rollback cooldown, not persistence: one window of confirmed drift suffices.
+    drifted = _window(
+        (4000, 5.5, 0.05), (4000, 5.0, 0.05), drifted=FEATURES[:5], prediction_psi=0.5
+    )
+    verdict = decide(
+        drifted,
+        SETTINGS.model_copy(update={"persist_windows": 1}),
+        production_version="v2",
+        previous_version="v1",
+        last_rollback_at=END - dt.timedelta(hours=2),
+    )
     assert verdict.action is Action.RETRAIN, verdict.summary()
 
 

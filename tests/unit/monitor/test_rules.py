@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Mapping
@@ -100,46 +101,86 @@ def test_too_little_traffic_is_ok_whatever_the_numbers_say():
     assert verdict.reasons[0].startswith("SKIP: not enough traffic: 199 predictions < min 200")
 
 
-def test_a_drifted_share_at_the_threshold_triggers_a_retrain():
-    # 3 of the 8 counted (zone_weather and zone_mean_delivery_24h have thresholds of their own).
+def _drifted_before(version: str = "v2", hours: int = 1) -> dict[str, object]:
+    """The recorded verdict of an earlier window that saw drift."""
+    ended = END - dt.timedelta(hours=hours)
+    return {
+        "run_key": f"{ended:%Y%m%dT%H%MZ}",
+        "window_end": ended.isoformat(),
+        "production_version": version,
+        "action": "ok",
+        "drift_seen": True,
+    }
+
+
+def test_a_drifted_share_at_the_threshold_retrains_once_confirmed_and_persisted():
+    # No importance recorded: every monitored feature weighs 1/10, so 3 drifted are 30%.
     drifted = FEATURES[:3]
-    verdict = decide(_result(drifted=drifted), SETTINGS, production_version="v2")
+    result = _result(drifted=drifted, prediction_psi=0.4)
+    verdict = decide(result, SETTINGS, production_version="v2", recent=[_drifted_before()])
     assert verdict.action is Action.RETRAIN, verdict.summary()
-    assert verdict.failed_checks == [Check.DRIFT_SHARE]
+    assert verdict.failed_checks == [Check.FEATURE_DRIFT, Check.PREDICTION_DRIFT]
     assert verdict.drifted_features == list(drifted)
-    assert _failing(verdict)[0].startswith("FAIL: drift share: 3/8 features drifted = 38% ≥ 30%")
+    assert _failing(verdict)[0].startswith(
+        "FAIL: feature drift: importance-weighted share 0.30 ≥ 0.3 (courier_deliveries_24h 0.10"
+    )
+    assert (
+        "weights: equal over 10 features: production records no feature importance"
+        in (_failing(verdict)[0])
+    )
+    assert verdict.drift_seen and verdict.drift_streak == 2
     # One feature fewer is below the threshold: the drifted features are named, nothing done.
-    calm = decide(_result(drifted=FEATURES[:2]), SETTINGS, production_version="v2")
-    assert calm.action is Action.OK and calm.drifted_features == []
-    assert "(courier_deliveries_24h, courier_mean_delivery_24h)" in calm.reasons[2]
+    calm = decide(
+        _result(drifted=FEATURES[:2], prediction_psi=0.4),
+        SETTINGS,
+        production_version="v2",
+        recent=[_drifted_before()],
+    )
+    assert calm.action is Action.OK and calm.drifted_features == [] and not calm.drift_seen
+    assert "courier_deliveries_24h 0.10, courier_mean_delivery_24h 0.10 drifted" in calm.reasons[2]
 
 
-def test_features_that_move_every_day_are_judged_by_their_own_psi_not_the_share():
-    """A rainy ordinary day: the weather and the zone's delivery time drift by Evidently's test,
-    within their own PSI thresholds; with one more feature they would have tipped the share."""
-    drifted = ("zone_weather", "zone_mean_delivery_24h", "order_distance_km")
-    verdict = decide(_result(drifted=drifted), SETTINGS, production_version="v2")
-    assert verdict.action is Action.OK, verdict.summary()
-    share = next(r for r in verdict.reasons if "drift share" in r)
-    assert "1/8 features drifted" in share and "judged by their own PSI threshold" in share
-
-
-def test_one_feature_over_the_psi_threshold_triggers_a_retrain_naming_it():
-    result = _result(psis={"merchant_mean_prep_24h": 0.25})
-    verdict = decide(result, SETTINGS, production_version="v2")
+def test_a_feature_over_its_psi_threshold_counts_as_drifted_by_its_weight():
+    result = _result(psis={"merchant_mean_prep_24h": 0.25}, prediction_psi=0.4)
+    heavy = {"merchant_mean_prep_24h": 0.4, "order_distance_km": 0.6}
+    verdict = decide(
+        result, SETTINGS, production_version="v2", importance=heavy, recent=[_drifted_before()]
+    )
     assert verdict.action is Action.RETRAIN, verdict.summary()
-    assert verdict.failed_checks == [Check.FEATURE_PSI]
     assert verdict.drifted_features == ["merchant_mean_prep_24h"]
-    assert _failing(verdict) == ["FAIL: feature PSI: merchant_mean_prep_24h 0.25 > 0.2"]
     assert "merchant_mean_prep_24h" in verdict.to_conf()["reason"]
+    light = {"merchant_mean_prep_24h": 0.05, "order_distance_km": 0.95}
+    ignored = decide(
+        result, SETTINGS, production_version="v2", importance=light, recent=[_drifted_before()]
+    )
+    assert ignored.action is Action.OK, ignored.summary()
+    assert "share 0.05 < 0.3 (merchant_mean_prep_24h 0.05 drifted" in ignored.reasons[2]
 
 
-def test_weather_has_its_own_psi_threshold():
-    rainy_day = _result(psis={"zone_weather": 0.9, "zone_mean_delivery_24h": 0.35})
-    assert decide(rainy_day, SETTINGS, production_version="v2").action is Action.OK
-    storm = _result(psis={"zone_weather": 4.8})
-    verdict = decide(storm, SETTINGS, production_version="v2")
-    assert verdict.action is Action.RETRAIN
+def test_a_feature_with_a_catalog_threshold_is_judged_by_its_psi_alone():
+    s = SETTINGS.model_copy(update={"psi_thresholds": {"zone_weather": 1.0}})
+    weather = {"zone_weather": 1.0}
+    flagged = _result(drifted=("zone_weather",), psis={"zone_weather": 0.9})
+    assert decide(flagged, s, production_version="v2", importance=weather).failed_checks == []
+    over = _result(psis={"zone_weather": 1.1})
+    assert decide(over, s, production_version="v2", importance=weather).failed_checks == [
+        Check.FEATURE_DRIFT
+    ]
+
+
+def test_weather_is_weighed_by_its_importance_not_a_threshold_of_its_own():
+    assert SETTINGS.psi_thresholds == {}  # nothing fitted to the simulator's weather
+    rainy = _result(drifted=("zone_weather",), psis={"zone_weather": 0.9}, prediction_psi=0.4)
+    minor = {"zone_weather": 0.1, "order_distance_km": 0.9}
+    verdict = decide(
+        rainy, SETTINGS, production_version="v2", importance=minor, recent=[_drifted_before()]
+    )
+    assert verdict.action is Action.OK and not verdict.drift_seen, verdict.summary()
+    major = {"zone_weather": 0.5, "order_distance_km": 0.5}
+    verdict = decide(
+        rainy, SETTINGS, production_version="v2", importance=major, recent=[_drifted_before()]
+    )
+    assert verdict.action is Action.RETRAIN, verdict.summary()
     assert verdict.drifted_features == ["zone_weather"]
 
 
@@ -149,14 +190,33 @@ def test_a_feature_without_values_in_the_window_is_not_judged_by_psi():
     assert verdict.action is Action.OK, verdict.summary()
 
 
-def test_prediction_drift_triggers_a_retrain():
-    verdict = decide(_result(prediction_psi=0.3), SETTINGS, production_version="v2")
-    assert verdict.action is Action.RETRAIN, verdict.summary()
+def test_prediction_drift_alone_waits_for_a_quality_loss():
+    drifted = _result(prediction_psi=0.3)
+    verdict = decide(drifted, SETTINGS, production_version="v2", recent=[_drifted_before()])
+    assert verdict.action is Action.OK and not verdict.drift_seen, verdict.summary()
     assert verdict.failed_checks == [Check.PREDICTION_DRIFT]
     assert _failing(verdict)[0].startswith("FAIL: prediction drift: PSI 0.300 > 0.2")
+    assert verdict.reasons[-1].startswith("SKIP: retrain: predictions drifted without feature")
+    # With production measurably worse than its own registered MAE, it is drift that costs.
+    costly = dataclasses.replace(
+        drifted, live_mae={"v2": VersionQuality("v2", 4000, 6.0, 0.0, 0.05)}
+    )
+    verdict = decide(
+        costly,
+        SETTINGS,
+        production_version="v2",
+        production_registered_mae=5.0,
+        recent=[_drifted_before()],
+    )
+    assert verdict.action is Action.RETRAIN, verdict.summary()
+    assert verdict.failed_checks == [Check.PREDICTION_DRIFT, Check.QUALITY_LOSS]
+    assert (
+        "quality loss: v2 live MAE 6.00 vs its registered MAE 5.00 min (+20.0% > 5.0%"
+        in (_failing(verdict)[1])
+    )
     no_reference = decide(_result(prediction_psi=None), SETTINGS, production_version="v2")
     assert no_reference.action is Action.OK
-    assert "not judged" in no_reference.reasons[-1]
+    assert "not judged" in no_reference.reasons[3]
 
 
 def test_production_worse_than_the_previous_version_live_rolls_back():
@@ -185,12 +245,8 @@ def test_a_rollback_takes_precedence_over_a_retrain():
     )
     verdict = decide(result, SETTINGS, production_version="v2", previous_version="v1")
     assert verdict.action is Action.ROLLBACK, verdict.summary()
-    assert verdict.failed_checks == [
-        Check.QUALITY,
-        Check.DRIFT_SHARE,
-        Check.FEATURE_PSI,
-        Check.PREDICTION_DRIFT,
-    ]
+    assert verdict.failed_checks == [Check.QUALITY, Check.FEATURE_DRIFT, Check.PREDICTION_DRIFT]
+    assert verdict.drift_seen  # recorded for the next window, whatever this one decided
 
 
 def test_the_registered_mae_is_the_baseline_when_the_previous_version_did_not_serve():
@@ -243,23 +299,32 @@ def test_thresholds_come_from_the_settings(monkeypatch):
     monkeypatch.setenv("RELAY_MONITORING__MIN_ROWS", "50")
     monkeypatch.setenv("RELAY_MONITORING__PSI_THRESHOLD", "0.5")
     monkeypatch.setenv("RELAY_MONITORING__PSI_THRESHOLDS", '{"zone_weather": 0.3}')
-    monkeypatch.setenv("RELAY_MONITORING__DRIFT_SHARE_THRESHOLD", "0.6")
+    monkeypatch.setenv("RELAY_MONITORING__IMPORTANCE_DRIFT_THRESHOLD", "0.6")
+    monkeypatch.setenv("RELAY_MONITORING__PERSIST_WINDOWS", "1")
     monkeypatch.setenv("RELAY_MONITORING__MAX_MAE_REGRESSION", "0.25")
     monkeypatch.setenv("RELAY_MONITORING__MIN_LABELLED", "10")
     s = Settings().monitoring
     assert (s.min_rows, s.psi_threshold, s.psi_thresholds) == (50, 0.5, {"zone_weather": 0.3})
+    assert (s.importance_drift_threshold, s.persist_windows) == (0.6, 1)
     assert s.window_hours == 24  # untouched defaults stay
 
     result = _result(
         rows=60,
-        drifted=FEATURES[:5],  # 50% < 60%
-        psis={"merchant_mean_prep_24h": 0.45, "zone_weather": 0.35},
+        # 5 of 10 equal weights: 50% < 60%; zone_weather, flagged by Evidently, is judged by
+        # its own PSI threshold alone (0.25 ≤ 0.3).
+        drifted=(*FEATURES[:5], "zone_weather"),
+        psis={"merchant_mean_prep_24h": 0.45, "order_hour": 0.45, "zone_weather": 0.25},
+        prediction_psi=0.3,
         live={"v2": (20, 6.0), "v1": (20, 5.0)},  # +20% ≤ 25%
     )
     verdict = decide(result, s, production_version="v2", previous_version="v1")
+    assert verdict.action is Action.OK, verdict.summary()
+    assert "share 0.50 < 0.6" in verdict.reasons[2]
+    # zone_weather over its own 0.3 adds 10%: 60%, confirmed, and one window is enough.
+    stormy = _result(rows=60, drifted=FEATURES[:5], psis={"zone_weather": 0.35}, prediction_psi=0.3)
+    verdict = decide(stormy, s, production_version="v2")
     assert verdict.action is Action.RETRAIN, verdict.summary()
-    assert verdict.failed_checks == [Check.FEATURE_PSI]
-    assert verdict.drifted_features == ["zone_weather"]
+    assert "drift seen in 1 consecutive window (≥ 1)" in verdict.reasons[-1]
     # With the defaults, 60 predictions are too little traffic to judge anything.
     default = decide(result, SETTINGS, production_version="v2", previous_version="v1")
     assert default.action is Action.OK and default.reasons[0].startswith("SKIP: ")
@@ -268,6 +333,12 @@ def test_thresholds_come_from_the_settings(monkeypatch):
 def test_monitoring_settings_refuse_nonsense():
     with pytest.raises(ValueError, match="drift_share_threshold"):
         MonitoringSettings(drift_share_threshold=1.5)
+    with pytest.raises(ValueError, match="importance_drift_threshold"):
+        MonitoringSettings(importance_drift_threshold=0)
+    with pytest.raises(ValueError, match="persist_windows"):
+        MonitoringSettings(persist_windows=0)
+    with pytest.raises(ValueError, match="retrain_cooldown_s"):
+        MonitoringSettings(retrain_cooldown_s=-1)
     with pytest.raises(ValueError, match="psi_threshold"):
         MonitoringSettings(psi_threshold=0)
     with pytest.raises(ValueError, match="PSI thresholds must be > 0"):
@@ -275,11 +346,19 @@ def test_monitoring_settings_refuse_nonsense():
 
 
 def test_to_conf_is_the_training_runs_conf():
-    verdict = decide(_result(psis={"zone_id": 1.3}), SETTINGS, production_version="v2")
+    verdict = decide(
+        _result(psis={"zone_id": 1.3}, prediction_psi=0.3),
+        SETTINGS,
+        production_version="v2",
+        importance={"zone_id": 0.5, "order_distance_km": 0.5},
+        recent=[_drifted_before()],
+    )
     conf = verdict.to_conf()
     assert json.loads(json.dumps(conf)) == conf
-    assert conf["reason"] == (
-        "eta_monitoring 20261121T1400Z retrain: feature PSI: zone_id 1.30 > 0.2"
+    assert conf["reason"].startswith(
+        "eta_monitoring 20261121T1400Z retrain: feature drift: importance-weighted share 0.50 "
+        "≥ 0.3 (zone_id 0.50 drifted; weights: production's importance; 8 with none); "
+        "prediction drift: PSI 0.300 > 0.2"
     )
     assert conf["triggered_by"] == "eta_monitoring"
     assert conf["monitoring_run"] == "20261121T1400Z"

@@ -91,7 +91,8 @@ def test_every_logged_record_is_written_once_after_flush(lake, make_writer):
     assert len(df) == 250
     assert sorted(df["request_id"]) == sorted(f"req-{i}" for i in range(250))
     assert lake.partitions(SERVING_LOG) == [DAY]
-    assert len(lake.files(SERVING_LOG, DAY)) == 1
+    assert lake.files(SERVING_LOG, DAY) == []  # no file outside the hour partitions
+    assert len(lake.files(SERVING_LOG, DAY, NOON.hour)) == 1
 
 
 def test_record_schema_and_feature_columns(lake, make_writer):
@@ -234,15 +235,15 @@ def test_a_transient_write_error_loses_nothing(lake, make_writer, monkeypatch):
     assert sorted(df["request_id"]) == sorted(f"req-{i}" for i in range(25))
 
 
-def test_only_the_failed_day_is_retried(lake, make_writer, monkeypatch):
+def test_only_the_failed_hour_is_retried(lake, make_writer, monkeypatch):
     real_append = Lake.append
     failed_once: list[dt.date] = []
 
-    def fail_second_day(self, df, dataset, date):
+    def fail_second_day(self, df, dataset, date, hour=None):
         if date != DAY and not failed_once:
             failed_once.append(date)
             raise OSError("slow down")
-        return real_append(self, df, dataset, date)
+        return real_append(self, df, dataset, date, hour)
 
     monkeypatch.setattr(Lake, "append", fail_second_day)
     w = make_writer(**QUIET)
