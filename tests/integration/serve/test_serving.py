@@ -508,14 +508,15 @@ def test_skew_against_point_in_time_training_rows_is_measured_per_feature(served
     page = write_skew_report(tmp_path / "skew.html", skew)
     assert page.stat().st_size > 0
     # What a monitoring run calls it: the stale hourly features drift from the very orders'
-    # training rows, and the run asks for a retrain no new model can answer.
+    # training rows, and its feature-drift check fails on a drift no new model can answer (the
+    # retrain rules then wait for confirmation and persistence; main's rules retrained at once).
     drift, verdict = _monitoring_judgement(since, rows, tmp_path / "drift", served["v1"])
     with capsys.disabled():
         print("  monitoring's drift of these orders against their training rows:")
         _print_drift(drift)
     by_feature = {f.name: f for f in drift.features}
     assert by_feature["zone_orders_1h"].drifted and (by_feature["zone_orders_1h"].psi or 0) > 0.2
-    assert verdict.action.value == "retrain", verdict.reasons
+    assert "feature_drift" in verdict.failed_checks, verdict.reasons
     # `relay features skew`: the same table, the report, and exit 1 while the day is skewed.
     from typer.testing import CliRunner
 
