@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -103,13 +104,21 @@ def served(lake_days, tmp_path_factory):
 
     settings = get_settings().model_copy(deep=True)
     settings.serving.port = _free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    metrics_port = _free_port()  # the node's metrics agent, as Prometheus scrapes it
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _metrics_export_port=metrics_port,
+    )
     try:
         control.start_serve(settings)
         control.deploy_model(v1, settings)
         control.deploy_model(v2, settings)
         control.set_traffic(TrafficSplit(stable=v1), settings)
         yield {
+            "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
             "v1": v1,
             "v2": v2,
             "url": control.endpoint(settings),
@@ -122,6 +131,112 @@ def served(lake_days, tmp_path_factory):
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+# Relay's Ray metrics as Prometheus scrapes them (relay.serve.ray_metrics): the first test, on
+# counters nothing has touched yet, serves two versions half and half and scrapes the node's
+# metrics agent until every version's series are there.
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def _series(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of ``name`` in a Prometheus text exposition: its labels and value."""
+    out = []
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m and m["name"] == name:
+            out.append((dict(_LABEL.findall(m["labels"])), float(m["value"])))
+    return out
+
+
+def _summed(text: str, name: str, by: str, **match: str) -> dict[str, float]:
+    """``sum by (by) (name{match})``: what the dashboard's queries add over replicas."""
+    totals: Counter[str] = Counter()
+    for labels, value in _series(text, name):
+        if all(labels.get(k) == v for k, v in match.items()) and by in labels:
+            totals[labels[by]] += value
+    return dict(totals)
+
+
+def test_every_version_is_counted_across_replicas_as_prometheus_scrapes_it(served, capsys):
+    from relay.serve import control
+
+    v1, v2, s = served["v1"], served["v2"], served["settings"]
+    control.set_traffic(TrafficSplit(stable=v1, candidate=v2, candidate_share=0.5), s)
+    try:
+        _scrape_every_version(served, capsys)
+    finally:
+        control.set_traffic(TrafficSplit(stable=v1), s)
+
+
+def _scrape_every_version(served: dict[str, Any], capsys: Any) -> None:
+    v1, v2 = served["v1"], served["v2"]
+    rows = served["orders"].head(50)
+    sent = 400
+
+    def one(i: int) -> tuple[int, str | None]:
+        row = rows.iloc[i % len(rows)]
+        status, body = _post(served["url"], {"orders": [_order(row, f"metrics-{i}")]})
+        return status, (body["predictions"][0]["model_version"] if status == 200 else None)
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(one, range(sent)))
+    load_s = time.monotonic() - t0
+    assert Counter(s for s, _ in answers) == {200: sent}
+    took = Counter(v for _, v in answers)
+    assert took[v1] > 0.3 * sent and took[v2] > 0.3 * sent, took  # both took load
+
+    # The metrics agent exports what the workers recorded every few seconds: scrape until
+    # every request is there, or the deadline.
+    deadline = time.monotonic() + 60
+    scrapes = 0
+    while True:
+        text = urllib.request.urlopen(served["metrics"], timeout=10).read().decode()
+        scrapes += 1
+        counted = _summed(text, "ray_relay_requests_total", "model_version", outcome="ok")
+        if sum(counted.values()) >= sent or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)  # the agent's next export, bounded by the deadline
+    waited_s = time.monotonic() - t0 - load_s
+    with capsys.disabled():
+        print(
+            f"\n  {sent} requests in {load_s:.1f} s; per-version series complete "
+            f"{waited_s:.1f} s later ({scrapes} scrapes): {counted}"
+        )
+    # Each request is one call of one version: the counter per version is what clients saw.
+    for version in (v1, v2):
+        assert counted.get(version, 0) == pytest.approx(took[version], rel=0.01), counted
+    assert not _summed(text, "ray_relay_requests_total", "model_version", outcome="error")
+
+    # Latency per version: a histogram whose count is the calls and whose +Inf holds them all.
+    latency = _summed(text, "ray_relay_request_latency_ms_count", "model_version")
+    inf = _summed(text, "ray_relay_request_latency_ms_bucket", "model_version", le="+Inf")
+    for version in (v1, v2):
+        assert latency[version] == counted[version] == inf[version]
+    predictions = _summed(text, "ray_relay_predictions_total", "model_version")
+    assert predictions == counted
+
+    # Batch size per version: every forward pass, of 1 to 8 orders (8 concurrent clients); the
+    # model replicas export on their own clock, so theirs may lag the router's by one export.
+    passes = _summed(text, "ray_relay_model_batch_size_count", "model_version")
+    orders = _summed(text, "ray_relay_model_batch_size_sum", "model_version")
+    for version in (v1, v2):
+        assert 0 < passes[version] <= orders[version] <= counted[version], (passes, orders)
+
+    # Feature freshness per version and view: the fixture materialized days-old values.
+    ages = _series(text, "ray_relay_feature_row_age_seconds_count")
+    views = {(labels["model_version"], labels["view"]) for labels, _ in ages}
+    assert {v for v, _ in views} == {v1, v2}, views
+    age_sum = _summed(text, "ray_relay_feature_row_age_seconds_sum", "model_version")
+    age_count = _summed(text, "ray_relay_feature_row_age_seconds_count", "model_version")
+    assert all(age_sum[v] / age_count[v] > 3600 for v in (v1, v2)), (age_sum, age_count)
+
+    # The prediction cache per version and level (published about once a second per replica).
+    lookups = _series(text, "ray_relay_prediction_cache_lookups_total")
+    assert {labels["model_version"] for labels, _ in lookups} <= {v1, v2}
+    assert lookups and all("level" in labels for labels, _ in lookups)
 
 
 def test_http_predictions_equal_offline_predictions(served):
