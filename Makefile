@@ -10,13 +10,14 @@ STAMP  := $(VENV)/.installed-stamp
 # Everything local (lake, artifacts, Feast stores, reports) lives under RELAY_HOME.
 export RELAY_HOME ?= $(CURDIR)/var
 
-.PHONY: help setup lock services up down demo test e2e unit integration lint bench drill clean
+.PHONY: help setup lock services up down demo test e2e e2e-prod unit integration lint bench drill clean
 
 help:
 	@echo "make up     install, start Airflow + Ray + Serve, train and serve a first model"
 	@echo "make demo   the life cycle: drift → retrain → canary → promoted; bad model rolled back"
 	@echo "make test   install, start the test services if down, lint, run every test (e2e too)"
 	@echo "make bench  benchmarks (printed numbers, see README)"
+	@echo "make e2e-prod  the loop in the prod profile: PostgreSQL, Redis, S3, two Ray nodes"
 	@echo "make lint   ruff + mypy;  make down  stop what make up started;  make clean"
 
 setup: $(STAMP)
@@ -90,6 +91,11 @@ integration: setup services
 
 e2e: setup services
 	$(BIN)/pytest tests/e2e -q
+
+# The prod profile on this machine, configuration only: PostgreSQL, Redis, S3 over HTTP (moto's
+# server), a two-node Ray cluster (tests/e2e_prod). -s: the Ray node list prints as it runs.
+e2e-prod: setup services
+	$(BIN)/pytest -m e2e_prod -s -q tests/e2e_prod
 
 # Every test, the closed loop included (~35 min on 2 cores).
 test: setup services lint

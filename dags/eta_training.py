@@ -106,7 +106,9 @@ def eta_training() -> None:
         print(f"run {run_id} ({p.get('reason')}): days {days[0]} to {days[-1]}")
         return {
             "days": [d.isoformat() for d in days],
-            "run_dir": str(_pipeline().run_dir(run_id or "manual")),
+            # The run's folder every step shares: a path (local) or s3:// (prod); each step works
+            # on its node's copy (relay.flows.run_store).
+            "run_dir": _pipeline().run_uri(run_id or "manual"),
         }
 
     @task.short_circuit
@@ -155,18 +157,14 @@ def eta_training() -> None:
         task_id="tune",
         entrypoint=(
             f"python -m ray_jobs.tune --training-set {TRAINING_SET} --output {RUN}/tune "
-            "--trials {{ params.tune_trials }}"
+            f"--trials {{{{ params.tune_trials }}}} --storage-path {RUN}/tune/ray"
         ),
         pool="ray_gpu",
     )
 
     @task
     def reuse_hyperparameters(plan: dict) -> str:
-        from pathlib import Path
-
-        folder = Path(plan["run_dir"]) / "tune"
-        folder.mkdir(parents=True, exist_ok=True)
-        return _pipeline().reuse_hyperparameters(folder)
+        return _pipeline().reuse_hyperparameters(f"{plan['run_dir']}/tune")
 
     @task(trigger_rule="none_failed_min_one_success")
     def hyperparameters(plan: dict, params: dict | None = None) -> str:

@@ -79,3 +79,45 @@ def test_rule_thresholds_are_settings_read_from_the_environment(monkeypatch):
     monkeypatch.setenv("RELAY_ROLLOUT__P99_ALPHA", "1.5")
     with pytest.raises(ValueError, match="p99_alpha"):
         Settings()
+
+
+def test_nothing_durable_lives_on_one_node_in_prod(monkeypatch):
+    """prod: the Feast registry in PostgreSQL (the events' database), run folders and Ray's
+    checkpoints beside the artifacts on S3; each node's home is scratch only."""
+    monkeypatch.setenv("RELAY_PROFILE", "prod")
+    monkeypatch.setenv("RELAY_LAKE__URI", "s3://lake/eta")
+    monkeypatch.setenv("RELAY_ARTIFACTS__URI", "s3://artifacts/eta/")
+    monkeypatch.setenv("RELAY_AIRFLOW__DATABASE_URL", "postgresql://airflow@db/airflow")
+    monkeypatch.setenv("RELAY_EVENTS__DATABASE_URL", "postgresql://relay@db/relay")
+    for name in ("API_KEYS", "ADMIN_TOKEN", "BUCKET_SALT"):
+        monkeypatch.setenv(f"RELAY_SERVING__{name}_FILE", f"/run/secrets/{name.lower()}")
+    s = Settings()
+    # psycopg (v3), as Feast wants it, instead of SQLAlchemy's psycopg2 default
+    assert s.feast.registry_location() == "postgresql+psycopg://relay@db/relay"
+    assert s.runs.uri == "s3://artifacts/eta/runs"
+    assert s.runs.scratch == s.home / "runs"
+    assert s.train.storage_uri == "s3://artifacts/eta/ray_results"
+    monkeypatch.setenv("RELAY_FEAST__REGISTRY", "s3://artifacts/eta/feast/registry.pb")
+    monkeypatch.setenv("RELAY_RUNS__URI", "s3://runs/eta")
+    monkeypatch.setenv("RELAY_TRAIN__STORAGE_URI", "s3://ckpt/eta")
+    s = Settings()
+    assert (s.feast.registry_location(), s.runs.uri, s.train.storage_uri) == (
+        "s3://artifacts/eta/feast/registry.pb",
+        "s3://runs/eta",
+        "s3://ckpt/eta",
+    )
+    for local in ("/var/relay/registry.db", "sqlite:////var/relay/registry.db"):
+        monkeypatch.setenv("RELAY_FEAST__REGISTRY", local)
+        with pytest.raises(ConfigError, match="RELAY_FEAST__REGISTRY"):
+            Settings()
+
+
+def test_the_local_profile_keeps_everything_embedded(tmp_path, monkeypatch):
+    monkeypatch.setenv("RELAY_HOME", str(tmp_path))
+    s = Settings()
+    assert s.feast.registry is None
+    assert s.feast.registry_location() == str(tmp_path / "feast" / "registry.db")
+    assert s.runs.uri == str(tmp_path / "runs") and s.runs.scratch == tmp_path / "runs"
+    assert s.train.storage_uri == str(tmp_path / "ray_results")
+    monkeypatch.setenv("RELAY_FEAST__REGISTRY", "postgresql+psycopg://postgres@127.0.0.1/feast")
+    assert Settings().feast.registry_location() == "postgresql+psycopg://postgres@127.0.0.1/feast"

@@ -147,11 +147,12 @@ class RayJobOperator(BaseOperator):
 class RolloutWaitOperator(BaseOperator):
     """Wait for the rollout a ``rollout`` task began to end; return (and write) its outcome.
 
-    Reads what the rollout job wrote (``begun``, templated: a JSON path). Nothing to wait for
-    (a first deployment, a version already serving): returns at once. Otherwise the wait runs
-    in the triggerer (:class:`~relay.airflow.triggers.RolloutTrigger`), which logs each step's
-    verdict as it lands, for as long as the rollout's plan may last. The outcome (each step's
-    verdict and its reasons) goes to ``outcome`` (templated path) and XCom.
+    Reads what the rollout job wrote (``begun``, templated: a JSON path or an ``s3://`` URI).
+    Nothing to wait for (a first deployment, a version already serving): returns at once.
+    Otherwise the wait runs in the triggerer (:class:`~relay.airflow.triggers.RolloutTrigger`),
+    which logs each step's verdict as it lands, for as long as the rollout's plan may last. The
+    outcome (each step's verdict and its reasons) goes to ``outcome`` (templated, like
+    ``begun``) and XCom.
     """
 
     template_fields: Sequence[str] = ("begun", "outcome")
@@ -165,12 +166,12 @@ class RolloutWaitOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         import datetime as dt
         import json
-        from pathlib import Path
 
+        from relay.flows import run_store
         from relay.rollout.store import RolloutStore
         from relay.settings import get_settings
 
-        begun = json.loads(Path(self.begun).read_text())
+        begun = json.loads(run_store.read_text(self.begun))
         if not begun.get("rollout_id"):
             return self._done(begun)
         rollout = RolloutStore().get(begun["rollout_id"]).rollout
@@ -197,7 +198,8 @@ class RolloutWaitOperator(BaseOperator):
 
     def _done(self, outcome: dict[str, Any]) -> dict[str, Any]:
         import json
-        from pathlib import Path
+
+        from relay.flows import run_store
 
         for step in outcome.get("steps", []):
             self.log.info("step %s (%s): %s", step["step"], step["target"], step["action"])
@@ -206,7 +208,6 @@ class RolloutWaitOperator(BaseOperator):
         self.log.info(
             "%s: %s; stable is %s", outcome["version"], outcome["outcome"], outcome["stable"]
         )
-        path = Path(self.outcome)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(outcome, indent=2))
+        # The run folder: a path, or S3 in prod (relay.flows.run_store).
+        run_store.write_text(self.outcome, json.dumps(outcome, indent=2))
         return outcome

@@ -37,40 +37,54 @@ def _free_idle_serving() -> None:
 
 def tune(
     training_set: Annotated[str, typer.Option(help="Training-set Parquet")],
-    output: Annotated[Path, typer.Option(help="Folder for best_config.json")],
+    output: Annotated[str, typer.Option(help="Folder for best_config.json: a path or s3://")],
     trials: Annotated[
         int | None, typer.Option(min=1, help="Default: RELAY_TRAIN__TUNE_TRIALS")
     ] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs per trial (ASHA's max_t)")] = 6,
+    storage_path: Annotated[
+        str | None,
+        typer.Option(help="Tune's results: a path or s3://; default RELAY_TRAIN__STORAGE_URI/tune"),
+    ] = None,
 ) -> None:
     """Search hyperparameters with Ray Tune (Optuna TPE + ASHA); Ray shows trial progress."""
+    from relay.flows import run_store
     from relay.infra.cluster import connect
     from relay.model.ray_tune import run_tune
 
     connect()
     _free_idle_serving()
-    res = run_tune(training_set, output, trials, epochs)
+    # An s3:// output (a prod run folder): written in this node's scratch, pushed at the end.
+    with run_store.workspace(output, fetch=False) as folder:
+        res = run_tune(training_set, folder, trials, epochs, storage_path=storage_path)
     for t in res.trials:
         note = "stopped early by ASHA" if t.stopped_early else "ran to the end"
         console.print(f"trial: {t.epochs} epochs, val_loss {t.val_loss}, {note}: {t.config}")
-    console.print(f"best config -> {res.best_config_path}")
-    typer.echo(res.best_config_path)
+    best = f"{output.rstrip('/')}/{Path(res.best_config_path).name}"
+    console.print(f"best config -> {best}")
+    typer.echo(best)
 
 
 def train(
     training_set: Annotated[str, typer.Option(help="Training-set Parquet")],
-    output: Annotated[Path, typer.Option(help="Folder for model.pt, preprocessor.json, metrics")],
-    config: Annotated[Path | None, typer.Option(help="Hyperparameters JSON (from tune)")] = None,
+    output: Annotated[
+        str, typer.Option(help="Folder for model.pt, preprocessor.json, metrics: a path or s3://")
+    ],
+    config: Annotated[
+        str | None, typer.Option(help="Hyperparameters JSON (from tune): a path or s3://")
+    ] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Ray Train workers")] = None,
     epochs: Annotated[int | None, typer.Option(min=1)] = None,
     gpu: Annotated[bool | None, typer.Option("--gpu/--cpu", help="Default: GPU if present")] = None,
     name: Annotated[str, typer.Option(help="Run name; the same name resumes")] = "eta_train",
     patience: Annotated[int | None, typer.Option(min=1, help="Early-stopping patience")] = None,
     storage_path: Annotated[
-        str | None, typer.Option(help="Checkpoints: a path or s3://; default {home}/ray_results")
+        str | None,
+        typer.Option(help="Checkpoints: a path or s3://; default RELAY_TRAIN__STORAGE_URI"),
     ] = None,
 ) -> None:
     """Train the ETA model with Ray Train (data-parallel, checkpoint per epoch)."""
+    from relay.flows import run_store
     from relay.infra.cluster import connect
     from relay.model.ray_train import TrainRequest, run_training
 
@@ -78,16 +92,19 @@ def train(
     _free_idle_serving()
     request = TrainRequest(
         training_set=training_set,
-        output_dir=output,
+        output_dir=Path(),  # this node's folder, below
         name=name,
         num_workers=workers,
         use_gpu=gpu,
         max_epochs=epochs,
         patience=patience,
         storage_path=storage_path,
-        hyperparameters=json.loads(config.read_text()) if config else {},
+        hyperparameters=json.loads(run_store.read_text(config)) if config else {},
     )
-    res = run_training(request)
+    # An s3:// output (a prod run folder): written in this node's scratch, pushed at the end.
+    with run_store.workspace(output, fetch=False) as folder:
+        request.output_dir = folder
+        res = run_training(request)
     m = res.metrics
     console.print(
         f"trained: epoch {m.get('epoch')}, val MAE {m.get('val_mae', float('nan')):.2f} min, "

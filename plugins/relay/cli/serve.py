@@ -8,7 +8,6 @@ registry (:mod:`relay.rollout.manual`). ``rollout`` and ``restore`` are also the
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -118,7 +117,8 @@ def serve_status() -> None:
 def serve_rollout(
     version: Annotated[str, typer.Option(help="Registry version id (validated by the gate)")],
     outcome: Annotated[
-        Path | None, typer.Option(help="Write what was begun as JSON here (the DAG reads it)")
+        str | None,
+        typer.Option(help="Write what was begun as JSON here, a path or s3:// (the DAG reads it)"),
     ] = None,
 ) -> None:
     """Put a version on its way: the first one serves at once; a later one starts a rollout
@@ -128,14 +128,14 @@ def serve_rollout(
     """
     import json
 
+    from relay.flows import run_store
     from relay.rollout.runner import begin, ensure_controller
 
     serving_control()
     ensure_controller()
     res = run(lambda: begin(version))
     if outcome:
-        outcome.parent.mkdir(parents=True, exist_ok=True)
-        outcome.write_text(json.dumps(res.to_dict(), indent=2))
+        run_store.write_text(outcome, json.dumps(res.to_dict(), indent=2))
     if res.rollout_id:
         out.print(f"{res.outcome} rollout {res.rollout_id}: {version} against {res.stable}")
     else:

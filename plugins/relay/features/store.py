@@ -33,6 +33,7 @@ from relay.data.lake import (
 from relay.errors import FeatureStoreError, PartitionNotFound
 from relay.features.catalog import VIEWS
 from relay.features.direct import DirectRead
+from relay.features.feast_registry import registry_config, removed_objects
 from relay.features.frames import entity_frame, feature_tables
 from relay.settings import Settings, get_settings
 
@@ -59,8 +60,7 @@ def repo_config(settings: Settings | None = None, *, read_timeouts: bool = False
 
     s = settings or get_settings()
     f = s.feast
-    assert f.registry_path and f.sqlite_path and f.repo_path  # filled by the settings validator
-    f.registry_path.parent.mkdir(parents=True, exist_ok=True)
+    assert f.sqlite_path and f.repo_path  # filled by the settings validator
     online: Any
     if f.online_store == "redis":
         connection = f.redis_connection
@@ -75,7 +75,7 @@ def repo_config(settings: Settings | None = None, *, read_timeouts: bool = False
     return RepoConfig(
         project=f.project,
         provider="local",
-        registry=str(f.registry_path),
+        registry=registry_config(f),
         online_store=online,
         offline_store=DuckDBOfflineStoreConfig(),
         entity_key_serialization_version=3,
@@ -153,13 +153,18 @@ def _repo_module(repo: Path, name: str) -> ModuleType:
     return importlib.import_module(f"{REPO_PACKAGE}.{name}")
 
 
-def apply(settings: Settings | None = None) -> list[str]:
-    """Register entities, sources, views and services (what ``feast apply`` does).
+def apply(settings: Settings | None = None, objects: Sequence[Any] | None = None) -> list[str]:
+    """Register entities, sources, views and services (what ``feast apply`` does), and delete
+    the registered ones they no longer include, with a deleted view's online table.
 
-    Returns the names applied.
+    ``objects``: the Feast objects; default :func:`load_definitions`. Returns the names applied.
     """
-    objects = load_definitions(settings)
-    get_store(settings).apply(objects)
+    objects = list(objects) if objects is not None else load_definitions(settings)
+    store = get_store(settings)
+    gone = removed_objects(store, objects)
+    if gone:
+        log.info("apply deletes %s", ", ".join(sorted(o.name for o in gone)))
+    store.apply(objects, objects_to_delete=gone, partial=False)
     return sorted(o.name for o in objects)
 
 

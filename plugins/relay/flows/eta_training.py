@@ -10,20 +10,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relay.data.lake import VALIDATED_ORDERS, Lake, date_range
+from relay.flows import run_store
 from relay.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from relay.registry import ModelVersion
 
 log = logging.getLogger(__name__)
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def run_days(
@@ -44,12 +43,18 @@ def run_days(
 
 
 def run_dir(run_id: str, settings: Settings | None = None) -> Path:
-    """The run's folder (model, tuned config, outcome): ``{home}/runs/<run id>``."""
+    """This node's copy of the run's folder: ``{RELAY_RUNS__SCRATCH}/<run id>`` (in the local
+    profile the run folder itself, ``{home}/runs/<run id>``)."""
     s = settings or get_settings()
-    # Leading dots go too: a run id of ".." must not name the folder above.
-    path = s.home / "runs" / (_UNSAFE.sub("_", run_id).lstrip(".") or "run")
+    path = run_store.scratch_path(run_uri(run_id, s), s.runs.uri or "", s.runs.scratch or Path())
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def run_uri(run_id: str, settings: Settings | None = None) -> str:
+    """The run's folder that every step shares: ``{RELAY_RUNS__URI}/<run id>`` (a path in the
+    local profile, an ``s3://`` URI in prod). Steps on it open a :func:`run_store.workspace`."""
+    return run_store.run_uri(run_id, settings)
 
 
 def has_new_days(days: list[dt.date], settings: Settings | None = None) -> bool:
@@ -148,11 +153,12 @@ def landed_drift(days: list[dt.date], training_set_uri: str, folder: Path | str)
     ``record`` (the ``landed.json`` path) and ``line`` (the one-line summary)."""
     from relay.monitor.landed import FOLDER, RECORD_FILE, measure
 
-    out = Path(folder) / FOLDER
-    record = measure(training_set_uri, days, out)
+    uri = f"{str(folder).rstrip('/')}/{FOLDER}"
+    with run_store.workspace(uri, fetch=False) as out:
+        record = measure(training_set_uri, days, out)
     return {
         **record.model_dump(mode="json"),
-        "record": str(out / RECORD_FILE),
+        "record": f"{uri}/{RECORD_FILE}",
         "line": record.line(),
     }
 
@@ -165,22 +171,21 @@ def reuse_hyperparameters(folder: Path | str, overrides: Mapping[str, Any] | Non
     production = Registry().stage_version("production")
     config: dict[str, Any] = dict(production.training.hyperparameters) if production else {}
     config.update(overrides or {})
-    path = Path(folder) / "best_config.json"
-    path.write_text(json.dumps(config, indent=2))
+    path = run_store.write_text(
+        f"{str(folder).rstrip('/')}/best_config.json", json.dumps(config, indent=2)
+    )
     source = production.id if production else "the defaults"
     log.info("not tuning: hyperparameters of %s, overrides %s -> %s", source, overrides, path)
-    return str(path)
+    return path
 
 
 def merge_overrides(config_path: str, overrides: Mapping[str, Any] | None) -> str:
     """Apply the run's hyperparameter overrides on top of a tuned ``best_config.json``."""
     if not overrides:
         return config_path
-    path = Path(config_path)
-    config = json.loads(path.read_text())
+    config = json.loads(run_store.read_text(config_path))
     config.update(overrides)
-    path.write_text(json.dumps(config, indent=2))
-    return config_path
+    return run_store.write_text(config_path, json.dumps(config, indent=2))
 
 
 @dataclass
@@ -234,20 +239,24 @@ def register_and_gate(
     s = get_settings()
     margin(s.gate, slice_margin)
     trigger = notices.training_trigger(conf)
+    # This node's copies of the model and of the run folder's landed_drift/ (the step beside
+    # training; no record if it did not run). The gate writes nothing into the run folder.
+    model_uri = str(model_dir).rstrip("/")
+    model = run_store.fetch(model_uri)
+    drift = run_store.fetch(f"{model_uri.rsplit('/', 1)[0]}/{FOLDER}")
     version = register_trained(
-        Path(model_dir),
+        model,
         training_set_uri=training_set_uri,
         data_partitions=partitions,
-        run_id=run_id or str(Path(model_dir).resolve()),
+        run_id=run_id or (model_uri if run_store.is_remote(model_uri) else str(model.resolve())),
         trigger=trigger,
-        # The run folder's landed_drift/ (the step beside training); None if it did not run.
-        landed_drift=read_record(Path(model_dir).parent / FOLDER),
+        landed_drift=read_record(drift),
     )
     if version.state not in (ModelState.TRAINED, ModelState.EVALUATING):
         out = recorded_outcome(version, s)
         log.info("gate for %s already judged (a retry): %s", version.id, out.summary)
         return out.to_dict()
-    holdout = str(Path(model_dir) / "data" / "holdout.parquet")
+    holdout = str(model / "data" / "holdout.parquet")
     res = evaluate_version(version.id, holdout, force=force, slice_margin=slice_margin)
     verdict = res.result.verdict
     out = GateOutcome(

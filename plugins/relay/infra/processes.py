@@ -109,12 +109,23 @@ def _forget_ray_cluster(gcs_port: int) -> None:
 
 
 def _alive(pid: int, group: bool = False) -> bool:
-    """Whether process ``pid`` (with ``group``: any process of group ``pid``) still runs."""
+    """Whether process ``pid`` (with ``group``: any process of group ``pid``) still runs. A
+    zombie does not: a service this process started and killed stays one until reaped, and
+    waiting for it to exit would wait out the whole timeout."""
     try:
         (os.killpg if group else os.kill)(pid, 0)
     except OSError:
         return False
-    return True
+    members = _members(pid) if group else {pid}
+    return any(_state(p) not in ("Z", "") for p in members)
+
+
+def _state(pid: int) -> str:
+    """A process's state letter (``R``, ``S``, ``Z`` …; Linux /proc), empty once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def _signal(pgid: int, strays: list[int], sig: int) -> None:

@@ -25,6 +25,7 @@ from relay.model.importance import Importance, measure_run
 from relay.model.optimise import optimise_run
 from relay.model.preprocess import Preprocessor
 from relay.model.quantise import OptimiseOutcome
+from relay.model.storage import ray_storage
 from relay.model.training import model_inputs, save_run, split_by_time
 from relay.settings import Settings, get_settings
 
@@ -270,7 +271,8 @@ def run_training(req: TrainRequest, settings: Settings | None = None) -> TrainRe
         .materialize()
         for part in ("train", "valid")
     }
-    storage = req.storage_path or str(s.home / "ray_results")
+    # RELAY_TRAIN__STORAGE_URI: S3 in prod, where every node's workers can write and resume.
+    storage, storage_fs = ray_storage(req.storage_path or s.train.storage_uri or "", s.s3)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -290,6 +292,7 @@ def run_training(req: TrainRequest, settings: Settings | None = None) -> TrainRe
         run_config=RunConfig(
             name=req.name,
             storage_path=storage,
+            storage_filesystem=storage_fs,
             failure_config=FailureConfig(
                 max_failures=(t.max_failures if req.max_failures is None else req.max_failures)
             ),
@@ -320,7 +323,9 @@ def run_training(req: TrainRequest, settings: Settings | None = None) -> TrainRe
         train_rows=len(split.train),
         holdout_path=paths["holdout"],
         samples_per_second=float(metrics.get("samples_per_second", 0.0)),
-        checkpoint_path=result.checkpoint.path,
+        checkpoint_path=(
+            f"s3://{result.checkpoint.path}" if storage_fs is not None else result.checkpoint.path
+        ),
         optimised=optimised,
         importance=importance,
     )

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from relay.model.preprocess import Preprocessor
+from relay.model.storage import ray_storage
 from relay.model.training import split_by_time
 from relay.settings import Settings, get_settings
 
@@ -52,8 +53,12 @@ class TuneResult:
         return json.dumps(asdict(self), indent=2, default=str)
 
 
-def _trial(config: dict[str, Any]) -> None:
-    """One Tune trial: a full Ray Train run with the trial's hyperparameters."""
+def _trial(config: dict[str, Any], frames: dict[str, pd.DataFrame]) -> None:
+    """One Tune trial: a full Ray Train run with the trial's hyperparameters.
+
+    ``frames`` (train and valid) come through Ray's object store (``tune.with_parameters``):
+    a trial may run on a node that does not have the driver's files.
+    """
     import ray.data
     from ray import tune
     from ray.train import RunConfig, ScalingConfig
@@ -61,6 +66,7 @@ def _trial(config: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from relay.model.ray_train import _to_inputs, train_loop_per_worker
+    from relay.settings import get_settings
 
     fixed = config["fixed"]
     hp = {k: v for k, v in config.items() if k != "fixed"}
@@ -68,12 +74,14 @@ def _trial(config: dict[str, Any]) -> None:
     transform = _to_inputs(fixed["preprocessor"])
     datasets: dict[str, Any] = {
         # From pandas: read_parquet's footer-reader actors can starve its listing task of CPU.
-        part: ray.data.from_pandas(pd.read_parquet(fixed["paths"][part]))
+        part: ray.data.from_pandas(frames[part])
         .map_batches(transform, batch_format="pandas")
         .materialize()
         for part in ("train", "valid")
     }
     trial_id = tune.get_context().get_trial_id()
+    # The filesystem is built on the trial's node, from its settings and AWS_* variables.
+    storage, storage_fs = ray_storage(fixed["storage_path"], get_settings().s3)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -90,7 +98,8 @@ def _trial(config: dict[str, Any]) -> None:
         ),
         run_config=RunConfig(
             name=f"trial_{trial_id}",
-            storage_path=fixed["storage_path"],
+            storage_path=storage,
+            storage_filesystem=storage_fs,
             callbacks=[TuneReportCallback()],  # type: ignore[list-item]
         ),
         datasets=datasets,
@@ -107,8 +116,13 @@ def run_tune(
     use_gpu: bool = False,
     settings: Settings | None = None,
     start_from: Sequence[Mapping[str, Any]] = (),
+    storage_path: str | None = None,
 ) -> TuneResult:
     """Search hyperparameters; write the best config to ``output_dir/best_config.json``.
+
+    ``storage_path``: Tune's results and the trials' checkpoints, a path or ``s3://``; default
+    ``{RELAY_TRAIN__STORAGE_URI}/tune`` when that is S3 (trials run on any node), else
+    ``output_dir/ray``.
 
     ``start_from``: configs (every key of :func:`search_space`) tried first, in order, before
     the sampler's own: the champion's, or ones known to be good, so the search and ASHA's
@@ -123,15 +137,12 @@ def run_tune(
     frame = pd.read_parquet(training_set)
     split = split_by_time(frame, t.holdout_share)  # the holdout is never seen while searching
     prep = Preprocessor.fit(split.train)
-    (output_dir / "data").mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for part in ("train", "valid"):
-        paths[part] = str(output_dir / "data" / f"{part}.parquet")
-        getattr(split, part).to_parquet(paths[part], index=False)
-    storage = str((output_dir / "ray").resolve())
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if storage_path is None:
+        remote = (t.storage_uri or "").startswith("s3://")
+        storage_path = f"{t.storage_uri}/tune" if remote else str((output_dir / "ray").resolve())
     fixed = {
         "preprocessor": prep.to_json(),
-        "paths": paths,
         "seed": t.seed,
         "max_epochs": max_epochs,
         "patience": max_epochs,
@@ -139,8 +150,9 @@ def run_tune(
         "use_gpu": use_gpu,
         "cpus_per_worker": t.cpus_per_worker,
         "hidden_units": t.hidden_units,
-        "storage_path": storage,
+        "storage_path": storage_path,
     }
+    storage, storage_fs = ray_storage(storage_path, s.s3)
     import optuna
 
     searcher = OptunaSearch(
@@ -159,7 +171,10 @@ def run_tune(
     )
     tuner = tune.Tuner(
         # The trial function only coordinates; its workers hold the CPUs.
-        tune.with_resources(_trial, {"CPU": 0.01}),
+        tune.with_resources(
+            tune.with_parameters(_trial, frames={"train": split.train, "valid": split.valid}),
+            {"CPU": 0.01},
+        ),
         param_space={**search_space(), "fixed": fixed},
         tune_config=tune.TuneConfig(
             search_alg=searcher,
@@ -167,7 +182,9 @@ def run_tune(
             num_samples=num_samples or t.tune_trials,
             max_concurrent_trials=1,
         ),
-        run_config=tune.RunConfig(name="eta_tune", storage_path=storage),
+        run_config=tune.RunConfig(
+            name="eta_tune", storage_path=storage, storage_filesystem=storage_fs
+        ),
     )
     grid = tuner.fit()
     trials = []

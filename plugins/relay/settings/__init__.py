@@ -52,7 +52,13 @@ class ArtifactSettings(BaseModel):
 class FeastSettings(BaseModel):
     project: str = "relay_eta"
     repo_path: Path | None = Field(None, description="Folder holding the Feast definitions")
-    registry_path: Path | None = None
+    registry: str | None = Field(
+        None,
+        description="The registry: a path, a SQLAlchemy URL (postgresql+psycopg://…: Feast's "
+        "sql registry) or s3://bucket/key (endpoint: AWS_ENDPOINT_URL). None: the file at "
+        "registry_path (local); the events' database, RELAY_EVENTS__DATABASE_URL (prod)",
+    )
+    registry_path: Path | None = Field(None, description="The local profile's registry file")
     online_store: Literal["sqlite", "redis"] | None = None
     sqlite_path: Path | None = None
     redis_connection: str = "127.0.0.1:6379"
@@ -74,6 +80,27 @@ class FeastSettings(BaseModel):
     online_retry_after_s: float = Field(
         1.0, ge=0, description="After a failed or slow read, defaults without asking for this long"
     )
+
+    def registry_location(self) -> str:
+        """Where the registry is: ``registry``, else the file at ``registry_path``."""
+        if self.registry:
+            return self.registry
+        if self.registry_path is None:  # pragma: no cover, the settings validator fills it
+            raise ConfigError("RELAY_FEAST__REGISTRY_PATH is not set")
+        return str(self.registry_path)
+
+
+class RunSettings(BaseModel):
+    """Training runs' folders (model, tuned config, outcome), shared by a run's Airflow tasks
+    and Ray jobs. Each step works on its node's scratch copy, pulled at its start and pushed
+    at its end (:mod:`relay.flows.run_store`); where ``uri`` is ``scratch``, nothing is copied."""
+
+    uri: str | None = Field(
+        None,
+        description="Root of run folders: a path or s3://; default {home}/runs (local), "
+        "{artifacts}/runs (prod)",
+    )
+    scratch: Path | None = Field(None, description="This node's local copies; default {home}/runs")
 
 
 class EventSettings(BaseModel):
@@ -194,6 +221,11 @@ class TrainSettings(BaseModel):
     dropout: float = 0.1
     activation: Literal["relu", "tanh"] = "relu"
     max_failures: int = 2
+    storage_uri: str | None = Field(
+        None,
+        description="Ray Train checkpoints and Tune results: a path or s3://; default "
+        "{home}/ray_results (local), {artifacts}/ray_results (prod)",
+    )
     tune_trials: int = 8
     holdout_share: float = 0.2
     seed: int = 7
@@ -235,6 +267,7 @@ class Settings(BaseSettings):
     s3: S3Settings = S3Settings()
     lake: LakeSettings = LakeSettings()
     artifacts: ArtifactSettings = ArtifactSettings()
+    runs: RunSettings = RunSettings()
     feast: FeastSettings = FeastSettings()
     events: EventSettings = EventSettings()
     ray: RaySettings = RaySettings()
@@ -263,8 +296,17 @@ class Settings(BaseSettings):
             if prod:
                 raise ConfigError("RELAY_ARTIFACTS__URI is required in the prod profile")
             self.artifacts.uri = str(self.home / "artifacts")
+        artifacts = self.artifacts.uri.rstrip("/")
         if self.registry.uri is None:
-            self.registry.uri = f"{self.artifacts.uri.rstrip('/')}/registry"
+            self.registry.uri = f"{artifacts}/registry"
+        # prod: run folders and checkpoints beside the artifacts, never on one node's disk.
+        self.runs.scratch = self.runs.scratch or self.home / "runs"
+        if self.runs.uri is None:
+            self.runs.uri = f"{artifacts}/runs" if prod else str(self.runs.scratch)
+        if self.train.storage_uri is None:
+            self.train.storage_uri = (
+                f"{artifacts}/ray_results" if prod else str(self.home / "ray_results")
+            )
         f = self.feast
         f.repo_path = f.repo_path or _project_root() / "feature_repo"
         f.registry_path = f.registry_path or self.home / "feast" / "registry.db"
@@ -283,12 +325,31 @@ class Settings(BaseSettings):
             if prod:
                 raise ConfigError("RELAY_AIRFLOW__DATABASE_URL is required in the prod profile")
             self.airflow.database_url = f"sqlite:///{self.home / 'airflow' / 'airflow.db'}"
+        if prod:
+            _prod_registry(f, self.events.database_url)
         return self
 
     @property
     def reports_dir(self) -> Path:
         """Local folder for HTML reports (copied to the artifact store when it is remote)."""
         return self.home / "reports"
+
+
+def _prod_registry(f: FeastSettings, events_database_url: str) -> None:
+    """The prod profile's Feast registry: in PostgreSQL (the events' database unless
+    RELAY_FEAST__REGISTRY names another) or on S3; a file on one node's disk is refused."""
+    registry = f.registry or events_database_url
+    scheme = registry.partition("://")[0] if "://" in registry else "file"
+    if scheme.startswith("sqlite") or scheme == "file":
+        raise ConfigError(
+            "RELAY_FEAST__REGISTRY must be a database URL or s3:// in the prod profile, not a "
+            f"path on one node's disk: {registry}"
+        )
+    # SQLAlchemy maps a bare postgresql:// to psycopg2; Feast rewrites it to psycopg (v3),
+    # with a warning on every start. Say so here instead.
+    if registry.startswith("postgresql://"):
+        registry = "postgresql+psycopg://" + registry.removeprefix("postgresql://")
+    f.registry = registry
 
 
 def _prod_serving(sv: ServingSettings) -> None:

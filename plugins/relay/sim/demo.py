@@ -113,10 +113,11 @@ def _outcome(
     """The rollout outcome of an ``eta_training`` run (empty when it wrote none), told step by
     step with each verdict's reasons; its ``outcome`` is ``promoted``, ``rolled_back``,
     ``aborted`` or ``first_deploy``."""
-    from relay.flows.eta_training import run_dir
+    from relay.flows import run_store
 
-    path = run_dir(run_id, settings) / "rollout.json"
-    outcome = dict(json.loads(path.read_text())) if path.exists() else {}
+    path = f"{run_store.run_uri(run_id, settings)}/rollout.json"
+    found = run_store.exists(path, settings)
+    outcome = dict(json.loads(run_store.read_text(path, settings))) if found else {}
     emit(f"{label}: {outcome.get('outcome')}; stable {outcome.get('stable')}")
     for step in outcome.get("steps", []):
         emit(f"  step {step['step']} ({step['target']}): {step['action']}")

@@ -139,10 +139,10 @@ def test_tune_runs_its_trials_and_asha_stops_the_hopeless_one(ray_cluster, train
     good = {"learning_rate": 3e-3, "batch_size": 128, "dropout": 0.1, "hidden_layers": 2}
     good["activation"] = "relu"
     hopeless = {**good, "learning_rate": 1e-5}
-    res = run_tune(training_set, tmp_path, 2, max_epochs=3, start_from=[good, hopeless])
+    res = run_tune(training_set, tmp_path, 2, max_epochs=2, start_from=[good, hopeless])
     assert len(res.trials) == 2
     assert all(t.val_loss is not None for t in res.trials)
-    stopped = [t for t in res.trials if t.epochs < 3]
+    stopped = [t for t in res.trials if t.epochs < 2]
     assert stopped, [(t.epochs, t.val_loss) for t in res.trials]
     by_rate = {t.config["learning_rate"]: t for t in res.trials}
     assert by_rate[1e-5].epochs == 1, [(t.config, t.epochs) for t in res.trials]
