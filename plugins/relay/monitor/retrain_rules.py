@@ -1,4 +1,4 @@
-"""When drift asks for a retrain: drift that matters, confirmed, persisting, outside a cooldown.
+"""When drift asks for a retrain: drift that matters, persisting, confirmed, outside a cooldown.
 
 The retrain half of :func:`relay.monitor.rules.decide`, pure like it. A retrain refits the
 model on fresh days: worth it when the world moved in what the model relies on and the model
@@ -34,9 +34,15 @@ ETA, as it should); feature drift that matters alone, with the model's output an
 unmoved, is a world the model already handles; a quality loss with no input or prediction
 drift at all is for the rollback rule and the daily training run.
 
-**A retrain** is decided when drift was seen in this window and in the ``persist_windows - 1``
-windows before it, of the same production version (the verdicts record ``drift_seen``), and no
-retrain happened within ``retrain_cooldown_s`` before the window's end. The last retrain is
+**A retrain** is decided when drift persisted over ``persist_windows`` windows in a row, of the
+same production version, and no retrain happened within ``retrain_cooldown_s`` before the
+window's end. Persisting, a window counts when it saw drift, or *suspected* it: its live MAE is
+past the margin while inputs or predictions drifted, but its own labelled predictions cannot
+tell that loss from noise (the verdicts record ``drift_seen`` and ``drift_suspected``). The
+drift is confirmed when every one of the windows saw it, or else when their labelled
+predictions together show the loss beyond noise, the loss past the margin in each
+(:func:`relay.monitor.persistence.pooled_loss_check`: a real but modest loss, confirmed by
+one window's rows and not by the next's, is confirmed by both together). The last retrain is
 the newest version trained at monitoring's request (its lineage's trigger), whatever became of
 it: promoted, rejected by the gate or rolled back. One asked for and not yet registered is
 :mod:`relay.monitor.retrain`'s to hold (one training run at a time).
@@ -47,13 +53,14 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from relay.clock import as_utc
 from relay.monitor.drift import DriftResult, FeatureDrift
+from relay.monitor.persistence import WindowLoss, drift_span, pooled_loss_check
 from relay.settings import MonitoringSettings
-from relay.verdict import PASS, SKIP, relative_change, within_noise
+from relay.verdict import FAIL, PASS, SKIP, relative_change, within_noise
 
 #: Drifted features a reason line names by weight; the rest are counted.
 NAMED = 5
@@ -164,72 +171,111 @@ def quality_loss_check(
 def drift_streak(
     recent: Sequence[Mapping[str, Any]], production: str | None, end: dt.datetime | None
 ) -> int:
-    """How many windows before ``end`` in a row saw drift, of the same production version.
+    """How many windows before ``end`` in a row saw or suspected drift, of the same production
+    version (:func:`relay.monitor.persistence.drift_span`)."""
+    return len(drift_span(recent, production, end))
 
-    Args:
-        recent: earlier verdicts, newest first (``MonitoringHistory.verdicts``); a verdict
-            without ``drift_seen`` (a quiet window, an older record) ends the streak, and one
-            of a window not before ``end`` (this window's earlier record, a re-run) is passed.
-        production: the version judged now: drift seen against another version's reference
-            says nothing about this one's.
-        end: this window's end.
+
+def window_loss(
+    result: DriftResult, s: MonitoringSettings, production: str | None
+) -> WindowLoss | None:
+    """Production's live accuracy in the window, when it served ``min_labelled`` labelled rows."""
+    mine = None if production is None else result.live_mae.get(production)
+    if mine is None or mine.n < s.min_labelled:
+        return None
+    return WindowLoss(mine.n, mine.mae, mine.mae_se, result.window_start, result.window_end)
+
+
+@dataclass(frozen=True)
+class RetrainCall:
+    """What the retrain rules make of one window (module docstring).
+
+    Attributes:
+        seen: drift confirmed in this window, on its own or over the span's windows together.
+        suspected: signs of drift with a loss past the margin that this window alone does not
+            confirm; persistence counts it (:mod:`relay.monitor.persistence`).
+        retrain: a retrain is decided.
+        lines: the reason lines (none when no witness failed).
+        streak: windows in a row, this one included, that saw or suspected drift (0: neither).
+        pooled: the loss was confirmed over the span's windows together (a ``FAIL`` line).
     """
-    count = 0
-    for verdict in recent:
-        ended = _parse_time(verdict.get("window_end"))
-        if end is not None and ended is not None and as_utc(ended) >= as_utc(end):
-            continue
-        if verdict.get("production_version") != production or not verdict.get("drift_seen"):
-            break
-        count += 1
-    return count
+
+    seen: bool
+    suspected: bool
+    retrain: bool
+    lines: list[str]
+    streak: int = 0
+    pooled: bool = False
 
 
-def retrain_lines(
+def retrain_call(
     *,
     feature: bool,
     prediction: bool,
     quality: bool,
     inputs: bool,
-    streak: int,
+    loss: WindowLoss | None,
+    registered: float | None,
+    span: Sequence[Mapping[str, Any]],
     s: MonitoringSettings,
     end: dt.datetime | None,
     last_retrain_at: dt.datetime | None,
-) -> tuple[bool, bool, list[str]]:
-    """Whether drift is seen, whether to retrain, and the lines that say why (module docstring).
+) -> RetrainCall:
+    """Whether drift is seen or suspected, whether to retrain, and why (module docstring).
 
     Args:
         feature, prediction, quality: whether each witness failed its check in this window.
         inputs: whether any monitored feature drifted, whatever its weight.
-        streak: earlier windows in a row that saw drift (:func:`drift_streak`).
+        loss: production's live accuracy in this window (:func:`window_loss`).
+        registered: production's registered MAE.
+        span: the earlier windows in a row that saw or suspected drift, newest first
+            (:func:`relay.monitor.persistence.drift_span`).
         s: the thresholds.
         end: the window's end.
         last_retrain_at: when the newest version trained at monitoring's request was made.
-
-    Returns:
-        ``(drift_seen, retrain, lines)``; no line when no witness failed.
     """
     seen = (feature and prediction) or (quality and (inputs or prediction))
-    if not seen:
-        return False, False, _unconfirmed(feature, prediction, quality)
-    windows = streak + 1
+    past = loss is not None and registered is not None and loss.past_margin(registered, s)
+    suspected = not seen and past and (inputs or prediction)
+    if not (seen or suspected):
+        return RetrainCall(False, False, False, _unconfirmed(feature, prediction, quality))
+    windows = len(span) + 1
     if windows < s.persist_windows:
-        return True, False, [
-            f"{SKIP}: persistence: drift seen in {windows} of {s.persist_windows} "
+        what = "seen" if seen else "suspected (a loss past the margin, within this window's noise)"
+        return RetrainCall(seen, suspected, False, [
+            f"{SKIP}: persistence: drift {what} in {windows} of {s.persist_windows} "
             "consecutive windows; waiting"
-        ]  # fmt: skip
+        ], windows)  # fmt: skip
     plural = "" if windows == 1 else "s"
     persisted = f"drift seen in {windows} consecutive window{plural} (≥ {s.persist_windows})"
+    earlier = span[: s.persist_windows - 1]
+    lines: list[str] = []
+    if not (seen and all(v.get("drift_seen") for v in earlier)):
+        # Not every window confirmed it alone: their labelled rows together may.
+        lost, why = pooled_loss_check(loss, earlier, registered, s)
+        if not lost:
+            return RetrainCall(seen, suspected, False, [
+                f"{SKIP}: retrain: drift in {windows} consecutive window{plural}, not confirmed "
+                f"in each, nor by their quality loss together ({why}); not retrained"
+            ], windows)  # fmt: skip
+        lines.append(f"{FAIL}: quality loss over the windows: {why}")
+        persisted = (
+            f"drift in {windows} consecutive window{plural} (≥ {s.persist_windows}), "
+            "confirmed by their quality loss together"
+        )
+    call = RetrainCall(True, False, True, lines, windows, pooled=bool(lines))
     if last_retrain_at is None:
-        return True, True, [f"{PASS}: persistence: {persisted}; no retrain before"]
+        return replace(call, lines=[*lines, f"{PASS}: persistence: {persisted}; no retrain before"])
     since = None if end is None else (as_utc(end) - as_utc(last_retrain_at)).total_seconds()
     cooldown = f"the cooldown of {s.retrain_cooldown_s:g} s"
     if since is None or since < s.retrain_cooldown_s:
         ago = "at an unknown time before" if since is None else f"{since:.0f} s before"
         held = f"the last retrain was {ago} the window's end, within {cooldown}"
-        return True, False, [f"{SKIP}: retrain held: {persisted}, but {held}"]
-    past = f"the last retrain {since:.0f} s before the window's end, past {cooldown}"
-    return True, True, [f"{PASS}: persistence: {persisted}; {past}"]
+        return replace(
+            call, retrain=False, lines=[*lines, f"{SKIP}: retrain held: {persisted}, but {held}"]
+        )
+    past_cooldown = f"the last retrain {since:.0f} s before the window's end, past {cooldown}"
+    return replace(call, lines=[*lines, f"{PASS}: persistence: {persisted}; {past_cooldown}"])
 
 
 def _unconfirmed(feature: bool, prediction: bool, quality: bool) -> list[str]:
@@ -249,12 +295,3 @@ def _unconfirmed(feature: bool, prediction: bool, quality: bool) -> list[str]:
     else:
         return []
     return [f"{SKIP}: retrain: {why}; not retrained"]
-
-
-def _parse_time(value: Any) -> dt.datetime | None:
-    if isinstance(value, dt.datetime):
-        return value
-    try:
-        return dt.datetime.fromisoformat(str(value)) if value else None
-    except ValueError:
-        return None

@@ -27,9 +27,10 @@ Rules, every threshold in :class:`~relay.settings.MonitoringSettings`:
 3. **retrain** when drift that matters (importance-weighted feature drift at least
    ``importance_drift_threshold``) is confirmed by prediction drift or a quality loss against
    production's own registered MAE, or quality is lost while inputs drifted, in this window
-   and the ``persist_windows - 1`` before it, and no retrain happened within
+   and the ``persist_windows - 1`` before it (a loss that no window confirms alone may be
+   confirmed by their labelled rows together), and no retrain happened within
    ``retrain_cooldown_s``: :mod:`relay.monitor.retrain_rules`. The verdict records whether
-   this window saw drift (``drift_seen``), which the next window counts.
+   this window saw or suspected drift and its live MAE, which the next window counts.
 
 4. otherwise **ok**.
 """
@@ -44,11 +45,12 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from relay.monitor.drift import DriftResult
+from relay.monitor.persistence import drift_span
 from relay.monitor.retrain_rules import (
-    drift_streak,
     feature_drift_check,
     quality_loss_check,
-    retrain_lines,
+    retrain_call,
+    window_loss,
 )
 from relay.settings import MonitoringSettings
 from relay.verdict import FAIL, SKIP, Verdict, reason_lines, relative_change, within_noise
@@ -75,6 +77,7 @@ class Check(StrEnum):
     FEATURE_DRIFT = "feature_drift"
     PREDICTION_DRIFT = "prediction_drift"
     QUALITY_LOSS = "quality_loss"
+    POOLED_QUALITY_LOSS = "pooled_quality_loss"
 
 
 Baseline = Literal["live", "registered"]
@@ -97,9 +100,14 @@ class MonitoringVerdict(Verdict):
         run_key: the monitoring run (the report folder's name).
         report_path: the drift report (HTML).
         window_end: the window's end (ISO 8601), if known.
+        window_start: the window's first instant (ISO 8601), if known.
         drift_seen: this window saw drift that retrains once it persists (confirmed drift,
             :mod:`relay.monitor.retrain_rules`); the next window counts it.
-        drift_streak: windows in a row, this one included, that saw drift (0: not this one).
+        drift_suspected: this window showed drift with a loss past the margin that it could
+            not confirm alone; the next window counts it, and pools its ``live_quality``.
+        drift_streak: windows in a row, this one included, that saw or suspected drift.
+        live_quality: production's live accuracy in the window
+            (:class:`relay.monitor.persistence.WindowLoss` as a dict), when judged.
     """
 
     action: Action
@@ -112,8 +120,11 @@ class MonitoringVerdict(Verdict):
     run_key: str = ""
     report_path: str = ""
     window_end: str | None = None
+    window_start: str | None = None
     drift_seen: bool = False
+    drift_suspected: bool = False
     drift_streak: int = 0
+    live_quality: dict[str, Any] | None = None
 
     def headline(self) -> str:
         """The run, the version judged and the decision."""
@@ -188,7 +199,8 @@ def decide(
         importance: production's permutation importance by monitored feature
             (``ModelVersion.training.feature_importance``); None or empty: equal weights.
         recent: the verdicts of earlier windows, newest first
-            (``MonitoringHistory.verdicts``): their ``drift_seen`` makes the persistence.
+            (``MonitoringHistory.verdicts``): their ``drift_seen``, ``drift_suspected`` and
+            ``live_quality`` make the persistence.
         production_registered_mae: production's own registered MAE (:func:`registered_mae`),
             against which a quality loss confirms drift.
         last_retrain_at: when the newest version trained at monitoring's request was
@@ -208,6 +220,7 @@ def decide(
         "run_key": result.run_key,
         "report_path": result.report_path,
         "window_end": None if result.window_end is None else result.window_end.isoformat(),
+        "window_start": None if result.window_start is None else result.window_start.isoformat(),
     }
     if result.rows < s.min_rows:
         return MonitoringVerdict(
@@ -248,24 +261,27 @@ def decide(
         if previous_importance:
             world = not feature_drift_check(result, s, previous_importance).ok
         held = _rollback_held(result, s, baseline, world, last_rollback_at)
-    earlier = drift_streak(recent, production_version, result.window_end)
-    seen, retrain, retrain_why = retrain_lines(
+    mine = window_loss(result, s, production_version)
+    call = retrain_call(
         feature=Check.FEATURE_DRIFT in failed,
         prediction=Check.PREDICTION_DRIFT in failed,
         quality=Check.QUALITY_LOSS in failed,
         inputs=bool(feature.drifted),
-        streak=earlier,
+        loss=mine,
+        registered=production_registered_mae,
+        span=drift_span(recent, production_version, result.window_end),
         s=s,
         end=result.window_end,
         last_retrain_at=last_retrain_at,
     )
+    failed += [Check.POOLED_QUALITY_LOSS] if call.pooled else []
     lines = reason_lines((ok, msg) for _, ok, msg in checks)
     if held is not None:
         lines.append(f"{SKIP}: rollback held: {held}")
-    lines += retrain_why
+    lines += call.lines
     if Check.QUALITY in failed and held is None:
         action = Action.ROLLBACK
-    elif retrain:
+    elif call.retrain:
         action = Action.RETRAIN
     else:
         action = Action.OK
@@ -273,10 +289,12 @@ def decide(
         action=action,
         reasons=lines,
         failed_checks=[str(name) for name in failed],
-        drifted_features=feature.drifted if seen or not feature.ok else [],
+        drifted_features=feature.drifted if call.streak or not feature.ok else [],
         baseline=baseline,
-        drift_seen=seen,
-        drift_streak=earlier + 1 if seen else 0,
+        drift_seen=call.seen,
+        drift_suspected=call.suspected,
+        drift_streak=call.streak,
+        live_quality=None if mine is None else mine.to_dict(),
         **common,
     )
 

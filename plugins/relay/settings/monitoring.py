@@ -72,9 +72,10 @@ class MonitoringSettings(BaseModel):
         1.645,
         ge=0,
         description="One-sided z: a live MAE past its registered MAE and the margin confirms "
-        "drift only when it is this many standard errors past it (1.645: 5% by chance in one "
-        "window; persistence asks it of persist_windows windows in a row, 0.25% for two). "
-        "Looser than quality_z: a retrain's cost is compute, a rollback's is traffic",
+        "drift only when it is this many standard errors past it (1.645: 5% by chance), in one "
+        "window or, when no window alone confirms it, over the persist_windows windows' "
+        "labelled rows together, each row once (relay.monitor.persistence). Looser than "
+        "quality_z: a retrain's cost is compute, a rollback's is traffic",
     )
     retrain_cooldown_s: float = Field(
         86_400.0,
