@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from relay.clock import asdict_iso
 from relay.errors import RelayError
 from relay.serve.log_read import VersionQuality
 
@@ -163,11 +164,7 @@ class DriftResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of built-in types, ready for ``json.dumps`` (times as ISO strings)."""
-        out = asdict(self)
-        for key in ("window_start", "window_end"):
-            value = getattr(self, key)
-            out[key] = None if value is None else value.isoformat()
-        return out
+        return asdict_iso(self, "window_start", "window_end")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DriftResult:

@@ -24,10 +24,10 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
-from relay.clock import as_utc
+from relay.clock import as_utc, asdict_iso
 from relay.settings import MonitoringSettings
 from relay.verdict import relative_change, within_noise
 
@@ -53,11 +53,7 @@ class WindowLoss:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict with ISO times, as stored in the verdict's ``live_quality``."""
-        out = asdict(self)
-        for key in ("start", "end"):
-            value = getattr(self, key)
-            out[key] = None if value is None else value.isoformat()
-        return out
+        return asdict_iso(self, "start", "end")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> WindowLoss | None:
