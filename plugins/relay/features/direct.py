@@ -9,6 +9,11 @@ so a push or a materialization is seen at once), then converts the values as Fea
 answer is :meth:`relay.features.store.OnlineFeatures.read`'s: the same columns and values, a
 test holds them equal on SQLite and Redis. The rows' event timestamps, which the store returns
 with them, give each read's feature freshness (:attr:`DirectRead.row_ages`).
+
+On Redis the stored views are read in one round trip instead of one per view, with Feast's
+keys and fields (:mod:`relay.features.redis_read`), and optionally through an in-process row
+cache bounded by freshness (:mod:`relay.features.row_cache`); the other stores keep
+``online_read``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from relay.features.redis_read import PipelinedRedisRead
+from relay.features.row_cache import RowCache
+
+if TYPE_CHECKING:  # pragma: no cover, typing only
+    from relay.settings import FeastSettings
 
 
 @dataclass(frozen=True)
@@ -37,11 +48,16 @@ class DirectRead:
         keys: the request rows' fields answered as they are (the entity keys, as Feast does).
         on_demand: the service's on-demand views (computed here from the request fields).
         request_fields: the request fields the on-demand views take.
+        pipelined: on Redis, every view in one round trip (:mod:`relay.features.redis_read`).
+        cache: a row cache for the pipelined Redis read (:mod:`relay.features.row_cache`;
+            ignored elsewhere: only there do pushes and materializations announce themselves).
+        memo_max: how many entity keys and decoded values the pipelined read remembers.
 
     Attributes:
         row_ages: after each :meth:`read`, per view, the age in seconds of the oldest row it
             found (the stalest value the batch is answered with); a view none of whose entities
             is stored is left out. Read it in the thread that read.
+        pipelined: the :class:`~relay.features.redis_read.PipelinedRedisRead` in use, or None.
     """
 
     def __init__(
@@ -51,6 +67,10 @@ class DirectRead:
         keys: Sequence[str],
         on_demand: Sequence[Any],
         request_fields: Sequence[str],
+        *,
+        pipelined: bool = True,
+        cache: RowCache | None = None,
+        memo_max: int = 100_000,
     ) -> None:
         odfv = {v.name for v in on_demand}
         self._config = store.config
@@ -71,6 +91,42 @@ class DirectRead:
             if p.name in tables
         )
         self.row_ages: dict[str, float] = {}
+        redis = _redis(self._online, self._config)
+        self.pipelined = (
+            PipelinedRedisRead(
+                store,
+                [(v.table, v.features) for v in self._views],
+                cache if redis == "server" else None,
+                memo_max,
+            )
+            if pipelined and redis is not None
+            else None
+        )
+
+    @classmethod
+    def configured(
+        cls,
+        store: Any,
+        service: Any,
+        keys: Sequence[str],
+        on_demand: Sequence[Any],
+        request_fields: Sequence[str],
+        settings: FeastSettings,
+    ) -> DirectRead:
+        """A read as the settings have it (``RELAY_FEAST__PIPELINED_READ``,
+        ``__ROW_CACHE_TTL_S``, ``__ROW_CACHE_MAX_ROWS``)."""
+        f = settings
+        cache = RowCache(f.row_cache_ttl_s, f.row_cache_max_rows) if f.row_cache_ttl_s else None
+        return cls(
+            store,
+            service,
+            keys,
+            on_demand,
+            request_fields,
+            pipelined=f.pipelined_read,
+            cache=cache,
+            memo_max=f.row_cache_max_rows,
+        )
 
     def read(self, rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
         """Feature columns for ``rows`` (request rows: the keys and the request fields)."""
@@ -81,7 +137,10 @@ class DirectRead:
         now = dt.datetime.now(dt.UTC)
         ages: dict[str, float] = {}
         out: dict[str, list[Any]] = {k: [r[k] for r in rows] for k in self._keys}
-        for view in self._views:
+        if self.pipelined is not None:
+            stored, ages = self.pipelined.read(rows, now)
+            out |= stored
+        for view in self._views if self.pipelined is None else ():
             # Each distinct entity once, as Feast does: 32 orders of one zone are one read.
             where: dict[tuple[Any, ...], int] = {}
             at = [where.setdefault(tuple(r[k] for k in view.join_keys), len(where)) for r in rows]
@@ -98,7 +157,8 @@ class DirectRead:
                 self._config, view.table, entity_keys, list(view.features)
             )
             found = [values or {} for _, values in read]  # None: an unknown entity
-            stamps = [ts for ts, values in read if values and ts is not None]
+            # Redis answers an entity it lacks with empty values stamped at the epoch.
+            stamps = [ts for ts, values in read if values and ts is not None and ts.timestamp()]
             if stamps:
                 oldest = min(t if t.tzinfo else t.replace(tzinfo=dt.UTC) for t in stamps)
                 ages[view.table.name] = max(0.0, (now - oldest).total_seconds())
@@ -113,3 +173,14 @@ class DirectRead:
             out |= {k: list(v) for k, v in odfv.transform_dict(inputs).items() if k in outputs}
         self.row_ages = ages
         return out
+
+
+def _redis(online: Any, config: Any) -> str | None:
+    """``server`` for Feast's Redis store on one server (or a Sentinel's master), ``cluster``
+    on a Redis Cluster, None for another store. The row cache needs the versions read before
+    the rows, which a cluster's pipeline (one per node) does not promise."""
+    from feast.infra.online_stores.redis import RedisOnlineStore, RedisType
+
+    if not isinstance(online, RedisOnlineStore):
+        return None
+    return "cluster" if config.online_store.redis_type == RedisType.redis_cluster else "server"

@@ -33,8 +33,10 @@ from relay.data.lake import (
 from relay.errors import FeatureStoreError, PartitionNotFound
 from relay.features.catalog import VIEWS
 from relay.features.direct import DirectRead
+from relay.features.duckdb_s3 import enable_s3
 from relay.features.feast_registry import registry_config, removed_objects
 from relay.features.frames import entity_frame, feature_tables
+from relay.features.row_cache import bump
 from relay.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -113,8 +115,12 @@ def get_store(settings: Settings | None = None, *, read_timeouts: bool = False) 
     """A FeatureStore on the configured registry and stores (see :func:`repo_config`)."""
     from feast import FeatureStore
 
+    s = settings or get_settings()
     _release_duckdb_at_exit()
-    cfg = repo_config(settings, read_timeouts=read_timeouts)
+    if str(s.lake.uri).startswith("s3://"):
+        # Feast's offline reads of the lake go through ibis's default DuckDB connection.
+        enable_s3(s.s3)
+    cfg = repo_config(s, read_timeouts=read_timeouts)
     return FeatureStore(config=cfg, repo_path=str(cfg.repo_path))
 
 
@@ -226,7 +232,10 @@ def materialize(
         if begin >= end:
             done[ds.name] = (begin, end)
             continue
-        store.materialize(start_date=begin, end_date=end, feature_views=[ds.name])
+        try:
+            store.materialize(start_date=begin, end_date=end, feature_views=[ds.name])
+        finally:  # the rows written so far, too: serving's row caches drop the view
+            bump(store, [ds.name])
         done[ds.name] = (begin, end)
     return done
 
@@ -241,6 +250,7 @@ def clear_online(tables: Sequence[Dataset], settings: Settings | None = None) ->
     if hasattr(online, "delete_table"):  # Redis: every entity's hash fields of the view
         for view in views:
             online.delete_table(store.config, view)
+        bump(store, [v.name for v in views])
         return
     # SQLite and the others: drop the view's table, then create it empty.
     online.update(store.config, views, [], [], [], partial=True)
@@ -332,7 +342,9 @@ class OnlineFeatures:
         #: After each read, per view, the age (s) of its oldest row found (direct reads only).
         self.row_ages: dict[str, float] = {}
         self._direct = (
-            DirectRead(self.store, self.service, ENTITY_KEYS, self._on_demand, REQUEST_FIELDS)
+            DirectRead.configured(
+                self.store, self.service, ENTITY_KEYS, self._on_demand, REQUEST_FIELDS, s.feast
+            )
             if s.feast.direct_read
             else None
         )

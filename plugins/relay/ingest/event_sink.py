@@ -254,6 +254,7 @@ class EventSink:
 
 def open_sink(settings: Any = None) -> EventSink:
     """The sink the settings describe: the event store, the Feast store's push, the lake."""
+    from relay.features.row_cache import VersionedPusher
     from relay.features.store import get_store
     from relay.settings import get_settings
 
@@ -263,7 +264,7 @@ def open_sink(settings: Any = None) -> EventSink:
         raise ValueError("RELAY_EVENTS__DATABASE_URL is not set")
     return EventSink(
         EventStore(ev.database_url),
-        get_store(s),
+        VersionedPusher(get_store(s)),  # serving's row caches drop the views it pushes
         Lake(s),
         max_events=ev.group_max_events,
         land_every_s=ev.land_every_s,

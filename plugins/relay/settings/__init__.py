@@ -69,6 +69,18 @@ class FeastSettings(BaseModel):
         "through FeatureStore.get_online_features: the same values, without the SDK's "
         "per-request protobuf work",
     )
+    pipelined_read: bool = Field(
+        True, description="On Redis, every view in one round trip (relay.features.redis_read)"
+    )
+    row_cache_ttl_s: float = Field(
+        1.0,
+        ge=0,
+        description="Serving answers an online row read from Redis at most this long ago from "
+        "memory (relay.features.row_cache); pushes and materializations invalidate it. 0: off",
+    )
+    row_cache_max_rows: int = Field(
+        100_000, gt=0, description="Most entities (and decoded values) the row cache keeps"
+    )
     # Serving's online reads (relay.features.guarded): a store that is down or slow degrades
     # answers to the features' defaults instead of failing or holding them.
     online_read_timeout_s: float = Field(

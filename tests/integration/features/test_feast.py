@@ -64,26 +64,65 @@ def test_online_features_read_the_service_they_are_given(feast_settings, lake_da
         OnlineFeatures(feast_settings, "eta_v9")
 
 
+def _reader(settings, mode: str) -> OnlineFeatures:
+    """Serving's reader: view by view (``direct``), every view in one round trip on Redis
+    (``pipelined``), and that through the row cache (``cached``)."""
+    s = settings.model_copy(deep=True)
+    s.feast.pipelined_read = mode != "direct"
+    s.feast.row_cache_ttl_s = 60.0 if mode == "cached" else 0.0
+    return OnlineFeatures(s)
+
+
 def test_the_direct_read_answers_what_feasts_sdk_answers(feast_settings, lake_days):
-    """Serving's view-by-view read (relay.features.direct) against get_online_features: the
-    same columns and values for known, unknown and repeated entities, and a pushed value seen
-    by both on the next read."""
+    """Serving's reads (relay.features.direct, relay.features.redis_read, through the row
+    cache or not) against get_online_features: the same columns and values for known, unknown
+    and repeated entities, the same row ages, and a pushed value seen by all on the next read."""
     from relay.features.live import live_view
+    from relay.features.row_cache import VersionedPusher
 
     orders = Lake().read(VALIDATED_ORDERS, lake_days[-1]).sample(40, random_state=2)
     orders = pd.concat([orders, orders.head(8)], ignore_index=True)  # repeated orders
     orders.loc[:2, "courier_id"] = ["C_NEW_1", "C_NEW_2", "C_NEW_1"]
     orders.loc[3, "merchant_id"] = "M_NEW"
     rows = entity_frame(orders).to_dict("records")
-    reader = OnlineFeatures(feast_settings)
-    assert reader._direct is not None, "serving's default is the direct read"
+    readers = {mode: _reader(feast_settings, mode) for mode in ("direct", "pipelined", "cached")}
+    assert OnlineFeatures(feast_settings)._direct is not None, "serving's default is direct"
+    redis = feast_settings.feast.online_store == "redis"
+    for mode, reader in readers.items():
+        assert reader._direct is not None
+        assert (reader._direct.pipelined is not None) == (redis and mode != "direct"), mode
+        if reader._direct.pipelined is not None:
+            assert (reader._direct.pipelined.cache is not None) == (mode == "cached"), mode
 
     def same() -> dict[str, list[Any]]:
-        direct, sdk = reader.read(rows), reader.read(rows, sdk=True)
-        assert set(direct) == set(sdk)
-        for name in sdk:
-            assert direct[name] == sdk[name], name
-        return direct
+        sdk = readers["direct"].read(rows, sdk=True)
+        ages = {}
+        for mode, reader in readers.items():
+            for _ in range(2):  # the cached reader: filled, then answering from the cache
+                got = reader.read(rows)
+                assert list(got) == list(readers["direct"].read(rows)), mode  # column order
+                assert set(got) == set(sdk), mode
+                for name in sdk:
+                    assert got[name] == sdk[name], (mode, name)
+                ages[mode] = reader.row_ages
+        # Every stored view has rows here; an unknown entity adds no age (Redis answers it
+        # stamped at the epoch).
+        assert set(ages["direct"]) == {
+            "courier_stats",
+            "merchant_stats",
+            "zone_stats",
+            "courier_live",
+            "merchant_live",
+            "zone_live",
+        }
+        oldest = dt.datetime.combine(lake_days[0], dt.time(), tzinfo=dt.UTC)  # the lake's start
+        bound = (dt.datetime.now(dt.UTC) - oldest).total_seconds()
+        assert max(ages["direct"].values()) < bound  # not 1970's
+        for mode, got_ages in ages.items():
+            assert set(got_ages) == set(ages["direct"]), mode
+            for view, age in got_ages.items():
+                assert abs(age - ages["direct"][view]) < 5.0, (mode, view)
+        return sdk
 
     before = same()
     assert before["courier_orders_1h"][0] is None and before["courier_orders_1h"][5] is not None
@@ -95,7 +134,7 @@ def test_the_direct_read_answers_what_feasts_sdk_answers(feast_settings, lake_da
             "event_timestamp": [pd.Timestamp.now(tz="UTC")],
         }
     )
-    reader.store.push(view.push_source, pushed)
+    VersionedPusher(get_store(feast_settings)).push(view.push_source, pushed)  # the events API's
     after = same()
     assert after["courier_orders_1h"][:3] == [7, None, 7]
 
