@@ -24,7 +24,7 @@ from relay.settings import Profile, Settings
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 DOCKERFILES = ("Dockerfile.airflow", "Dockerfile.ray")
-ONE_SHOT = {"minio-init", "airflow-init", "serve-up"}
+ONE_SHOT = {"minio-init", "airflow-init", "serve-up", "grafana-ray-dashboards"}
 MUST_HAVE_HEALTHCHECK = {"postgres", "redis", "minio", "ray-head"}
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|FERNET|ACCESS_KEY|_CONN$|DATABASE_URL|CONNECTION")
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}; $$ is a literal $.
@@ -337,3 +337,30 @@ def test_ray_nodes_start_without_block_and_stop_on_sigterm(services):
         assert "--block" not in svc["command"], name
         assert svc.get("init") is True, f"{name}: an init forwards SIGTERM and reaps Ray's daemons"
         assert int(str(svc["stop_grace_period"]).rstrip("s")) > grace, name
+
+
+def test_grafana_provisions_the_ray_dashboards_the_ray_dashboard_embeds(services, tmp_path):
+    """The one-shot service writes Ray's own dashboards (from the Ray image's Ray) into a volume
+    Grafana provisions; the files are the uids Ray's Metrics tab asks Grafana for."""
+    from relay.infra.grafana import write_ray_dashboards
+
+    gen = services["grafana-ray-dashboards"]
+    assert gen["image"] == services["ray-head"]["image"] and gen["restart"] == "no"
+    folder = gen["command"][-1]
+    assert gen["command"][:3] == ["python", "-m", "relay.infra.grafana"]
+    volume = next(v for v in gen["volumes"] if v.endswith(f":{folder}")).split(":")[0]
+    assert folder in (DOCKER / "Dockerfile.ray").read_text()  # created writable in the image
+    grafana = services["grafana"]
+    assert grafana["depends_on"]["grafana-ray-dashboards"]["condition"] == (
+        "service_completed_successfully"
+    )
+    mount = next(v for v in grafana["volumes"] if v.startswith(f"{volume}:")).split(":")[1]
+    provider = yaml.safe_load((DOCKER / "grafana/provisioning/dashboards/ray.yaml").read_text())
+    assert provider["providers"][0]["options"]["path"] == mount
+
+    written = write_ray_dashboards(tmp_path / "d")
+    import json
+
+    uids = {json.loads(p.read_text())["uid"] for p in written}
+    assert {"rayDefaultDashboard", "rayServeDashboard", "rayTrainDashboard"} <= uids
+    assert {p.stem for p in written} == uids
