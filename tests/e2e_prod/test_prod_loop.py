@@ -9,6 +9,7 @@ controller walks to promotion on live traffic; a rollback through ``eta_rollback
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import time
 from typing import Any
@@ -158,25 +159,35 @@ def test_the_first_model_serves(prod_stack: dict[str, Any], first_run: dict[str,
 @pytest.fixture(scope="module")
 def retrained(prod_stack: dict[str, Any], first_run: dict[str, Any]) -> dict[str, Any]:
     """``make demo``'s stages 2 and 3: drifted orders replayed, monitoring retrains, the
-    candidate walks the canary plan on live traffic."""
+    candidate walks the canary plan on live traffic.
+
+    The drift is a storm (as in the local closed loop), not the demo's new zone: this run's first
+    model (3 epochs on 4,000 orders) answers a new zone with a prediction shift just under the
+    0.2 PSI bar (0.18 measured), so issue 16's rule rightly leaves that unconfirmed feature drift
+    alone; a storm costs it accuracy that the live labels confirm. The whole day (2,000 orders,
+    4 a request) is replayed: a storm costs this model ~8% of MAE, which 456 labelled rows could
+    not tell from noise (z 1.57 measured; the bar is 1.645).
+    """
     from relay.flows.eta_training import ingest, publish_features, validate
+    from relay.monitor.history import MonitoringHistory
     from relay.registry import Registry
     from relay.rollout.store import RolloutStore
     from relay.sim.config import ReplayConfig
-    from relay.sim.demo import CANARY_RATE, DRIFT_SCENARIO, Traffic, _outcome, _wait_run
+    from relay.sim.demo import CANARY_RATE, Traffic, _outcome, _wait_run
     from relay.sim.replay import replay
 
     s, client = prod_stack["settings"], prod_stack["api"]
     _, _, yesterday = _days()
+    scenario = "storm"
     v1 = Registry(s).stage_version("production")
     assert v1 is not None
     t0 = time.monotonic()
-    ingest([yesterday], scenario=DRIFT_SCENARIO, overwrite=True, settings=s)
+    ingest([yesterday], scenario=scenario, overwrite=True, settings=s)
     validate([yesterday])
     publish_features([yesterday])
     res = replay(
         ReplayConfig(
-            date=yesterday, rate=30, scenario=DRIFT_SCENARIO, max_orders=600, max_seconds=40
+            date=yesterday, rate=30, batch=4, scenario=scenario, max_orders=2000, max_seconds=60
         )
     )
     print(f"[e2e-prod] {res.summary()}")
@@ -186,14 +197,17 @@ def retrained(prod_stack: dict[str, Any], first_run: dict[str, Any]) -> dict[str
     mon = client.trigger("eta_monitoring", {})
     _, monitoring = _wait_run(client, "eta_monitoring", mon, print, 900)
     _stage("eta_monitoring", t0)
+    verdicts = MonitoringHistory(s).verdicts(1)
+    print(f"[e2e-prod] monitoring verdict: {json.dumps(verdicts, default=str)[:4000]}")
     runs = client.get("/api/v2/dags/eta_training/dagRuns?limit=100")["dag_runs"]
     triggered = [r for r in runs if "eta_monitoring" in str((r.get("conf") or {}).get("reason"))]
-    assert triggered, (monitoring, [r.get("conf") for r in runs])
+    assert triggered, (monitoring, verdicts)
     retrain_id = max(triggered, key=lambda r: str(r.get("run_after")))["dag_run_id"]
     t0 = time.monotonic()
-    with Traffic(yesterday, DRIFT_SCENARIO, CANARY_RATE, print, start=res.orders_sent):
+    with Traffic(yesterday, scenario, CANARY_RATE, print, start=res.orders_sent):
         state, tasks = _wait_run(client, "eta_training", retrain_id, print, 3600)
     _stage("retrain, gate and canary to promotion", t0)
+    print(f"[e2e-prod] gate: {_gate_summary(client, retrain_id)}")
     _outcome(s, retrain_id, f"retrain: {state}; rollout", print)  # each step's verdict
     latest = RolloutStore(s).latest()
     assert latest is not None
@@ -204,6 +218,21 @@ def retrained(prod_stack: dict[str, Any], first_run: dict[str, Any]) -> dict[str
         "tasks": tasks,
         "rollout": latest.rollout,
     }
+
+
+def _gate_summary(client: Any, run_id: str) -> str:
+    """The gate task's verdict (its XCom), as the Airflow UI shows it."""
+    from urllib.parse import quote
+
+    path = (
+        f"/api/v2/dags/eta_training/dagRuns/{quote(run_id, safe='')}"
+        "/taskInstances/gate/xcomEntries/return_value"
+    )
+    try:
+        value = client.get(path).get("value")
+    except Exception as exc:  # a printout for the log; the asserts judge
+        return f"(no gate result: {exc})"
+    return str(value.get("summary") if isinstance(value, dict) else value)[:3000]
 
 
 def test_monitoring_retrains_and_the_canary_is_promoted(
