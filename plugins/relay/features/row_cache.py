@@ -126,11 +126,16 @@ class VersionedPusher:
     """A Feast store's ``push`` that bumps the versions of the views it wrote (the events
     API's pusher, :func:`relay.ingest.event_sink.open_sink`).
 
-    The views a push source feeds are Feast's own answer (the ones its ``push`` writes).
+    The views a push source feeds are Feast's own answer (the ones its ``push`` writes). Every
+    other attribute is the store's: the sink's pusher stays a Feast store to its readers (the
+    endpoint's ``/metrics`` reads the snapshot views' freshness from it).
     """
 
     def __init__(self, store: Any) -> None:
         self.store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
 
     def push(self, push_source_name: str, df: Any) -> None:
         """Push ``df`` online, then bump its views (also after a push that failed part way)."""

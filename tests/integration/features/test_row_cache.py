@@ -133,3 +133,13 @@ def test_the_cache_answers_from_memory_and_still_asks_redis_each_read(feast_sett
         del online._read_hash_fields
     assert first == second
     assert sent[0] > 1 and sent[1:] == [1]
+
+
+def test_the_versioned_pusher_is_still_the_store_to_its_readers(feast_settings):
+    """The endpoint's /metrics reads the snapshot views' freshness from the sink's pusher."""
+    from relay.features.store import snapshot_ages
+
+    store = get_store(feast_settings)
+    now = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    assert snapshot_ages(VersionedPusher(store), now) == snapshot_ages(store, now)
+    assert any(age is not None for age in snapshot_ages(VersionedPusher(store), now).values())
