@@ -12,6 +12,9 @@ fixed connection counts, with single-order and 32-order requests:
 (d) the Serve stack with a no-op model deployment (constant answers, no Feast, no model): the
     ceiling of the HTTP path on this machine;
 (e) as (c) without the batch window (``batch_wait_timeout_s=0``);
+(f) as (c) with the model held by the router replica (``RELAY_SERVING__LAYOUT=inline``): one
+    hop fewer;
+(g) as (f) with two router replicas (``RELAY_SERVING__ROUTER_REPLICAS=2``);
 
 (b)-(e) once with Serve's default Python HTTP proxy and once with the HAProxy ingress as
 ``relay.serve.control.HAPROXY_ENV`` sets it up (HAProxy + ``RAY_SERVE_THROUGHPUT_OPTIMIZED``), each
@@ -76,6 +79,8 @@ SYSTEMS = {
     "c": "(c) Serve, batched (Relay default)",
     "d": "(d) Serve, no-op model (HTTP ceiling)",
     "e": "(e) Serve, batched, no idle wait (batch_wait_timeout_s=0)",
+    "f": "(f) Serve, batched, model in the router (layout=inline)",
+    "g": "(g) as (f), 2 router replicas (one per core, as (a) has 2 workers)",
 }
 
 
@@ -474,9 +479,23 @@ def _serve_child(config_path: Path) -> None:
             ("d", NOOP_VERSION),
             ("e", versions["eager"]),
         ):
+            if system not in args.systems:
+                continue
             control.set_traffic(TrafficSplit(stable=version), s)
             hits = None if version == NOOP_VERSION else _hits(version)
             points += _measure(system, ingress, url, load, args, _fill(s, version), hits)
+        for system, routers in (("f", 1), ("g", 2)):
+            if system not in args.systems:
+                continue
+            inline = s.model_copy(deep=True)
+            inline.serving.layout = "inline"
+            inline.serving.router_replicas = routers
+            control.deploy_router(inline)  # the same model apps stay; the router holds its own
+            control.set_traffic(TrafficSplit(stable=versions["batched"]), inline, timeout_s=120)
+            # With two replicas the hits read are one replica's: a sample of the rate.
+            hits = _hits(versions["batched"], router=inline.serving.app_name)
+            fill = _fill(s, versions["batched"])
+            points += _measure(system, ingress, url, load, args, fill, hits)
     finally:
         Path(cfg["out"]).write_text(json.dumps([asdict(p) for p in points]))
         serve.shutdown()
@@ -496,16 +515,22 @@ def _fill(settings: Any, version: str) -> Callable[[], tuple[float, int]]:
     return read
 
 
-def _hits(version: str) -> Callable[[], tuple[int, int]]:
-    """The model replica's prediction-cache (L1) lookups and hits so far."""
+def _hits(version: str, router: str | None = None) -> Callable[[], tuple[int, int]]:
+    """The prediction-cache (L1) lookups and hits so far of ``version``'s model replica, or of
+    its model held by the ``router`` app's replica (the inline layout)."""
     from ray import serve
 
-    from relay.serve.traffic_state import MODEL_DEPLOYMENT, model_app_name
+    from relay.serve.traffic_state import MODEL_DEPLOYMENT, ROUTER_DEPLOYMENT, model_app_name
 
-    handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, model_app_name(version))
+    if router is None:
+        handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, model_app_name(version))
+        args: tuple[str, ...] = ()
+    else:
+        handle = serve.get_deployment_handle(ROUTER_DEPLOYMENT, router)
+        args = (version,)
 
     def read() -> tuple[int, int]:
-        l1 = handle.cache_stats.remote().result().get("l1") or {}
+        l1 = handle.cache_stats.remote(*args).result().get("l1") or {}
         return int(l1.get("lookups") or 0), int(l1.get("hits") or 0)
 
     return read
@@ -526,7 +551,12 @@ def _run_serve(
     cfg.write_text(
         json.dumps(
             {
-                "args": {"conns": args.conns, "seconds": args.seconds, "warmup": args.warmup},
+                "args": {
+                    "conns": args.conns,
+                    "seconds": args.seconds,
+                    "warmup": args.warmup,
+                    "systems": args.systems,
+                },
                 "load": {str(n): str(t) if isinstance(t, Path) else t for n, t in load.items()},
                 "wrk": all(isinstance(t, Path) for t in load.values()),
                 "versions": versions,
@@ -536,7 +566,9 @@ def _run_serve(
             }
         )
     )
-    budget = 240 + 4 * len(PAYLOADS) * (args.warmup + len(args.conns) * (args.seconds + 5))
+    budget = 480 + len(SYSTEMS) * len(PAYLOADS) * (
+        args.warmup + len(args.conns) * (args.seconds + 5)
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.serving", "--serve-child", str(cfg)],
         cwd=ROOT,
@@ -650,7 +682,7 @@ def _report(
     print(f"| system | ingress | orders/request | {heads} |")
     print(f"|---|---|---|{'---|' * len(args.conns)}")
     for n in PAYLOADS:
-        for system in "bcde":
+        for system in "bcdefg":
             for ingress in serve_labels:
                 by = {p.conns: p.mean_batch for p in sel(system, ingress, n)}
                 if not any(v is not None for v in by.values()):
@@ -658,21 +690,19 @@ def _report(
                 cells = [f"{by[c]:.1f}" if by.get(c) is not None else "–" for c in args.conns]
                 print(f"| {SYSTEMS[system]} | {ingress} | {n} | {' | '.join(cells)} |")
 
-    print("\n### Ratios of predictions/s: batched Serve (c) against the others\n")
+    print("\n### Ratios of predictions/s: batched Serve (c, f) against the others\n")
     heads = " | ".join(f"{c} conn" for c in args.conns)
-    print(f"| orders/request | ingress of (b)-(d) | ratio | {heads} | peak / peak |")
+    print(f"| orders/request | ingress of (b)-(f) | ratio | {heads} | peak / peak |")
     print(f"|---|---|---|{'---|' * len(args.conns)}---|")
     for n in PAYLOADS:
-        for ingress in serve_labels:
-            c_pts = {p.conns: p for p in sel("c", ingress, n)}
+        for ingress, lead in ((i, m) for i in serve_labels for m in "cfg"):
+            c_pts = {p.conns: p for p in sel(lead, ingress, n)}
             if not c_pts:
                 continue
-            for other, other_ingress in (
-                ("a", "uvicorn"),
-                ("b", ingress),
-                ("d", ingress),
-                ("e", ingress),
-            ):
+            others = (("a", "uvicorn"), ("b", ingress), ("d", ingress), ("e", ingress))
+            if lead in "fg":
+                others = (("a", "uvicorn"), ("c", ingress), ("d", ingress))
+            for other, other_ingress in others:
                 o_pts = {p.conns: p for p in sel(other, other_ingress, n)}
                 if not o_pts:
                     continue
@@ -682,7 +712,7 @@ def _report(
                 ]
                 cb, ob = _best(list(c_pts.values())), _best(list(o_pts.values()))
                 peak = _ratio(cb.pps, ob.pps) if cb and ob else "–"
-                print(f"| {n} | {ingress} | (c)/({other}) | {' | '.join(cells)} | {peak} |")
+                print(f"| {n} | {ingress} | ({lead})/({other}) | {' | '.join(cells)} | {peak} |")
 
     base = SERVE_MODES["default"][0]
     others = [label for label in serve_labels if label != base]
@@ -691,7 +721,7 @@ def _report(
         print(f"| system | orders/request | {base} | {' | '.join(others)} |")
         print(f"|---|---|---|{'---|' * len(others)}")
         for n in PAYLOADS:
-            for system in "bcde":
+            for system in "bcdefg":
                 bd = _best(sel(system, base, n))
                 if bd is None:
                     continue
@@ -716,8 +746,13 @@ def main() -> None:
     ap.add_argument(
         "--ingress",
         type=lambda v: v.split(","),
-        default=["plain", "default", "haproxy"],
+        default=["plain", "default", "haproxy", "haproxy-nocache"],
         help=f"comma-separated, of: plain, {', '.join(SERVE_MODES)}",
+    )
+    ap.add_argument(
+        "--systems",
+        default="".join(SYSTEMS),
+        help=f"the systems to run, e.g. afg (of {''.join(SYSTEMS)}; see the module's docstring)",
     )
     ap.add_argument(
         "--loadgen", choices=["auto", "wrk", "python"], default="auto", help="auto: wrk if found"
@@ -744,7 +779,7 @@ def main() -> None:
         use_wrk = args.loadgen == "wrk" or (args.loadgen == "auto" and bool(shutil.which("wrk")))
         load = _load_targets(prep["bodies"], home, use_wrk)
         versions = prep["versions"]
-        if "plain" in args.ingress:
+        if "plain" in args.ingress and "a" in args.systems:
             points += _run_plain(versions["batched"], load, args)
         for key, (ingress, env) in _serve_modes().items():
             if key not in args.ingress:

@@ -29,6 +29,7 @@ from ray.serve.handle import DeploymentHandle
 
 from relay.serve.answer import BATCH_KEY, VersionCall, answer_rows, merge_calls
 from relay.serve.auth import Credentials, SecretFiles, unauthorized
+from relay.serve.batcher import Batcher
 from relay.serve.contract import (
     REQUEST_ID_PARAMETER,
     Limits,
@@ -77,10 +78,13 @@ class ETAModel:
         loader: Callable[[str], Loaded] = load_version,
         eta_range: tuple[float, float] | None = None,
         flush_when_idle: bool | None = None,
+        in_flight: Callable[[], int] | None = None,
     ) -> None:
         """``eta_range``: the (exclusive low, high] minutes a returned prediction must lie in;
         None reads ``RELAY_SERVING__MIN_ETA_MINUTES`` and ``__MAX_ETA_MINUTES``.
-        ``flush_when_idle``: None reads ``RELAY_SERVING__FLUSH_WHEN_IDLE``."""
+        ``flush_when_idle``: None reads ``RELAY_SERVING__FLUSH_WHEN_IDLE``. ``in_flight``: how
+        many calls for this version are under way in the process (the inline router's count);
+        a batch goes as soon as all of them joined it (None: it waits the window)."""
         from relay.settings import get_settings
 
         sv = get_settings().serving
@@ -97,8 +101,13 @@ class ETAModel:
         self.prior_minutes = loaded.prior_minutes
         self.cache, self.cache_metrics = _prediction_cache(version, self.bundle)
         self.ray_metrics = _model_metrics(version)
-        self.predict_batch.set_max_batch_size(max_batch_size)
-        self.predict_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        # Batched per instance (the inline router holds one per version), on the loop: a
+        # worker thread lost 35% of the peak on 2 cores (the loop and the batch contend for
+        # the GIL) and batches filled less (README).
+        self.batcher: Batcher[tuple[list[dict[str, Any]], str], list[dict[str, Any]]] = Batcher(
+            lambda calls: self.answer(calls), max_batch_size, batch_wait_timeout_s, in_flight
+        )
+        self.predict_batch = self.batcher.submit
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -152,14 +161,6 @@ class ETAModel:
             return await self.predict_batch((rows, request_id))
         finally:
             self._inflight -= 1
-
-    @serve.batch  # size and wait set in __init__ from the settings
-    async def predict_batch(
-        self, calls: list[tuple[list[dict[str, Any]], str]]
-    ) -> list[list[dict[str, Any]]]:
-        # On the loop, not a worker thread: measured, a thread lost 35% of the peak on 2
-        # cores (the loop and the batch contend for the GIL), and batches filled less (README).
-        return self.answer(calls)
 
     def answer(self, calls: list[tuple[list[dict[str, Any]], str]]) -> list[list[dict[str, Any]]]:
         """One batch of requests (their rows and request ids): one online-store read, one
@@ -274,6 +275,47 @@ async def _result(response: Any) -> Any:
     return await response
 
 
+class _Remote:
+    """``method.remote(...)`` of an in-process model: a task on the router's loop, awaited and
+    cancelled as a Serve response is."""
+
+    def __init__(self, method: Callable[..., Any]) -> None:
+        self._method = method
+
+    def remote(self, *args: Any) -> asyncio.Future[Any]:
+        result = self._method(*args)
+        if asyncio.iscoroutine(result):
+            return asyncio.ensure_future(result)
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(result)
+        return done
+
+
+class InProcessModel:
+    """A version's model held by the router itself (``RELAY_SERVING__LAYOUT=inline``): the
+    same :class:`ETAModel` (features, batching, cache, log, metrics), called without the
+    router → replica hop, behind the handle methods the router uses."""
+
+    def __init__(
+        self, version: str, options: dict[str, Any], in_flight: Callable[[], int] | None = None
+    ) -> None:
+        self.model = ETAModel.func_or_class(version, **options, in_flight=in_flight)
+        self.predict = _Remote(self.model.predict)
+        self.ready = _Remote(self.model.ready)
+        self.cache_stats = _Remote(self.model.cache_stats)
+        self.flush_log = _Remote(self.model.flush_log)
+
+    def close(self, after_s: float = 0.0) -> None:
+        """The version left the split: land its buffered serving-log records, ``after_s``
+        from now (a call dispatched under the old split may still be answering and logging)."""
+        if after_s <= 0:
+            self.model.log.close()
+            return
+        timer = threading.Timer(after_s, self.model.log.close)
+        timer.daemon = True
+        timer.start()
+
+
 api = FastAPI(
     title="Relay ETA",
     description="Delivery-time predictions with online features, batching and canary traffic.",
@@ -305,11 +347,18 @@ class Router:
         retry_after_s: float = 1.0,
         events_timeout_s: float | None = None,
         consume_stream: bool = False,
+        inline_model: dict[str, Any] | None = None,
     ) -> None:
         """``events_timeout_s``: how long ``POST /v1/events`` waits for its group commit (None:
         no events route, the store is not opened). ``consume_stream``: this replica also
         consumes the order-events stream (``RELAY_EVENTS__STREAM_URL``) into the same sink,
-        one consumer of the group per replica."""
+        one consumer of the group per replica. ``inline_model``: :class:`ETAModel`'s options
+        when this replica holds the split's models itself (None: it calls their deployments)."""
+        self.inline_model = inline_model
+        # Inline, what each version's batcher waits for: requests still being parsed (their
+        # version not known yet) and calls already sent to it.
+        self._parsing = 0
+        self._calling: dict[str, int] = {}
         self.limits = limits or Limits()
         self.model_timeout_s = model_timeout_s
         self.retry_after = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
@@ -405,14 +454,23 @@ class Router:
 
     def _apply(self, config: dict[str, Any]) -> None:
         split = TrafficSplit.from_config(config)
-        handles = {
-            v: self.handles.get(v)
-            or serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=model_app_name(v))
-            for v in split.versions()
-        }
+        # Inline, a new version loads here (registry, sha256, online store, warm-up) before
+        # any order is sent to it; until then the old split keeps answering.
+        handles = {v: self.handles.get(v) or self._handle(v) for v in split.versions()}
+        dropped = [h for v, h in self.handles.items() if v not in handles]
         self.faults = faults_from_config(config.get("faults"))
         # One assignment: a request sees either the old split or the new one, never a mix.
         self.handles, self.split = handles, split
+        for h in dropped:
+            if isinstance(h, InProcessModel):  # past any call's wait for it
+                h.close(after_s=2 * (self.model_timeout_s or 10.0))
+
+    def _handle(self, version: str) -> Any:
+        if self.inline_model is not None:
+            return InProcessModel(
+                version, self.inline_model, lambda: self._parsing + self._calling.get(version, 0)
+            )
+        return serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=model_app_name(version))
 
     def _denied(self, request: Request, admin: bool) -> JSONResponse | None:
         why = unauthorized(request.headers, self.credentials, admin)
@@ -437,6 +495,38 @@ class Router:
         },
     )
     async def eta(self, request: Request) -> JSONResponse:
+        self._parsing += 1
+        try:
+            return await self._eta(request)
+        finally:
+            if not getattr(request.state, "dispatched", False):  # refused, or failed early
+                self._parsing -= 1
+            self._poke()
+
+    def _poke(self) -> None:
+        for h in self.handles.values():
+            if isinstance(h, InProcessModel):
+                h.model.batcher.poke()
+
+    async def _dispatch(
+        self,
+        version: str,
+        handle: Any,
+        rows: list[dict[str, Any]],
+        idx: Sequence[int],
+        request_id: str,
+        fault: Fault | None,
+        wait: float | None,
+    ) -> VersionCall:
+        """``_call``, counted in ``_calling[version]`` (the caller counted it already, before
+        any await, so the version's batcher never sees the count dip)."""
+        try:
+            return await _call(version, handle, rows, idx, request_id, fault, wait)
+        finally:
+            self._calling[version] -= 1
+            self._poke()
+
+    async def _eta(self, request: Request) -> JSONResponse:
         t0 = time.perf_counter()
         now = dt.datetime.now(dt.UTC)
         if (denied := self._denied(request, admin=False)) is not None:
@@ -463,16 +553,21 @@ class Router:
         request_id = request_id or uuid.uuid4().hex
         faults = self.faults
         wait = self.model_timeout_s
+        for v in groups:  # from here on counted by version, until _dispatch ends
+            self._calling[v] = self._calling.get(v, 0) + 1
+        request.state.dispatched = True
+        self._parsing -= 1
         calls = await asyncio.gather(
             *(
-                _call(v, handles[v], rows, idx, request_id, faults.get(v), wait)
+                self._dispatch(v, handles[v], rows, idx, request_id, faults.get(v), wait)
                 for v, idx in groups.items()
             )
         )
         merged = merge_calls(len(rows), split.stable, calls)
         if merged.retry:  # failed the first time: stable answers them, once
             stable = split.stable
-            again = await _call(
+            self._calling[stable] = self._calling.get(stable, 0) + 1
+            again = await self._dispatch(
                 stable, handles[stable], rows, merged.retry, request_id, faults.get(stable), wait
             )
             merged = merge_calls(len(rows), split.stable, [again], merged)
@@ -630,6 +725,12 @@ class Router:
         cluster = await self.hub.cluster()
         return JSONResponse(cluster.to_json(), headers={SCOPE_HEADER: cluster.scope})
 
+    async def cache_stats(self, version: str) -> dict[str, Any]:
+        """The prediction cache's stats of ``version``'s model held in this replica (inline
+        layout; empty otherwise, or when the version is not serving)."""
+        h = self.handles.get(version)
+        return await h.cache_stats.remote() if isinstance(h, InProcessModel) else {}
+
     async def push_metrics(self) -> bool:
         """Push this replica's counters to the hub now (through its handle); False on failure."""
         return await asyncio.to_thread(self.hub.push)
@@ -646,6 +747,9 @@ class Router:
         events = getattr(self, "events", None)
         if events is not None:
             events.close()
+        for h in getattr(self, "handles", {}).values():
+            if isinstance(h, InProcessModel):
+                h.close()
 
 
 def _resilience(sv: Any) -> dict[str, Any]:
@@ -676,12 +780,7 @@ def model_application(version: str, settings: Any = None) -> Any:
         max_ongoing_requests=sv.max_ongoing_requests,
         **_resilience(sv),
         ray_actor_options={**size["ray_actor_options"], "runtime_env": {"env_vars": relay_env()}},
-    ).bind(
-        version,
-        sv.max_batch_size,
-        sv.batch_wait_timeout_s,
-        eta_range=(sv.min_eta_minutes, sv.max_eta_minutes),
-    )
+    ).bind(version, **_model_options(sv))
 
 
 def router_application(settings: Any = None, initial: dict[str, Any] | None = None) -> Any:
@@ -707,7 +806,17 @@ def router_application(settings: Any = None, initial: dict[str, Any] | None = No
         retry_after_s=sv.retry_after_s,
         events_timeout_s=ev.request_timeout_s if ev.enabled else None,
         consume_stream=bool(ev.stream_url),
+        inline_model=_model_options(sv) if sv.layout == "inline" else None,
     )
+
+
+def _model_options(sv: Any) -> dict[str, Any]:
+    """:class:`ETAModel`'s options from the serving settings (either layout)."""
+    return {
+        "max_batch_size": sv.max_batch_size,
+        "batch_wait_timeout_s": sv.batch_wait_timeout_s,
+        "eta_range": (sv.min_eta_minutes, sv.max_eta_minutes),
+    }
 
 
 def build_model_app(args: dict[str, Any]) -> Any:

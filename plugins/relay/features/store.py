@@ -111,13 +111,17 @@ def _release_duckdb() -> None:
         ibis.options.default_backend = None
 
 
-def get_store(settings: Settings | None = None, *, read_timeouts: bool = False) -> FeatureStore:
-    """A FeatureStore on the configured registry and stores (see :func:`repo_config`)."""
+def get_store(
+    settings: Settings | None = None, *, read_timeouts: bool = False, offline: bool = False
+) -> FeatureStore:
+    """A FeatureStore on the configured registry and stores (see :func:`repo_config`).
+    ``offline``: it reads the lake (on S3: DuckDB gets httpfs and the S3 secret); online readers
+    and pushers (serving, the events API) never do, and the secret stays out of them."""
     from feast import FeatureStore
 
     s = settings or get_settings()
     _release_duckdb_at_exit()
-    if str(s.lake.uri).startswith("s3://"):
+    if offline and str(s.lake.uri).startswith("s3://"):
         # Feast's offline reads of the lake go through ibis's default DuckDB connection.
         enable_s3(s.s3)
     cfg = repo_config(s, read_timeouts=read_timeouts)
@@ -166,7 +170,7 @@ def apply(settings: Settings | None = None, objects: Sequence[Any] | None = None
     ``objects``: the Feast objects; default :func:`load_definitions`. Returns the names applied.
     """
     objects = list(objects) if objects is not None else load_definitions(settings)
-    store = get_store(settings)
+    store = get_store(settings, offline=True)
     gone = removed_objects(store, objects)
     if gone:
         log.info("apply deletes %s", ", ".join(sorted(o.name for o in gone)))
@@ -218,7 +222,7 @@ def materialize(
     Returns:
         View name -> (start, end) materialized.
     """
-    store = get_store(settings)
+    store = get_store(settings, offline=True)
     lake = Lake(settings)
     done: dict[str, tuple[dt.datetime | None, dt.datetime]] = {}
     for ds in tables:
@@ -244,7 +248,7 @@ def clear_online(tables: Sequence[Dataset], settings: Settings | None = None) ->
     """Remove every online row of these views (the views stay registered), so that a
     materialization rebuilds their state as of its end: how a past day is replayed from its
     start (:mod:`relay.sim.lifecycle`). Until then their reads answer missing values."""
-    store = get_store(settings)
+    store = get_store(settings, offline=True)
     online = store._get_provider().online_store
     views = [_feature_view(store, ds.name) for ds in tables]
     if hasattr(online, "delete_table"):  # Redis: every entity's hash fields of the view
@@ -282,7 +286,7 @@ def _feature_view(store: FeatureStore, name: str) -> Any:
 def training_frame(orders: pd.DataFrame, settings: Settings | None = None) -> pd.DataFrame:
     """Point-in-time-correct features for ``orders``: each row sees only values stamped at or
     before the order's creation. Rows come back in the orders' order."""
-    store = get_store(settings)
+    store = get_store(settings, offline=True)
     service = store.get_feature_service((settings or get_settings()).feast.feature_service)
     entities = entity_frame(orders)
     entities["_row"] = range(len(entities))

@@ -118,9 +118,18 @@ def set_traffic(
     s = settings or get_settings()
     generation = ray.get(traffic_state().set.remote(split.to_config()))
     if s.serving.app_name not in serve.status().applications:
-        serve.run(_serve_app(s).router_application(s), name=s.serving.app_name, route_prefix="/")
+        deploy_router(s)
     _wait_for_generation(generation, s, timeout_s)
     return split
+
+
+def deploy_router(settings: Settings | None = None) -> None:
+    """Deploy (or redeploy, as the settings now say) the router, the HTTP ingress; it applies
+    the traffic actor's split, whatever it is."""
+    from ray import serve
+
+    s = settings or get_settings()
+    serve.run(_serve_app(s).router_application(s), name=s.serving.app_name, route_prefix="/")
 
 
 def _wait_for_generation(generation: int, settings: Settings, timeout_s: float) -> None:

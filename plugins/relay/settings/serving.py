@@ -7,6 +7,7 @@ small.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -155,6 +156,12 @@ class ServingSettings(BaseModel):
         ge=0,
         description="flush_when_idle: a replica is idle once no two requests overlapped in it "
         "for this long (a busy one keeps batching between bursts)",
+    )
+    layout: Literal["split", "inline"] = Field(
+        "split",
+        description="split: the router calls each version's model deployment (a replica "
+        "crash stays in the model's; models scale apart from the router); inline: each router "
+        "replica holds the split's models itself, one hop fewer (README, fast serving)",
     )
     # Must exceed batch size x concurrent batches, or batches never fill (Serve's default is 5).
     max_ongoing_requests: int = 256

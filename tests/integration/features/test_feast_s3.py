@@ -84,3 +84,20 @@ def _local(s):
     )
     local.feast.sqlite_path = s.feast.sqlite_path.with_name(s.feast.sqlite_path.stem + "_disk.db")
     return local
+
+
+def test_only_offline_work_gives_duckdb_the_s3_secret(monkeypatch):
+    """Serving replicas and the events API open the store for online reads and pushes: on an
+    S3 lake they must not load httpfs nor hold the lake's keys in DuckDB; apply, materialize
+    and training frames do."""
+    from relay.features import store
+    from tests.integration.conftest import _feast_settings
+
+    s = _feast_settings("sqlite")
+    s.lake.uri = "s3://relay-feast-lake/eta"
+    enabled: list[object] = []
+    monkeypatch.setattr(store, "enable_s3", enabled.append)
+    store.get_store(s)  # what OnlineFeatures and the event sink's pusher open
+    assert enabled == []
+    store.get_store(s, offline=True)
+    assert enabled == [s.s3]

@@ -841,6 +841,65 @@ def test_two_router_replicas_count_every_request_once_in_the_cluster_metrics(ser
     assert counted()["requests"] >= after["requests"]
 
 
+def test_a_router_holding_the_models_itself_answers_as_the_split_layout_does(served):
+    """``RELAY_SERVING__LAYOUT=inline``: a router application whose replica holds the split's
+    versions in process. Under the same canary it answers every order exactly as the router →
+    model layout does, counts each version apart, and stops answering with a version the
+    split dropped."""
+    from ray import serve
+
+    from relay.serve import control
+    from serving.app import router_application
+
+    s = served["settings"].model_copy(deep=True)
+    s.serving.layout = "inline"
+    v1, v2 = served["v1"], served["v2"]
+    control.set_traffic(TrafficSplit(v1, v2, 0.5), served["settings"])
+    serve.run(router_application(s), name="eta-inline", route_prefix="/inline")
+    inline = served["url"] + "/inline"
+    try:
+        rows = served["orders"].head(40)
+        batch = [_order(r, f"inline-{i}") for i, (_, r) in enumerate(rows.iterrows())]
+        before = control.live_metrics(s)
+        status, split_body = _post(served["url"], {"orders": batch})
+        assert status == 200
+        status, inline_body = _post(inline, {"orders": batch})
+        assert status == 200
+        answers = {(p["order_id"], p["model_version"]): p for p in split_body["predictions"]}
+        assert Counter(p["model_version"] for p in inline_body["predictions"]).keys() == {v1, v2}
+        for p in inline_body["predictions"]:
+            same = answers[(p["order_id"], p["model_version"])]  # the same version per order
+            assert p["eta_minutes"] == pytest.approx(same["eta_minutes"], rel=1e-5)
+        # Each version's calls are counted apart, by both routers.
+        deadline = time.monotonic() + 15  # routers push every metrics_push_s (0.5 s)
+        while time.monotonic() < deadline:
+            after = control.live_metrics(s)
+            grown = {
+                v: after.get(v, {}).get("requests", 0) - before.get(v, {}).get("requests", 0)
+                for v in (v1, v2)
+            }
+            if all(n >= 2 for n in grown.values()):
+                break
+            time.sleep(0.1)  # polling the hub for the replicas' next push, bounded
+        assert all(n >= 2 for n in grown.values()), grown
+        # v2 leaves the split: the inline router stops answering with it at once.
+        control.set_traffic(TrafficSplit(stable=v1), served["settings"])
+        models = json.loads(urllib.request.urlopen(served["url"] + "/v1/models").read())
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:  # the inline router's watch applies it (~0.1 s)
+            seen = json.loads(urllib.request.urlopen(inline + "/v1/models").read())
+            if seen["generation"] >= models["generation"]:
+                break
+            time.sleep(0.05)  # polling the router for a state change, bounded
+        assert seen["generation"] >= models["generation"]
+        for _ in range(3):
+            status, body = _post(inline, {"orders": batch})
+            assert status == 200
+            assert {p["model_version"] for p in body["predictions"]} == {v1}
+    finally:
+        serve.delete("eta-inline")
+
+
 def test_a_router_with_secrets_wants_keys_and_salts_the_canary(served, tmp_path):
     """The prod profile's router: an API key on /v1/eta, the admin token on the admin routes,
     the canary's order hash salted; only the files' paths travel with the deployment."""

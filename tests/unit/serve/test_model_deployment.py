@@ -1,7 +1,7 @@
 """The model deployment with a small loader: one batch's answers and log records, without Serve.
 
 ``ETAModel`` takes its loader as an argument, so the class behind the Serve decorator runs here
-on a tiny model, feature reader and log (``@serve.batch`` itself needs a replica: the real
+on a tiny model, feature reader and log (the real
 loader and batching are exercised in tests/integration/serve/test_serving.py).
 """
 
@@ -220,7 +220,7 @@ def test_a_lone_request_is_answered_at_once_and_concurrent_ones_go_to_the_batche
         direct.append(len(calls))
         return answer(calls)
 
-    async def batcher(call):  # Serve's @serve.batch needs a replica; this records its callers
+    async def batcher(call):  # records the batch path's callers
         batched.append(call[1])
         await asyncio.sleep(0)
         return answer([call])[0]
@@ -246,3 +246,76 @@ def test_a_lone_request_is_answered_at_once_and_concurrent_ones_go_to_the_batche
     model.flush_when_idle = False  # RELAY_SERVING__FLUSH_WHEN_IDLE=false: always the window
     asyncio.run(model.predict([_row("b", 1.0)], "req-6"))
     assert direct == [1, 1] and batched[-1] == "req-6"
+
+
+def test_two_versions_in_one_process_batch_apart() -> None:
+    """The inline layout holds every serving version in the router: each batches only its own
+    requests (``@serve.batch`` on the class kept one queue per process: both versions' calls in
+    one batch, answered by the first's model)."""
+    import asyncio
+
+    from serving.app import ETAModel
+
+    class Fixed:
+        def __init__(self, minutes: float) -> None:
+            self.minutes = minutes
+
+        def predict(self, frame: Any) -> list[float]:
+            return [self.minutes] * len(frame["order_distance_km"])
+
+    models = {
+        v: ETAModel.func_or_class(
+            v,
+            32,
+            0.05,
+            loader=lambda version, m=m: Loaded(Fixed(m), Features(), Log()),
+            flush_when_idle=False,  # every call through the batcher
+        )
+        for v, m in (("v1", 10.0), ("v2", 20.0))
+    }
+
+    async def main() -> list[list[dict[str, Any]]]:
+        return await asyncio.gather(
+            *(
+                models["v1" if i % 2 else "v2"].predict([_row(f"o{i}", 1.0)], f"req-{i}")
+                for i in range(8)
+            )
+        )
+
+    answers = asyncio.run(main())
+    for i, (a,) in enumerate(answers):
+        v = "v1" if i % 2 else "v2"
+        assert (a["model_version"], a["eta_minutes"]) == (v, 10.0 if v == "v1" else 20.0)
+        assert a["batch_orders"] == 4  # the four calls of its own version, one pass
+    assert {len(m.log.records) for m in models.values()} == {4}
+
+
+def test_the_router_calls_an_in_process_model_as_it_calls_a_deployment() -> None:
+    """The inline layout's adapter: ``predict.remote`` is awaited (and can be cancelled) as a
+    Serve response is; sync methods answer too."""
+    import asyncio
+
+    from serving.app import InProcessModel
+
+    features, log = Features(), Log()
+    model = InProcessModel(
+        "v1",
+        {
+            "max_batch_size": 32,
+            "batch_wait_timeout_s": 0.01,
+            "loader": lambda version: Loaded(Minutes(), features, log),
+        },
+    )
+
+    async def main() -> tuple[Any, Any, Any]:
+        answer = await model.predict.remote([_row("a", 2.0)], "req-1")
+        ready = await model.ready.remote()
+        pending = model.predict.remote([_row("b", 1.0)], "req-2")
+        pending.cancel()
+        return answer, ready, pending
+
+    answer, ready, pending = asyncio.run(main())
+    assert answer[0]["eta_minutes"] == 20.0 and answer[0]["model_version"] == "v1"
+    assert ready == {"online_store": features.status()}
+    assert pending.cancelled()
+    model.close()
