@@ -291,6 +291,14 @@ class _Remote:
         return done
 
 
+class VersionLoadFailed(RuntimeError):
+    """The inline router could not load a version of the split; the current split stays."""
+
+
+class LoadDeferred(RuntimeError):
+    """A version that failed to load is not tried again until its backoff is over."""
+
+
 class InProcessModel:
     """A version's model held by the router itself (``RELAY_SERVING__LAYOUT=inline``): the
     same :class:`ETAModel` (features, batching, cache, log, metrics), called without the
@@ -348,13 +356,19 @@ class Router:
         events_timeout_s: float | None = None,
         consume_stream: bool = False,
         inline_model: dict[str, Any] | None = None,
+        load_retry_s: tuple[float, float] = (1.0, 60.0),
     ) -> None:
         """``events_timeout_s``: how long ``POST /v1/events`` waits for its group commit (None:
         no events route, the store is not opened). ``consume_stream``: this replica also
         consumes the order-events stream (``RELAY_EVENTS__STREAM_URL``) into the same sink,
         one consumer of the group per replica. ``inline_model``: :class:`ETAModel`'s options
-        when this replica holds the split's models itself (None: it calls their deployments)."""
+        when this replica holds the split's models itself (None: it calls their deployments);
+        ``load_retry_s``: the first and the longest wait before loading again a version that
+        failed to load."""
+        from relay.serve.backoff import Backoff
+
         self.inline_model = inline_model
+        self._loads = Backoff(*load_retry_s)
         # Inline, what each version's batcher waits for: requests still being parsed (their
         # version not known yet) and calls already sent to it.
         self._parsing = 0
@@ -442,6 +456,10 @@ class Router:
         while True:
             try:
                 self._sync()
+            except LoadDeferred:  # said when it failed; tried again once its wait is over
+                pass
+            except VersionLoadFailed:
+                log.exception("keeping the current split")
             except Exception:  # the actor restarting or gone: keep the last split, look again
                 log.exception("traffic state unavailable; keeping the current split")
                 try:
@@ -467,9 +485,22 @@ class Router:
 
     def _handle(self, version: str) -> Any:
         if self.inline_model is not None:
-            return InProcessModel(
-                version, self.inline_model, lambda: self._parsing + self._calling.get(version, 0)
-            )
+            if not self._loads.due(version, time.monotonic()):
+                raise LoadDeferred(version)
+            try:
+                model = InProcessModel(
+                    version,
+                    self.inline_model,
+                    lambda: self._parsing + self._calling.get(version, 0),
+                )
+            except Exception as exc:
+                wait = self._loads.failed(version, time.monotonic())
+                raise VersionLoadFailed(
+                    f"version {version} did not load ({type(exc).__name__}: {exc}); "
+                    f"next try in {wait:.0f} s"
+                ) from exc
+            self._loads.succeeded(version)
+            return model
         return serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=model_app_name(version))
 
     def _denied(self, request: Request, admin: bool) -> JSONResponse | None:
@@ -807,6 +838,7 @@ def router_application(settings: Any = None, initial: dict[str, Any] | None = No
         events_timeout_s=ev.request_timeout_s if ev.enabled else None,
         consume_stream=bool(ev.stream_url),
         inline_model=_model_options(sv) if sv.layout == "inline" else None,
+        load_retry_s=(sv.inline_load_retry_s, sv.inline_load_retry_max_s),
     )
 
 

@@ -163,6 +163,15 @@ class ServingSettings(BaseModel):
         "crash stays in the model's; models scale apart from the router); inline: each router "
         "replica holds the split's models itself, one hop fewer (README, fast serving)",
     )
+    inline_load_retry_s: float = Field(
+        1.0,
+        gt=0,
+        description="layout=inline: the wait before a router retries loading a version that "
+        "failed to load (the current split keeps answering); doubles per failure",
+    )
+    inline_load_retry_max_s: float = Field(
+        60.0, gt=0, description="layout=inline: the longest wait between two load tries"
+    )
     # Must exceed batch size x concurrent batches, or batches never fill (Serve's default is 5).
     max_ongoing_requests: int = 256
     # Replicas of each model version and of the router (prod profile: 2 at least, one dying

@@ -896,6 +896,32 @@ def test_a_router_holding_the_models_itself_answers_as_the_split_layout_does(ser
             status, body = _post(inline, {"orders": batch})
             assert status == 200
             assert {p["model_version"] for p in body["predictions"]} == {v1}
+        # A candidate that cannot load (no such version): the inline router keeps the split it
+        # has and answers with it; once the split is back to one it can load, it follows again.
+        import ray
+
+        from relay.serve.traffic_state import traffic_state
+
+        # Straight into the traffic actor: set_traffic waits for the routers, and neither takes
+        # a split they cannot serve.
+        missing = TrafficSplit(v1, "eta_mlp_missing", 0.5).to_config()
+        broken = ray.get(traffic_state().set.remote(missing))
+        for _ in range(3):
+            status, body = _post(inline, {"orders": batch})
+            assert status == 200
+            assert {p["model_version"] for p in body["predictions"]} == {v1}
+        held = json.loads(urllib.request.urlopen(inline + "/v1/models").read())
+        assert held["generation"] < broken
+        assert [m["version"] for m in held["versions"]] == [v1]
+        control.set_traffic(TrafficSplit(stable=v1), served["settings"])
+        fixed = json.loads(urllib.request.urlopen(served["url"] + "/v1/models").read())
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            seen = json.loads(urllib.request.urlopen(inline + "/v1/models").read())
+            if seen["generation"] >= fixed["generation"]:
+                break
+            time.sleep(0.05)  # polling the router for a state change, bounded
+        assert seen["generation"] >= fixed["generation"]
     finally:
         serve.delete("eta-inline")
 
