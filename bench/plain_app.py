@@ -3,7 +3,8 @@
 Per request it does what the Serve path does for one request: parse and validate the body
 (``Order`` or ``OrderBatch``), one Feast online read (:class:`OnlineFeatures`), one forward pass
 (:class:`ModelBundle`), the same answers, and the same serving-log records (buffered, written
-by a background thread). Run one uvicorn server per core on the same port::
+by a background thread). It keeps nothing between requests: ``bench.serving`` starts it with
+Relay's prediction and row caches off. Run one uvicorn server per core on the same port::
 
     RELAY_BENCH_MODEL_VERSION=<version> python -m bench.plain_app --port 8100 &   # x cores
 

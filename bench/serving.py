@@ -61,15 +61,19 @@ NOOP_VERSION = "noop"
 SERVE_MODES: dict[str, tuple[str, dict[str, str]]] = {
     "default": ("default proxy", {}),
     "haproxy": ("HAProxy (HAPROXY_ENV)", {}),  # filled from relay.serve.control in _serve_modes
-    # The same, with the prediction cache off: the plain app has none, and every body here
-    # repeats every 64 requests, so the cache answers all but the first of each (see README).
-    "haproxy-nocache": ("HAProxy, no prediction cache", {}),
+    # The same, with the prediction and row caches off: the plain app has neither, and every
+    # body here repeats every 64 requests, so the cache answers all but the first of each
+    # (see README).
+    "haproxy-nocache": ("HAProxy, no prediction or row cache", {}),
     "haproxy-bare": ("HAProxy alone", {"RAY_SERVE_ENABLE_HA_PROXY": "1"}),
     "haproxy-same-loop": (
         "HAProxy + throughput-optimized, routers in the caller's loop",
         {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
     ),
 }
+# Relay's caches, off: the plain app always runs so (it reads features as Relay does, one query
+# for every view, and keeps nothing between requests).
+NO_CACHES = {"RELAY_SERVING__PREDICTION_CACHE_SIZE": "0", "RELAY_FEAST__ROW_CACHE_TTL_S": "0"}
 # Replicas wait this long before stopping under direct ingress (Serve's default 30 s): only
 # shutdown gets faster.
 BENCH_RAY_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
@@ -122,7 +126,7 @@ def _serve_modes() -> dict[str, tuple[str, dict[str, str]]]:
         "haproxy": (SERVE_MODES["haproxy"][0], dict(HAPROXY_ENV)),
         "haproxy-nocache": (
             SERVE_MODES["haproxy-nocache"][0],
-            {**HAPROXY_ENV, "RELAY_SERVING__PREDICTION_CACHE_SIZE": "0"},
+            {**HAPROXY_ENV, **NO_CACHES},
         ),
     }
 
@@ -382,7 +386,7 @@ def _run_plain(version: str, load: dict[int, Any], args: argparse.Namespace) -> 
     """One uvicorn server per core, each on its own SO_REUSEPORT socket of one port."""
     port = _free_port()
     workers = os.cpu_count() or 1
-    env = {**os.environ, "RELAY_BENCH_MODEL_VERSION": version}
+    env = {**os.environ, **NO_CACHES, "RELAY_BENCH_MODEL_VERSION": version}
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "bench.plain_app", "--port", str(port)], cwd=ROOT, env=env

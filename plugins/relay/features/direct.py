@@ -11,9 +11,9 @@ test holds them equal on SQLite and Redis. The rows' event timestamps, which the
 with them, give each read's feature freshness (:attr:`DirectRead.row_ages`).
 
 On Redis the stored views are read in one round trip instead of one per view, with Feast's
-keys and fields (:mod:`relay.features.redis_read`), and optionally through an in-process row
-cache bounded by freshness (:mod:`relay.features.row_cache`); the other stores keep
-``online_read``.
+keys and fields (:mod:`relay.features.redis_read`), on SQLite in one query
+(:mod:`relay.features.sqlite_read`), either through an in-process row cache bounded by
+freshness (:mod:`relay.features.row_cache`); the other stores keep ``online_read``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from relay.features.redis_read import PipelinedRedisRead
 from relay.features.row_cache import RowCache
+from relay.features.sqlite_read import SqliteRead
 
 if TYPE_CHECKING:  # pragma: no cover, typing only
     from relay.settings import FeastSettings
@@ -48,16 +49,18 @@ class DirectRead:
         keys: the request rows' fields answered as they are (the entity keys, as Feast does).
         on_demand: the service's on-demand views (computed here from the request fields).
         request_fields: the request fields the on-demand views take.
-        pipelined: on Redis, every view in one round trip (:mod:`relay.features.redis_read`).
-        cache: a row cache for the pipelined Redis read (:mod:`relay.features.row_cache`;
-            ignored elsewhere: only there do pushes and materializations announce themselves).
+        pipelined: on Redis, every view in one round trip (:mod:`relay.features.redis_read`);
+            on SQLite, in one query (:mod:`relay.features.sqlite_read`).
+        cache: a row cache for those reads (:mod:`relay.features.row_cache`; ignored on a
+            Redis Cluster, where the versions are not read before the rows).
         memo_max: how many entity keys and decoded values the pipelined read remembers.
 
     Attributes:
         row_ages: after each :meth:`read`, per view, the age in seconds of the oldest row it
             found (the stalest value the batch is answered with); a view none of whose entities
             is stored is left out. Read it in the thread that read.
-        pipelined: the :class:`~relay.features.redis_read.PipelinedRedisRead` in use, or None.
+        pipelined: the :class:`~relay.features.redis_read.PipelinedRedisRead` or
+            :class:`~relay.features.sqlite_read.SqliteRead` in use, or None.
     """
 
     def __init__(
@@ -92,16 +95,14 @@ class DirectRead:
         )
         self.row_ages: dict[str, float] = {}
         redis = _redis(self._online, self._config)
-        self.pipelined = (
-            PipelinedRedisRead(
-                store,
-                [(v.table, v.features) for v in self._views],
-                cache if redis == "server" else None,
-                memo_max,
+        views = [(v.table, v.features) for v in self._views]
+        self.pipelined: PipelinedRedisRead | SqliteRead | None = None
+        if pipelined and redis is not None:
+            self.pipelined = PipelinedRedisRead(
+                store, views, cache if redis == "server" else None, memo_max
             )
-            if pipelined and redis is not None
-            else None
-        )
+        elif pipelined and _sqlite(self._online):
+            self.pipelined = SqliteRead(store, views, cache, memo_max)
 
     @classmethod
     def configured(
@@ -173,6 +174,13 @@ class DirectRead:
             out |= {k: list(v) for k, v in odfv.transform_dict(inputs).items() if k in outputs}
         self.row_ages = ages
         return out
+
+
+def _sqlite(online: Any) -> bool:
+    """Feast's own SQLite online store (a subclass may keep its rows elsewhere)."""
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+    return type(online) is SqliteOnlineStore
 
 
 def _redis(online: Any, config: Any) -> str | None:

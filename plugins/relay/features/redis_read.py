@@ -10,7 +10,8 @@ of them in one pipeline: for 32 orders about 80 commands in one round trip, wher
 (``_generate_redis_keys_for_entities``, ``_generate_hset_keys_for_features``, the versioned view
 name), the fetch is Feast's (``_read_hash_fields``: a redis-py pipeline or a GLIDE batch), and
 values decode as Feast decodes them; what is the same on every call (field lists, an entity's
-key bytes, a value's decoding) is worked out once and remembered.
+key bytes, a value's decoding) is worked out once and remembered
+(:mod:`relay.features.online_codec`).
 
 With a :class:`relay.features.row_cache.RowCache`, an entity read within the cache's TTL is not
 asked for again unless its views' versions moved: the versions are the first command of the same
@@ -21,17 +22,16 @@ to have moved is read again at once, before anything is answered.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from relay.features.online_codec import Memo
 from relay.features.row_cache import RowCache, versions_key
 
 # A view's rows for one entity: its event time (None: not stored) and its features' values.
 _ViewRow = tuple[dt.datetime | None, tuple[Any, ...]]
 _Command = tuple[bytes, list[Any]]
-
-_IMMUTABLE = (int, float, str, bytes, bool, dt.datetime)
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,6 @@ class PipelinedRedisRead:
         self._online = store._get_provider().online_store
         self._views = tuple((table, tuple(features)) for table, features in views)
         self.cache = cache
-        self._memo_max = memo_max
         by_keys: dict[tuple[str, ...], list[int]] = {}
         for i, (table, _) in enumerate(self._views):
             by_keys.setdefault(tuple(table.join_keys), []).append(i)
@@ -90,9 +89,7 @@ class PipelinedRedisRead:
         self._versions_key = versions_key(self._config.project)
         self._version_fields = [table.name for table, _ in self._views]
         self._known: list[tuple[bytes | None, ...] | None] = [None] * len(groups)
-        self._keys: dict[Hashable, bytes] = {}
-        self._values: dict[bytes, Any] = {}
-        self._stamps: dict[bytes, dt.datetime] = {}
+        self._memo = Memo(memo_max)
 
     def read(
         self, rows: Sequence[dict[str, Any]], now: dt.datetime
@@ -184,66 +181,24 @@ class PipelinedRedisRead:
         return tuple(rows)
 
     def _value(self, raw: bytes) -> Any:
-        value = self._values.get(raw)
-        if value is None:
-            from feast.protos.feast.types.Value_pb2 import Value
-            from feast.type_map import feast_value_type_to_python_type
-
-            proto = Value()
-            proto.ParseFromString(raw)
-            value = feast_value_type_to_python_type(proto)
-            if not isinstance(value, _IMMUTABLE):  # a list would be shared between rows
-                return value
-            if len(self._values) >= self._memo_max:
-                self._values.clear()
-            self._values[raw] = value
-        return value
+        return self._memo.value(raw)
 
     def _stamp(self, raw: bytes) -> dt.datetime:
-        stamp = self._stamps.get(raw)
-        if stamp is None:
-            from google.protobuf.timestamp_pb2 import Timestamp
-
-            proto = Timestamp()
-            proto.ParseFromString(raw)
-            seconds = proto.seconds + proto.nanos / 1_000_000_000.0
-            stamp = dt.datetime.fromtimestamp(seconds, tz=dt.UTC)  # as Feast's online_read
-            if len(self._stamps) >= self._memo_max:
-                self._stamps.clear()
-            self._stamps[raw] = stamp
-        return stamp
+        return self._memo.stamp(raw, _timestamp)
 
     def _redis_keys(self, group: _Group, entities: list[tuple[Any, ...]]) -> list[bytes]:
-        """Feast's Redis keys of ``entities`` (values of ``group.join_keys``), typed from the
-        values as Feast types entity rows: a column of one Python type converts value by value
-        as it does whole, so those keys are remembered; any other column is converted whole."""
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.type_map import python_values_to_proto_values
+        """Feast's Redis keys of ``entities`` (values of ``group.join_keys``)."""
+        return self._memo.keys(
+            group.join_keys,
+            entities,
+            lambda protos: self._online._generate_redis_keys_for_entities(self._config, protos),
+        )
 
-        width = len(group.join_keys)
-        types = tuple({type(e[j]) for e in entities} for j in range(width))
-        simple = all(len(t) == 1 and type(None) not in t for t in types)
-        memo_of = (group.join_keys, tuple(next(iter(t)) for t in types)) if simple else None
-        todo = [e for e in entities if memo_of is None or (memo_of, e) not in self._keys]
-        made: dict[tuple[Any, ...], bytes] = {}
-        if todo:
-            columns = [python_values_to_proto_values([e[j] for e in todo]) for j in range(width)]
-            entity_keys = [
-                EntityKey(join_keys=list(group.join_keys), entity_values=[c[i] for c in columns])
-                for i in range(len(todo))
-            ]
-            made = dict(
-                zip(
-                    todo,
-                    self._online._generate_redis_keys_for_entities(self._config, entity_keys),
-                    strict=True,
-                )
-            )
-        if memo_of is None:
-            return [made[e] for e in entities]
-        out = [made.get(e) or self._keys[(memo_of, e)] for e in entities]
-        if made:
-            if len(self._keys) + len(made) > self._memo_max:
-                self._keys.clear()
-            self._keys.update(((memo_of, e), k) for e, k in made.items())
-        return out
+
+def _timestamp(raw: bytes) -> dt.datetime:
+    """A serialized ``Timestamp`` as Feast's Redis ``online_read`` answers it."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    proto = Timestamp()
+    proto.ParseFromString(raw)
+    return dt.datetime.fromtimestamp(proto.seconds + proto.nanos / 1_000_000_000.0, tz=dt.UTC)

@@ -70,13 +70,16 @@ class FeastSettings(BaseModel):
         "per-request protobuf work",
     )
     pipelined_read: bool = Field(
-        True, description="On Redis, every view in one round trip (relay.features.redis_read)"
+        True,
+        description="Every view in one round trip on Redis (relay.features.redis_read), in one "
+        "query on SQLite (relay.features.sqlite_read)",
     )
     row_cache_ttl_s: float = Field(
         1.0,
         ge=0,
-        description="Serving answers an online row read from Redis at most this long ago from "
-        "memory (relay.features.row_cache); pushes and materializations invalidate it. 0: off",
+        description="Serving answers an online row read at most this long ago from memory "
+        "(relay.features.row_cache); on Redis pushes and materializations invalidate it, on "
+        "SQLite any write to the file does. 0: off",
     )
     row_cache_max_rows: int = Field(
         100_000, gt=0, description="Most entities (and decoded values) the row cache keeps"

@@ -65,8 +65,8 @@ def test_online_features_read_the_service_they_are_given(feast_settings, lake_da
 
 
 def _reader(settings, mode: str) -> OnlineFeatures:
-    """Serving's reader: view by view (``direct``), every view in one round trip on Redis
-    (``pipelined``), and that through the row cache (``cached``)."""
+    """Serving's reader: view by view (``direct``), every view in one round trip on Redis or
+    one query on SQLite (``pipelined``), and that through the row cache (``cached``)."""
     s = settings.model_copy(deep=True)
     s.feast.pipelined_read = mode != "direct"
     s.feast.row_cache_ttl_s = 60.0 if mode == "cached" else 0.0
@@ -74,9 +74,10 @@ def _reader(settings, mode: str) -> OnlineFeatures:
 
 
 def test_the_direct_read_answers_what_feasts_sdk_answers(feast_settings, lake_days):
-    """Serving's reads (relay.features.direct, relay.features.redis_read, through the row
-    cache or not) against get_online_features: the same columns and values for known, unknown
-    and repeated entities, the same row ages, and a pushed value seen by all on the next read."""
+    """Serving's reads (relay.features.direct, relay.features.redis_read or
+    relay.features.sqlite_read, through the row cache or not) against get_online_features: the
+    same columns and values for known, unknown and repeated entities, the same row ages, and a
+    pushed value seen by all on the next read."""
     from relay.features.live import live_view
     from relay.features.row_cache import VersionedPusher
 
@@ -87,10 +88,9 @@ def test_the_direct_read_answers_what_feasts_sdk_answers(feast_settings, lake_da
     rows = entity_frame(orders).to_dict("records")
     readers = {mode: _reader(feast_settings, mode) for mode in ("direct", "pipelined", "cached")}
     assert OnlineFeatures(feast_settings)._direct is not None, "serving's default is direct"
-    redis = feast_settings.feast.online_store == "redis"
-    for mode, reader in readers.items():
+    for mode, reader in readers.items():  # Redis's pipelined read, or SQLite's one query
         assert reader._direct is not None
-        assert (reader._direct.pipelined is not None) == (redis and mode != "direct"), mode
+        assert (reader._direct.pipelined is not None) == (mode != "direct"), mode
         if reader._direct.pipelined is not None:
             assert (reader._direct.pipelined.cache is not None) == (mode == "cached"), mode
 
