@@ -105,10 +105,17 @@ class ETAModel:
         # worker thread lost 35% of the peak on 2 cores (the loop and the batch contend for
         # the GIL) and batches filled less (README).
         self.batcher: Batcher[tuple[list[dict[str, Any]], str], list[dict[str, Any]]] = Batcher(
-            lambda calls: self.answer(calls), max_batch_size, batch_wait_timeout_s, in_flight
+            lambda calls: self.answer(calls),
+            max_batch_size,
+            batch_wait_timeout_s,
+            in_flight,
+            self.ray_metrics.count_batch if self.ray_metrics is not None else None,
         )
         self.predict_batch = self.batcher.submit
         self._warm_up()
+        from relay.serve.heap import settle
+
+        settle(sv.gc_freeze)  # loaded: out of the collector's scans (why: relay.serve.heap)
 
     def _warm_up(self) -> None:
         # Serve sends traffic only once __init__ returns: pay the first online-store read
@@ -157,6 +164,8 @@ class ETAModel:
                 if self._inflight > 1:
                     self._overlapped_at = now
                 elif now - self._overlapped_at > self.idle_after_s:
+                    if self.ray_metrics is not None:
+                        self.ray_metrics.count_batch("alone", 1)
                     return self.answer([(rows, request_id)])[0]
             return await self.predict_batch((rows, request_id))
         finally:
@@ -410,6 +419,10 @@ class Router:
             # From `serve deploy` args: only seeds an empty state, never overrides a live split.
             ray.get(self._state.seed.remote(initial))
         self._sync()
+        from relay.serve.heap import settle
+        from relay.settings import get_settings
+
+        settle(get_settings().serving.gc_freeze)  # loaded (inline: its models too)
         threading.Thread(target=self._watch, name="relay-traffic-watch", daemon=True).start()
         if consume_stream:  # the stream needs the sink now, not at the first POST
             self._start_opening_events()

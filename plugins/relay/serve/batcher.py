@@ -44,6 +44,8 @@ class Batcher(Generic[T, R]):
         in_flight: how many calls are under way that could still join a batch (those queued
             included); None: only ``max_size`` and ``wait_s`` decide. Whoever changes that count
             calls :meth:`poke`.
+        on_batch: told each batch's reason (``full``, ``joined`` or ``waited``) and size, as
+            it goes (the version's metrics).
     """
 
     def __init__(
@@ -52,11 +54,13 @@ class Batcher(Generic[T, R]):
         max_size: int,
         wait_s: float,
         in_flight: Callable[[], int] | None = None,
+        on_batch: Callable[[str, int], None] | None = None,
     ) -> None:
         if max_size < 1:
             raise ValueError(f"max_size must be >= 1, not {max_size}")
         self.run, self.max_size, self.wait_s, self.in_flight = run, max_size, wait_s, in_flight
         self.stats = BatchStats()
+        self.on_batch = on_batch
         self._pending: list[tuple[T, asyncio.Future[R], float]] = []
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -134,3 +138,5 @@ class Batcher(Generic[T, R]):
             s.joined += 1
         else:
             s.waited += 1
+        if self.on_batch is not None:
+            self.on_batch(why, calls)

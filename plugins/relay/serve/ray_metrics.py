@@ -60,6 +60,12 @@ EXPORTED: dict[str, tuple[str, tuple[str, ...], str]] = {
         (VERSION_TAG,),
         "Orders per forward pass of a model replica",
     ),
+    "relay_model_batches": (
+        "counter",
+        (VERSION_TAG, "reason"),
+        "Forward passes by why they went: full, joined (every call in flight had joined), "
+        "waited (the batch window ran out) or alone (a lone request, answered at once)",
+    ),
     "relay_feature_row_age_seconds": (
         "histogram",
         (VERSION_TAG, "view"),
@@ -137,13 +143,19 @@ class RouterMetrics:
 
 
 class ModelMetrics:
-    """A model replica's Ray metrics: each forward pass's size and its features' ages."""
+    """A model replica's Ray metrics: each forward pass's size, why it went, and its features'
+    ages."""
 
     def __init__(self, version: str) -> None:
         self.version = version
         self.batch = ray_metric("relay_model_batch_size", boundaries=list(BATCH_BUCKETS))
+        self.batches = ray_metric("relay_model_batches")
         ages = list(FEATURE_AGE_BUCKETS_S)
         self.ages = ray_metric("relay_feature_row_age_seconds", boundaries=ages)
+
+    def count_batch(self, reason: str, calls: int = 0) -> None:
+        """Count one forward pass by why it went (:class:`relay.serve.batcher.Batcher`)."""
+        self.batches.inc(1, {VERSION_TAG: self.version, "reason": reason})
 
     def observe_pass(self, orders: int, row_ages: Mapping[str, float]) -> None:
         """Record one forward pass of ``orders`` and, per view, its oldest row's age (s)."""

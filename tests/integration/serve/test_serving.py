@@ -228,6 +228,10 @@ def _scrape_every_version(served: dict[str, Any], capsys: Any) -> None:
     orders = _summed(text, "ray_relay_model_batch_size_sum", "model_version")
     for version in (v1, v2):
         assert 0 < passes.get(version, 0) <= orders[version] <= counted[version], (passes, orders)
+    # And why each pass went, per version.
+    why = _series(text, "ray_relay_model_batches_total")
+    assert {labels["model_version"] for labels, _ in why} == {v1, v2}, why
+    assert {labels["reason"] for labels, _ in why} <= {"full", "joined", "waited", "alone"}
 
     # Feature freshness per version and view: the fixture materialized days-old values.
     ages = _series(text, "ray_relay_feature_row_age_seconds_count")

@@ -85,6 +85,22 @@ def test_a_full_batch_goes_and_the_rest_follow_in_order() -> None:
     assert batches == [[0, 1], [2, 3], [4]] and b.stats.full == 2
 
 
+def test_each_batch_is_reported_with_why_it_went_and_its_size() -> None:
+    """What the version's ``relay_model_batches`` counter is told."""
+    told: list[tuple[str, int]] = []
+    b = Batcher(_doubler([]), max_size=2, wait_s=0.05, on_batch=lambda *a: told.append(a))
+
+    async def main() -> None:
+        await asyncio.gather(*(b.submit(i) for i in range(3)))
+        flying = Batcher(
+            _doubler([]), 32, 30.0, in_flight=lambda: 1, on_batch=lambda *a: told.append(a)
+        )
+        await asyncio.wait_for(flying.submit(7), 5.0)
+
+    asyncio.run(main())
+    assert told == [("full", 2), ("waited", 1), ("joined", 1)]
+
+
 def test_a_failing_batch_fails_each_of_its_callers_and_the_next_batch_runs() -> None:
     calls = {"n": 0}
 

@@ -121,6 +121,33 @@ def test_record_schema_and_feature_columns(lake, make_writer):
     assert pd.isna(feats.loc[1, "zone_id"])  # a feature one record lacks is null there
 
 
+def test_a_feature_column_is_numbers_or_strings_as_its_values_are():
+    """The frame the writer thread builds, column by column: numbers, bools and missing values
+    (None, NaN, numpy scalars) make float64; anything else, strings with nulls kept null."""
+    import math
+
+    import numpy as np
+
+    from relay.serve.log_schema import to_frame, to_row
+
+    feats = [
+        {"n": 1, "b": True, "mix": 2.5, "s": "x", "none": None, "np": np.float32(1.5)},
+        {"n": 2.5, "b": False, "mix": "3", "s": None, "none": None, "np": math.nan},
+        {"n": None, "b": None, "s": "y", "none": None, "np": None, "late": 7},
+    ]
+    df = to_frame(to_row(record(i, features=f), NOON) for i, f in enumerate(feats))
+    assert list(df.columns[8:]) == ["f_b", "f_late", "f_mix", "f_n", "f_none", "f_np", "f_s"]
+    for col in ("f_n", "f_b", "f_none", "f_np", "f_late"):
+        assert df[col].dtype == "float64", col
+    assert df["f_n"].tolist()[:2] == [1.0, 2.5] and math.isnan(df["f_n"][2])
+    assert df["f_b"].tolist()[:2] == [1.0, 0.0]
+    assert df["f_late"].isna().tolist() == [True, True, False]
+    assert df["f_mix"].tolist()[:2] == ["2.5", "3"] and df["f_mix"][2] is None
+    assert df["f_s"].tolist() == ["x", None, "y"]
+    assert str(df["requested_at"].dtype) == "datetime64[ns, UTC]"
+    assert df["latency_ms"].dtype == "float64"
+
+
 def test_records_across_midnight_land_in_two_partitions(lake, make_writer):
     midnight = dt.datetime(2026, 11, 21, tzinfo=dt.UTC)
     before = [record(i, midnight - dt.timedelta(milliseconds=100 - i)) for i in range(3)]

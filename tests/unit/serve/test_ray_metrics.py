@@ -156,6 +156,7 @@ def test_recording_outside_ray_uses_exactly_the_declared_tags():
     RouterMetrics().observe(CallMetrics("v1", 12.5, (30.0, 31.0), False, degraded=1))
     RouterMetrics().observe(CallMetrics("v1", 800.0, (), True))
     ModelMetrics("v1").observe_pass(8, {"courier_stats": 3600.0})
+    ModelMetrics("v1").count_batch("joined", 5)
     with pytest.raises(ValueError, match="Missing value for tag"):
         ray_metric("relay_requests").inc(1, {VERSION_TAG: "v1"})
 
