@@ -74,6 +74,9 @@ SERVE_MODES: dict[str, tuple[str, dict[str, str]]] = {
 # Relay's caches, off: the plain app always runs so (it reads features as Relay does, one query
 # for every view, and keeps nothing between requests).
 NO_CACHES = {"RELAY_SERVING__PREDICTION_CACHE_SIZE": "0", "RELAY_FEAST__ROW_CACHE_TTL_S": "0"}
+# The plain app writes its serving log as a plain app would, from a thread of its own process,
+# whatever --log-writer gives Relay.
+PLAIN_LOG = {"RELAY_SERVING__LOG_WRITER": "thread"}
 # Replicas wait this long before stopping under direct ingress (Serve's default 30 s): only
 # shutdown gets faster.
 BENCH_RAY_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
@@ -386,7 +389,7 @@ def _run_plain(version: str, load: dict[int, Any], args: argparse.Namespace) -> 
     """One uvicorn server per core, each on its own SO_REUSEPORT socket of one port."""
     port = _free_port()
     workers = os.cpu_count() or 1
-    env = {**os.environ, **NO_CACHES, "RELAY_BENCH_MODEL_VERSION": version}
+    env = {**os.environ, **NO_CACHES, **PLAIN_LOG, "RELAY_BENCH_MODEL_VERSION": version}
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "bench.plain_app", "--port", str(port)], cwd=ROOT, env=env
@@ -761,12 +764,21 @@ def main() -> None:
     ap.add_argument(
         "--loadgen", choices=["auto", "wrk", "python"], default="auto", help="auto: wrk if found"
     )
+    ap.add_argument(
+        "--log-writer",
+        choices=["thread", "process"],
+        default=None,
+        help="Relay's RELAY_SERVING__LOG_WRITER (default: the settings'); the plain app's "
+        "log is always written by a thread",
+    )
     ap.add_argument("--serve-child", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_child:
         _serve_child(args.serve_child)
         return
 
+    if args.log_writer:  # the Serve children and their replicas inherit it
+        os.environ["RELAY_SERVING__LOG_WRITER"] = args.log_writer
     t_start = time.perf_counter()
     home = Path(tempfile.mkdtemp(prefix="relay-bench-serve-"))
     os.environ["RELAY_HOME"] = str(home)
@@ -814,8 +826,9 @@ def main() -> None:
         f"\n{args.orders:,} orders/day x {len(DAYS)} days; model: production architecture, "
         f"{args.epochs} epochs on {prep['model_rows']:,} rows; Feast SQLite online store. "
         f"{args.seconds:g} s per point after a {args.warmup:g} s warm-up; every request "
-        f"cycles through {BODIES_PER_PAYLOAD} different bodies. Whole run: "
-        f"{time.perf_counter() - t_start:.0f} s (set-up {setup_s:.0f} s)."
+        f"cycles through {BODIES_PER_PAYLOAD} different bodies. Relay's serving log written "
+        f"by a {os.environ.get('RELAY_SERVING__LOG_WRITER', 'thread')} (the plain app's by a "
+        f"thread). Whole run: {time.perf_counter() - t_start:.0f} s (set-up {setup_s:.0f} s)."
     )
     _report(points, serve_labels, errors, args)
 

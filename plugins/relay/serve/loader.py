@@ -79,7 +79,10 @@ def load_version(version: str) -> Loaded:
             retry_after_s=s.feast.online_retry_after_s,
         ),
         log=ServingLogWriter(
-            Lake(s), max_batch=s.serving.log_max_batch, max_delay_s=s.serving.log_max_delay_s
+            Lake(s),
+            max_batch=s.serving.log_max_batch,
+            max_delay_s=s.serving.log_max_delay_s,
+            child_process=s.serving.log_writer == "process",
         ),
         prior_minutes=bundle.preprocessor.label_mean,
     )

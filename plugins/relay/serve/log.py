@@ -10,6 +10,10 @@ or the oldest has waited ``max_delay_s``. A record lands in the partition of the
 layout and the reader are :mod:`relay.serve.log_store`; reading the log back, joined with the
 actual delivery times, is :mod:`relay.serve.log_read`.
 
+With ``RELAY_SERVING__LOG_WRITER=process`` the thread hands each batch to a child process that
+tabulates and writes it (:mod:`relay.serve.log_child`), so that work does not hold the replica's
+GIL; the buffer, its retries and its counts stay here either way.
+
 Delivery is at least once: a write that fails after the object landed is written again on the
 next flush. :func:`relay.serve.log_read.read_serving_log` drops repeated ``request_id`` rows, so
 readers see each prediction once.
@@ -23,12 +27,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from relay.clock import utcnow
-from relay.data.lake import SERVING_LOG, Lake
+from relay.data.lake import Lake
 from relay.errors import RelayError
-from relay.serve.log_schema import to_frame, to_row
+from relay.serve.log_child import ChildGone, ChildWriter, Untabulated, append_rows
+from relay.serve.log_schema import to_row
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,9 @@ class ServingLogWriter:
         max_delay_s: write once the oldest waiting record is this old (seconds).
         max_pending: hard cap on buffered records; beyond it the oldest are dropped.
         clock: the time source for ``logged_at`` (tests pass a fixed one).
+        child_process: tabulate and write each batch in a child process
+            (:mod:`relay.serve.log_child`, ``RELAY_SERVING__LOG_WRITER=process``): the buffer,
+            retries and counts stay here, and this process's GIL is not held while it writes.
     """
 
     def __init__(
@@ -68,6 +76,7 @@ class ServingLogWriter:
         max_delay_s: float = 1.0,
         max_pending: int = 100_000,
         clock: Clock = utcnow,
+        child_process: bool = False,
     ) -> None:
         if max_batch < 1 or max_pending < 1 or max_delay_s <= 0:
             raise ValueError("max_batch and max_pending must be >= 1 and max_delay_s > 0")
@@ -88,6 +97,15 @@ class ServingLogWriter:
         self._dropped_reported = 0
         self._closing = False
         self._closed = False
+        self.child_process = child_process
+        self._child: Any = None  # relay.serve.log_child.ChildWriter
+        if child_process:
+            # Started now, while the replica loads: its start (a Python importing pandas and
+            # pyarrow, about a second of CPU) would otherwise land beside the first requests.
+            try:
+                self._child = ChildWriter(lake.settings)
+            except Exception:  # started again by the first write
+                log.warning("the serving log's writer process did not start", exc_info=True)
         self._thread = threading.Thread(target=self._run, name="relay-serving-log", daemon=True)
         self._thread.start()
 
@@ -169,6 +187,9 @@ class ServingLogWriter:
         finally:
             with self._cond:
                 self._closed = True
+            if self._child is not None:
+                self._child.close()
+                self._child = None
 
     def __enter__(self) -> ServingLogWriter:
         return self
@@ -214,22 +235,14 @@ class ServingLogWriter:
             error: Exception | None = None
             try:
                 try:
-                    df = to_frame(rows)
-                except Exception:
+                    written, at, error = self._append(rows)
+                    failed = [rows[i] for i in at]
+                except Untabulated:
                     # A bug, not a lake outage: retrying would wedge the log behind these rows.
                     with self._cond:
                         self._dropped += len(rows)
                     log.exception("could not tabulate %d serving log records; dropped", len(rows))
                     raise
-                at = df["requested_at"].dt
-                for (day, hour), part in df.groupby([at.date, at.hour], sort=True):
-                    try:
-                        frame = part.reset_index(drop=True)
-                        self.lake.append(frame, SERVING_LOG, cast(dt.date, day), cast(int, hour))
-                        written += len(part)
-                    except Exception as exc:  # retried on the next flush
-                        error = error or exc
-                        failed.extend(rows[i] for i in part.index)
             finally:
                 with self._cond:
                     self._in_flight = 0
@@ -246,6 +259,23 @@ class ServingLogWriter:
             if error is not None:
                 raise error
             return written
+
+    def _append(self, rows: list[dict[str, Any]]) -> tuple[int, list[int], Exception | None]:
+        if not self.child_process:
+            return append_rows(self.lake, rows)
+        try:
+            if self._child is None:
+                self._child = ChildWriter(self.lake.settings)
+            return self._child.append(rows)
+        except Untabulated:
+            raise
+        except Exception as exc:  # killed, out of memory, would not start: retried by a new one
+            if self._child is not None:
+                self._child.close(timeout=1.0)
+                self._child = None
+            if not isinstance(exc, ChildGone):
+                log.warning("the serving log's writer process failed", exc_info=True)
+            return 0, list(range(len(rows))), exc
 
     def _due(self, now: float) -> bool:
         if not self._buffer or now < self._retry_at:

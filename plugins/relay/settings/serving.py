@@ -229,6 +229,12 @@ class ServingSettings(BaseModel):
     router_cpus: float = 0.25
     log_max_batch: int = 1000
     log_max_delay_s: float = 1.0
+    log_writer: Literal["thread", "process"] = Field(
+        "thread",
+        description="Where the serving log's batches are tabulated and written: a thread of "
+        "the replica, or a child process of it (relay.serve.log_child), whose writes do not "
+        "hold the replica's GIL",
+    )
     log_compact_min_files: int = Field(
         2,
         ge=2,

@@ -56,7 +56,10 @@ def test_append_and_read_all_over_s3(s3, caplog):
     assert lake.partitions(SERVING_LOG) == [DAY]
 
 
-def test_serving_log_writer_over_s3(s3):
+@pytest.mark.parametrize("child_process", [False, True], ids=["thread", "process"])
+def test_serving_log_writer_over_s3(s3, child_process):
+    """Written from the replica's thread, or from its child process (which gets the lake's
+    settings through its pipe and the credentials from the environment, as the replica)."""
     lake, _, _ = s3
     at = dt.datetime(2026, 11, 20, 23, 59, 59, tzinfo=dt.UTC)
     records = [
@@ -70,7 +73,9 @@ def test_serving_log_writer_over_s3(s3):
         }
         for i in range(4)
     ]
-    with ServingLogWriter(lake, max_batch=1_000_000, max_delay_s=3600.0) as w:
+    with ServingLogWriter(
+        lake, max_batch=1_000_000, max_delay_s=3600.0, child_process=child_process
+    ) as w:
         w.log(records[:2])
         w.flush()
         w.log(records[2:])

@@ -430,3 +430,128 @@ def test_quality_by_version_scores_the_labelled_rows_only():
     assert live["v2"].n == 1 and live["v2"].mae_se is None
     assert overall is not None and (overall.version, overall.n) == ("all", 3)
     assert quality_by_version(served.drop(columns="actual_minutes")) == ({}, None)
+
+
+def test_a_child_process_writes_the_same_log(lake, make_writer):
+    """``RELAY_SERVING__LOG_WRITER=process``: the same files and rows, written by a child."""
+    import os
+
+    w = make_writer(**QUIET, child_process=True)
+    w.log([record(i) for i in range(120)])
+    w.log([record(i, at=NOON + dt.timedelta(hours=1)) for i in range(120, 150)])
+    assert w.flush() == 150
+    assert (w.written, w.pending, w.dropped) == (150, 0, 0)
+    assert w._child is not None and w._child.proc.pid != os.getpid()
+    df = read_serving_log(lake, DAY, DAY)
+    assert sorted(df["request_id"]) == sorted(f"req-{i}" for i in range(150))
+    assert len(lake.files(SERVING_LOG, DAY, NOON.hour)) == 1
+    assert len(lake.files(SERVING_LOG, DAY, NOON.hour + 1)) == 1
+    assert str(df["requested_at"].dt.tz) == "UTC" and df["eta_minutes"].dtype == "float64"
+    child = w._child.proc
+    w.close()
+    assert child.poll() is not None  # closing the writer ends its child
+
+
+def test_a_killed_child_loses_nothing_and_a_new_one_writes(lake, make_writer):
+    import signal
+
+    w = make_writer(**QUIET, child_process=True)
+    w.log([record(i) for i in range(10)])
+    assert w.flush() == 10
+    first = w._child.proc
+    first.send_signal(signal.SIGKILL)  # kill -9 of the process that writes
+    first.wait()
+    w.log([record(i) for i in range(10, 30)])
+    with pytest.raises(Exception, match="writer process ended"):
+        w.flush()  # that write failed: its records stay buffered
+    assert w.pending == 20
+    assert w.flush() == 20  # by a new child
+    assert w._child.proc.pid != first.pid
+    df = read_serving_log(lake, DAY, DAY)
+    assert sorted(df["request_id"]) == sorted(f"req-{i}" for i in range(30))  # each once
+
+
+def test_a_childs_lake_error_keeps_the_records_for_the_next_flush(tmp_path, make_writer):
+    """A lake the child cannot write (a file where the lake's folder should be) fails the write
+    with the child's error; once it can, the same records are written, once."""
+    blocked = tmp_path / "blocked"
+    blocked.write_text("not a folder")
+    from relay.settings import LakeSettings
+
+    lake = Lake(Settings(home=tmp_path, lake=LakeSettings(uri=str(blocked / "lake"))))
+    w = ServingLogWriter(lake, **QUIET, child_process=True)
+    try:
+        w.log([record(i) for i in range(5)])
+        with pytest.raises(RuntimeError):
+            w.flush()
+        assert (w.written, w.pending) == (0, 5)
+        blocked.unlink()
+        assert w.flush() == 5
+        written = sorted(read_serving_log(lake, DAY, DAY)["request_id"])
+        assert written == [f"req-{i}" for i in range(5)]
+    finally:
+        w.close(timeout=5)
+
+
+def test_the_child_of_a_killed_replica_exits(tmp_path):
+    """kill -9 of the process that holds the writer: its child reads the end of its pipe and
+    exits, not left behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import datetime as dt, sys, time\n"
+        "from relay.data.lake import Lake\n"
+        "from relay.serve.log import ServingLogWriter\n"
+        "w = ServingLogWriter(Lake(), max_batch=10**6, max_delay_s=3600, child_process=True)\n"
+        "w.log([{'order_id': 'o', 'model_version': 'v', 'eta_minutes': 3.0, 'features': {}}])\n"
+        "w.flush()\n"
+        "print(w._child.proc.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    env = {**os.environ, "RELAY_HOME": str(tmp_path)}
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 20
+        while Path(f"/proc/{child}").exists() and "Z" not in _state(child):
+            if time.monotonic() > deadline:
+                os.kill(child, signal.SIGKILL)
+                pytest.fail("the writer's child outlived its parent by 20 s")
+            time.sleep(0.05)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return "Z"
+
+
+class Unprintable:
+    """A feature value no column can hold (its text cannot be made)."""
+
+    def __str__(self) -> str:
+        raise ValueError("no text")
+
+
+@pytest.mark.parametrize("child_process", [False, True], ids=["thread", "process"])
+def test_records_that_make_no_frame_are_dropped_counted_and_the_log_goes_on(
+    lake, make_writer, child_process
+):
+    w = make_writer(**QUIET, child_process=child_process)
+    w.log([record(0, features={"bad": Unprintable()}), record(1)])
+    with pytest.raises(Exception, match="no text"):
+        w.flush()
+    assert (w.written, w.pending, w.dropped) == (0, 0, 2)
+    w.log([record(2)])
+    assert w.flush() == 1
+    assert read_serving_log(lake, DAY, DAY)["request_id"].tolist() == ["req-2"]
