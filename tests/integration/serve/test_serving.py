@@ -198,8 +198,17 @@ def _scrape_every_version(served: dict[str, Any], capsys: Any) -> None:
         counted = _summed(text, "ray_relay_requests_total", "model_version", outcome="ok")
         # The model replicas export on their own clock, apart from the router: wait for theirs.
         batched = _summed(text, "ray_relay_model_batch_size_count", "model_version")
+        # Each series reaches the agent on its own: wait for every one asserted below.
+        why = _summed(text, "ray_relay_model_batches_total", "model_version")
+        aged = _summed(text, "ray_relay_feature_row_age_seconds_count", "model_version")
         cached = _series(text, "ray_relay_prediction_cache_lookups_total")
-        complete = sum(counted.values()) >= sent and set(batched) >= set(counted) and cached
+        complete = (
+            sum(counted.values()) >= sent
+            and set(batched) >= set(counted)
+            and set(why) >= set(counted)
+            and set(aged) >= set(counted)
+            and cached
+        )
         if complete or time.monotonic() > deadline:
             break
         time.sleep(0.5)  # the agent's next export, bounded by the deadline
