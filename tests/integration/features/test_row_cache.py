@@ -9,25 +9,16 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from relay.data.lake import COURIER_STATS, VALIDATED_ORDERS, Lake
+from relay.data.lake import COURIER_STATS
 from relay.features.live import live_view
 from relay.features.row_cache import RowCache, VersionedPusher
-from relay.features.store import OnlineFeatures, entity_frame, get_store, materialize
+from relay.features.store import OnlineFeatures, get_store, materialize
 from relay.settings import Settings
+from tests.integration.features.freshness import Clock, courier_counts, courier_rows
 
 pytestmark = pytest.mark.parametrize("feast_settings", ["redis"], indirect=True)
 
 TTL_S = 1.0
-
-
-class Clock:
-    """Monotonic seconds that move only when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _reader(settings: Settings, clock: Clock) -> OnlineFeatures:
@@ -41,35 +32,19 @@ def _reader(settings: Settings, clock: Clock) -> OnlineFeatures:
     return reader
 
 
-def _rows(lake_days: Any, courier: str) -> list[dict[str, Any]]:
-    orders = Lake().read(VALIDATED_ORDERS, lake_days[-1]).head(4).copy()
-    orders["courier_id"] = courier
-    return entity_frame(orders).to_dict("records")
-
-
-def _counts(courier: str, n: int) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "courier_id": [courier],
-            "courier_orders_1h": [n],
-            "event_timestamp": [pd.Timestamp.now(tz="UTC")],
-        }
-    )
-
-
 def test_a_pushed_feature_is_used_on_the_next_request(feast_settings, lake_days):
     """Another process's push (its own store and Redis client, the events API's pusher) is
     answered on the very next read, though the row was cached a moment before."""
     clock = Clock()
     reader = _reader(feast_settings, clock)
-    rows = _rows(lake_days, "C_CACHE_PUSH")
+    rows = courier_rows(lake_days, "C_CACHE_PUSH")
     source = live_view("courier_live").push_source
     assert reader.read(rows)["courier_orders_1h"] == [None] * 4
     # Cached: a write nobody announced is not seen while the entry is young...
-    get_store(feast_settings).push(source, _counts("C_CACHE_PUSH", 3))
+    get_store(feast_settings).push(source, courier_counts("C_CACHE_PUSH", 3))
     assert reader.read(rows)["courier_orders_1h"] == [None] * 4
     # ...an announced one at once, with no time passing.
-    VersionedPusher(get_store(feast_settings)).push(source, _counts("C_CACHE_PUSH", 5))
+    VersionedPusher(get_store(feast_settings)).push(source, courier_counts("C_CACHE_PUSH", 5))
     assert reader.read(rows)["courier_orders_1h"] == [5] * 4
     assert reader.row_ages["courier_live"] < 60  # the pushed row's age, not the epoch's
 
@@ -79,11 +54,11 @@ def test_no_row_older_than_the_freshness_bound_is_answered(feast_settings, lake_
     row is as old as the TTL, not later."""
     clock = Clock()
     reader = _reader(feast_settings, clock)
-    rows = _rows(lake_days, "C_CACHE_TTL")
+    rows = courier_rows(lake_days, "C_CACHE_TTL")
     source = live_view("courier_live").push_source
-    get_store(feast_settings).push(source, _counts("C_CACHE_TTL", 1))
+    get_store(feast_settings).push(source, courier_counts("C_CACHE_TTL", 1))
     assert reader.read(rows)["courier_orders_1h"] == [1] * 4
-    get_store(feast_settings).push(source, _counts("C_CACHE_TTL", 2))  # unannounced
+    get_store(feast_settings).push(source, courier_counts("C_CACHE_TTL", 2))  # unannounced
     clock.now += TTL_S * 0.99
     assert reader.read(rows)["courier_orders_1h"] == [1] * 4  # cached, younger than the TTL
     clock.now += TTL_S * 0.01
@@ -93,7 +68,7 @@ def test_no_row_older_than_the_freshness_bound_is_answered(feast_settings, lake_
 def test_a_materialization_invalidates_the_cached_rows_of_its_view(feast_settings, lake_days):
     clock = Clock()
     reader = _reader(feast_settings, clock)
-    rows = _rows(lake_days, "C_CACHE_MAT")
+    rows = courier_rows(lake_days, "C_CACHE_MAT")
     assert reader.read(rows)["courier_deliveries_24h"] == [None] * 4
     store = get_store(feast_settings)
     planted = pd.DataFrame(
@@ -117,7 +92,7 @@ def test_the_cache_answers_from_memory_and_still_asks_redis_each_read(feast_sett
     reader = _reader(feast_settings, clock)
     assert reader._direct is not None and reader._direct.pipelined is not None
     online = reader._direct.pipelined._online
-    rows = _rows(lake_days, "C_CACHE_HIT") + _rows(lake_days, "C_CACHE_HIT2")
+    rows = courier_rows(lake_days, "C_CACHE_HIT") + courier_rows(lake_days, "C_CACHE_HIT2")
     sent: list[int] = []
     fetch = online._read_hash_fields
 

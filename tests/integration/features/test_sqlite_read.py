@@ -11,26 +11,17 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from relay.data.lake import COURIER_STATS, VALIDATED_ORDERS, Lake
+from relay.data.lake import COURIER_STATS
 from relay.features.live import live_view
 from relay.features.row_cache import RowCache
 from relay.features.sqlite_read import SqliteRead
-from relay.features.store import OnlineFeatures, entity_frame, get_store, materialize
+from relay.features.store import OnlineFeatures, get_store, materialize
 from relay.settings import Settings
+from tests.integration.features.freshness import Clock, courier_counts, courier_rows
 
 pytestmark = pytest.mark.parametrize("feast_settings", ["sqlite"], indirect=True)
 
 TTL_S = 1.0
-
-
-class Clock:
-    """Monotonic seconds that move only when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Traced:
@@ -66,24 +57,8 @@ def traced(feast_settings: Settings) -> Iterator[Traced]:
     t.sqlite.close()
 
 
-def _rows(lake_days: Any, courier: str) -> list[dict[str, Any]]:
-    orders = Lake().read(VALIDATED_ORDERS, lake_days[-1]).head(4).copy()
-    orders["courier_id"] = courier
-    return entity_frame(orders).to_dict("records")
-
-
-def _counts(courier: str, n: int) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "courier_id": [courier],
-            "courier_orders_1h": [n],
-            "event_timestamp": [pd.Timestamp.now(tz="UTC")],
-        }
-    )
-
-
 def test_one_query_reads_every_view_and_a_hit_runs_none(traced, lake_days):
-    rows = _rows(lake_days, "C_SQL_HIT")
+    rows = courier_rows(lake_days, "C_SQL_HIT")
     first = traced.reader.read(rows)
     assert len(traced.queries()) == 1  # six views, one statement
     assert traced.reader.read(rows) == first
@@ -94,20 +69,20 @@ def test_one_query_reads_every_view_and_a_hit_runs_none(traced, lake_days):
 def test_any_write_to_the_file_is_used_on_the_next_read(feast_settings, traced, lake_days):
     """Pushes through Feast's own store (another connection, as another process's would be),
     unannounced to any version hash, are answered at once, with no time passing."""
-    rows = _rows(lake_days, "C_SQL_PUSH")
+    rows = courier_rows(lake_days, "C_SQL_PUSH")
     source = live_view("courier_live").push_source
     assert traced.read(rows, "courier_orders_1h") == [None] * 4
-    get_store(feast_settings).push(source, _counts("C_SQL_PUSH", 3))
+    get_store(feast_settings).push(source, courier_counts("C_SQL_PUSH", 3))
     assert traced.read(rows, "courier_orders_1h") == [3] * 4
     assert traced.reader.row_ages["courier_live"] < 60  # the pushed row's age
-    get_store(feast_settings).push(source, _counts("C_SQL_PUSH", 5))
+    get_store(feast_settings).push(source, courier_counts("C_SQL_PUSH", 5))
     assert traced.read(rows, "courier_orders_1h") == [5] * 4
     assert traced.read(rows, "courier_orders_1h") == [5] * 4
     assert traced.clock.now == 1000.0
 
 
 def test_a_materialization_is_used_on_the_next_read(feast_settings, traced, lake_days):
-    rows = _rows(lake_days, "C_SQL_MAT")
+    rows = courier_rows(lake_days, "C_SQL_MAT")
     assert traced.read(rows, "courier_deliveries_24h") == [None] * 4
     planted = pd.DataFrame(
         {
@@ -125,7 +100,7 @@ def test_a_materialization_is_used_on_the_next_read(feast_settings, traced, lake
 
 
 def test_no_row_older_than_the_freshness_bound_is_answered(traced, lake_days):
-    rows = _rows(lake_days, "C_SQL_TTL")
+    rows = courier_rows(lake_days, "C_SQL_TTL")
     traced.read(rows, "courier_orders_1h")
     traced.queries()
     traced.clock.now += TTL_S * 0.99
