@@ -74,6 +74,7 @@ class DirectRead:
         pipelined: bool = True,
         cache: RowCache | None = None,
         memo_max: int = 100_000,
+        sqlite_timeout_s: float | None = None,
     ) -> None:
         odfv = {v.name for v in on_demand}
         self._config = store.config
@@ -102,7 +103,7 @@ class DirectRead:
                 store, views, cache if redis == "server" else None, memo_max
             )
         elif pipelined and _sqlite(self._online):
-            self.pipelined = SqliteRead(store, views, cache, memo_max)
+            self.pipelined = SqliteRead(store, views, cache, memo_max, sqlite_timeout_s)
 
     @classmethod
     def configured(
@@ -113,9 +114,11 @@ class DirectRead:
         on_demand: Sequence[Any],
         request_fields: Sequence[str],
         settings: FeastSettings,
+        bounded: bool = False,
     ) -> DirectRead:
         """A read as the settings have it (``RELAY_FEAST__PIPELINED_READ``,
-        ``__ROW_CACHE_TTL_S``, ``__ROW_CACHE_MAX_ROWS``)."""
+        ``__ROW_CACHE_TTL_S``, ``__ROW_CACHE_MAX_ROWS``); ``bounded``: a SQLite read ends
+        within ``__ONLINE_READ_TIMEOUT_S`` by itself (serving's, with ``__ONLINE_READ_INLINE``)."""
         f = settings
         cache = RowCache(f.row_cache_ttl_s, f.row_cache_max_rows) if f.row_cache_ttl_s else None
         return cls(
@@ -127,7 +130,14 @@ class DirectRead:
             pipelined=f.pipelined_read,
             cache=cache,
             memo_max=f.row_cache_max_rows,
+            sqlite_timeout_s=f.online_read_timeout_s if bounded and f.online_read_inline else None,
         )
+
+    @property
+    def bounded(self) -> bool:
+        """Whether every read ends within the online read timeout by itself (a bounded SQLite
+        read; the on-demand views after it are in-process work)."""
+        return isinstance(self.pipelined, SqliteRead) and self.pipelined.bounded
 
     def read(self, rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
         """Feature columns for ``rows`` (request rows: the keys and the request fields)."""

@@ -13,6 +13,12 @@ answered from memory unless the database changed since: each read first asks SQL
 ``PRAGMA data_version``, which moves whenever another connection (a materialization, a push, a
 ``feast`` command from a shell, another process) commits to the file. So on SQLite every write is
 seen on the next read, announced or not, and a hit costs one pragma and no query.
+
+With a ``timeout_s`` the read bounds itself: SQLite waits at most that long for another
+connection's lock, and a statement still running at the deadline is interrupted (a progress
+handler), raising :class:`TimeoutError`. Serving's guard then reads in the caller's thread
+(:class:`relay.features.guarded.GuardedReader`) instead of handing every read to a worker
+thread and back, which cost 0.25 ms of a 0.57 ms read of 32 orders here (README, fast serving).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +47,12 @@ class SqliteRead:
             ``FeatureView``), in the order columns are answered.
         cache: the row cache; None reads every entity every time.
         memo_max: how many entity keys, and how many values, are remembered decoded.
+        timeout_s: the longest a read may take, waiting for a lock included; past it the read
+            raises :class:`TimeoutError`. None: SQLite's default lock wait, no deadline.
     """
+
+    # SQLite calls the deadline check every this many virtual-machine steps (a few µs each).
+    PROGRESS_STEPS = 1_000
 
     def __init__(
         self,
@@ -48,6 +60,7 @@ class SqliteRead:
         views: Sequence[tuple[Any, Sequence[str]]],
         cache: RowCache | None = None,
         memo_max: int = 100_000,
+        timeout_s: float | None = None,
     ) -> None:
         from feast.infra.key_encoding_utils import serialize_entity_key
         from feast.infra.online_stores.sqlite import _quote_id, _table_id
@@ -72,6 +85,8 @@ class SqliteRead:
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()  # warm-up reads in the caller's thread, then one thread
         self._known: bytes | None = None  # the data_version the cached rows were read under
+        self.timeout_s = timeout_s
+        self._deadline = 0.0
 
     def read(
         self, rows: Sequence[dict[str, Any]], now: dt.datetime
@@ -89,7 +104,18 @@ class SqliteRead:
             ats.append(done[join_keys][0])
             keys.append(done[join_keys][1])
         with self._lock:
-            found = self._fill(keys)
+            if self.timeout_s is None:
+                found = self._fill(keys)
+            else:
+                self._deadline = time.monotonic() + self.timeout_s
+                try:
+                    found = self._fill(keys)
+                except sqlite3.OperationalError as exc:
+                    if "interrupted" in str(exc):
+                        raise TimeoutError(
+                            f"SQLite read interrupted after {self.timeout_s * 1000:.0f} ms"
+                        ) from exc
+                    raise
         out: dict[str, list[Any]] = {}
         ages: dict[str, float] = {}
         for v, (table, features) in enumerate(self._views):
@@ -105,7 +131,13 @@ class SqliteRead:
         if self._conn is None:
             # Read-only and shared by the threads that read (never at once: the lock).
             uri = f"{Path(self.path).resolve().as_uri()}?mode=ro"
-            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            if self.timeout_s is None:
+                self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            else:  # a writer's lock is waited for no longer than a read may take
+                self._conn = sqlite3.connect(
+                    uri, uri=True, check_same_thread=False, timeout=self.timeout_s
+                )
+                self._conn.set_progress_handler(self._past_deadline, self.PROGRESS_STEPS)
         return self._conn
 
     def _fill(self, keys: list[list[bytes]]) -> list[list[_ViewRow]]:
@@ -172,6 +204,15 @@ class SqliteRead:
             else:
                 ts = self._memo.stamp(row[0], _epoch) if row[0] is not None else None
                 found[v][i] = (ts, tuple(row[1]))
+
+    def _past_deadline(self) -> int:
+        """SQLite's progress handler: non-zero interrupts the statement."""
+        return int(time.monotonic() > self._deadline)
+
+    @property
+    def bounded(self) -> bool:
+        """Whether every read ends within ``timeout_s`` by itself."""
+        return self.timeout_s is not None
 
     def close(self) -> None:
         with self._lock:

@@ -328,7 +328,7 @@ class OnlineFeatures:
             service: The feature service to read, e.g. the one a model version was trained on
                 (``lineage.feature_service``); None: the configured one
                 (``RELAY_FEAST__FEATURE_SERVICE``).
-            read_timeouts: Redis reads give up after the online timeouts (serving's).
+            read_timeouts: serving's: reads give up after the online timeouts (:attr:`bounded`).
         """
         s = settings or get_settings()
         self.store = get_store(s, read_timeouts=read_timeouts)
@@ -345,13 +345,12 @@ class OnlineFeatures:
         self._columns: tuple[str, ...] | None = None
         #: After each read, per view, the age (s) of its oldest row found (direct reads only).
         self.row_ages: dict[str, float] = {}
-        self._direct = (
-            DirectRead.configured(
-                self.store, self.service, ENTITY_KEYS, self._on_demand, REQUEST_FIELDS, s.feast
-            )
-            if s.feast.direct_read
-            else None
-        )
+        args = (self.store, self.service, ENTITY_KEYS, self._on_demand, REQUEST_FIELDS, s.feast)
+        self._direct: DirectRead | None = None
+        if s.feast.direct_read:
+            self._direct = DirectRead.configured(*args, bounded=read_timeouts)
+        #: read() raises TimeoutError past the online read timeout itself (DirectRead.bounded)
+        self.bounded = self._direct is not None and self._direct.bounded
 
     def read(self, orders: list[dict[str, Any]], sdk: bool = False) -> dict[str, list[Any]]:
         """Feature columns for orders given as request rows (keys and request fields), through

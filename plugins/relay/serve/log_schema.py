@@ -61,6 +61,8 @@ class InvalidServingRecord(RelayError, ValueError):
 
 def _as_utc(value: Any, field: str) -> dt.datetime:
     """A timezone-aware UTC datetime; naive values are taken to be UTC already."""
+    if type(value) is dt.datetime and value.tzinfo is dt.UTC:  # what serving passes
+        return value
     if isinstance(value, str):
         try:
             value = dt.datetime.fromisoformat(value)
@@ -122,8 +124,22 @@ def to_row(record: Mapping[str, Any], logged_at: dt.datetime) -> dict[str, Any]:
         "missing_features": missing,
     }
     for name, value in features.items():
-        row[f"{FEATURE_PREFIX}{name}"] = value
+        row[_column(name)] = value
     return row
+
+
+_COLUMNS: dict[str, str] = {}
+
+
+def _column(name: str) -> str:
+    """A feature's column name, the same string object each time: rows share their keys, and a
+    pickle of many rows (the log's child process) names each column once."""
+    column = _COLUMNS.get(name)
+    if column is None:
+        column = f"{FEATURE_PREFIX}{name}"
+        if len(_COLUMNS) < 10_000:  # a model's features, not arbitrary callers' names
+            _COLUMNS[name] = column
+    return column
 
 
 def to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:

@@ -75,18 +75,28 @@ class CacheStats:
         return {level: s.to_dict() for level, s in self.levels.items()}
 
 
+def vector_rows(features: Mapping[str, Sequence[Any]], n: int) -> list[tuple[Any, ...]]:
+    """One tuple per row of every feature column's value (columns in name order): L1's key.
+
+    Tuples compare value by value, so two rows share a key only when the model would be given
+    the same numbers (a NaN equals only itself, the same object: at worst a miss)."""
+    columns = sorted(features)
+    if not columns:
+        return [()] * n
+    return list(zip(*(features[c] for c in columns), strict=True))[:n]
+
+
 def vector_keys(features: Mapping[str, Sequence[Any]], n: int) -> list[str]:
-    """One key per row: a digest of every feature column's value (columns in name order).
+    """One key per row: a digest of every feature column's value (columns in name order): L2's
+    key, shared by processes.
 
     ``repr`` keeps floats exact, so two vectors share a key only when the model would be given
     the same numbers."""
-    columns = sorted(features)
-    return [
-        hashlib.blake2b(
-            repr([features[c][i] for c in columns]).encode(), digest_size=16
-        ).hexdigest()
-        for i in range(n)
-    ]
+    return [_digest(row) for row in vector_rows(features, n)]
+
+
+def _digest(row: tuple[Any, ...]) -> str:
+    return hashlib.blake2b(repr(list(row)).encode(), digest_size=16).hexdigest()
 
 
 class RedisLevel:
@@ -189,20 +199,24 @@ class PredictionCache:
         self.l2 = l2
         self.clock = clock
         self.stats = CacheStats()
-        self._l1: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._l1: OrderedDict[tuple[Any, ...], tuple[float, float]] = OrderedDict()
 
     def predict(
         self, model: Predictor, features: Mapping[str, Sequence[Any]], n: int
     ) -> list[float]:
         """Minutes for ``n`` rows: cached where the same vector was answered within the TTL,
         the rest in one forward pass (then cached, when finite)."""
-        keys = vector_keys(features, n)
+        # L1 by the values themselves: hashing a tuple of them is a tenth of a digest of their
+        # repr, which only L2 (shared by processes) needs, for the rows L1 did not have.
+        keys = vector_rows(features, n)
         out: list[float | None] = self._from_l1(keys)
+        digests: dict[int, str] = {}
         if self.l2 is not None:
             missing = [i for i, v in enumerate(out) if v is None]
             if missing:
+                digests = {i: _digest(keys[i]) for i in missing}
                 t0 = time.perf_counter()
-                got = self.l2.get_many(self.namespace, [keys[i] for i in missing])
+                got = self.l2.get_many(self.namespace, [digests[i] for i in missing])
                 self._count("l2", len(missing), sum(v is not None for v in got), t0)
                 now = self.clock()
                 for i, v in zip(missing, got, strict=True):
@@ -218,13 +232,14 @@ class PredictionCache:
             for i, v in zip(todo, made, strict=True):
                 out[i] = v
                 if v == v and abs(v) != float("inf"):  # an unusable prediction is never kept
-                    new[keys[i]] = v
+                    if self.l2 is not None:
+                        new[digests[i]] = v
                     self._remember(keys[i], v, now)
             if self.l2 is not None:
                 self.l2.set_many(self.namespace, new, self.ttl_s)
         return cast(list[float], out)  # every row is filled above
 
-    def _from_l1(self, keys: Sequence[str]) -> list[float | None]:
+    def _from_l1(self, keys: Sequence[tuple[Any, ...]]) -> list[float | None]:
         t0 = time.perf_counter()
         now = self.clock()
         out: list[float | None] = []
@@ -240,7 +255,7 @@ class PredictionCache:
         self._count("l1", len(keys), sum(v is not None for v in out), t0)
         return out
 
-    def _remember(self, key: str, value: float, now: float) -> None:
+    def _remember(self, key: tuple[Any, ...], value: float, now: float) -> None:
         self._l1[key] = (now + self.ttl_s, value)
         self._l1.move_to_end(key)
         while len(self._l1) > self.size:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ import pandas as pd
 import pytest
 
 from relay.data.lake import COURIER_STATS
+from relay.features.guarded import GuardedReader
 from relay.features.live import live_view
 from relay.features.row_cache import RowCache
 from relay.features.sqlite_read import SqliteRead
@@ -114,3 +116,61 @@ def test_no_row_older_than_the_freshness_bound_is_answered(traced, lake_days):
 def test_serving_never_writes_the_store(traced):
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         traced.sqlite._connection().execute("CREATE TABLE relay_probe (a)")
+
+
+@pytest.fixture
+def serving_reader(feast_settings: Settings) -> Iterator[GuardedReader]:
+    """Serving's guarded reader, as a replica loads it (relay.serve.loader)."""
+    f = feast_settings.feast
+    reader = GuardedReader(
+        OnlineFeatures(feast_settings, read_timeouts=True),
+        timeout_s=f.online_read_timeout_s,
+        retry_after_s=f.online_retry_after_s,
+    )
+    yield reader
+    reader.close()
+
+
+def _sqlite(reader: GuardedReader) -> SqliteRead:
+    direct = reader.store._direct
+    assert direct is not None and isinstance(direct.pipelined, SqliteRead)
+    return direct.pipelined
+
+
+def test_serving_reads_sqlite_in_its_own_thread_and_bounded(serving_reader, lake_days):
+    assert serving_reader.inline and _sqlite(serving_reader).bounded
+    got = serving_reader.read(courier_rows(lake_days, "C_SQL_INLINE"))
+    assert got.degraded is None and got.features["courier_orders_1h"] == [None] * 4
+    assert serving_reader._pending is None  # no worker thread was asked
+
+
+def test_a_store_locked_by_a_writer_is_answered_with_defaults_within_the_timeout(
+    serving_reader, lake_days
+):
+    sqlite = _sqlite(serving_reader)
+    writer = sqlite3.connect(sqlite.path, isolation_level=None)
+    try:
+        writer.execute("PRAGMA locking_mode=EXCLUSIVE")
+        writer.execute("BEGIN EXCLUSIVE")  # as a long write holds the file
+        t0 = time.monotonic()
+        got = serving_reader.read(courier_rows(lake_days, "C_SQL_LOCKED"))
+        waited = time.monotonic() - t0
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert got.degraded is not None and "locked" in got.degraded
+    # The settings' timeout (the tests' is longer than production's 50 ms), not SQLite's 5 s.
+    assert waited < sqlite.timeout_s + 0.5 < 5.0
+    assert got.features["courier_orders_1h"] == [None] * 4
+
+
+def test_a_statement_past_the_deadline_is_interrupted(serving_reader, lake_days, monkeypatch):
+    sqlite = _sqlite(serving_reader)
+    monkeypatch.setattr(sqlite, "PROGRESS_STEPS", 1)
+    sqlite.close()  # reconnects with the handler checked every step
+    monkeypatch.setattr(sqlite, "timeout_s", 0.0)  # every step is past the deadline
+    with pytest.raises(TimeoutError, match="interrupted"):
+        sqlite.read(courier_rows(lake_days, "C_SQL_DEADLINE"), dt.datetime.now(dt.UTC))
+    monkeypatch.setattr(sqlite, "timeout_s", 5.0)
+    stored, _ = sqlite.read(courier_rows(lake_days, "C_SQL_DEADLINE"), dt.datetime.now(dt.UTC))
+    assert stored["courier_orders_1h"] == [None] * 4  # the connection reads on

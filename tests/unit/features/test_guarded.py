@@ -3,6 +3,7 @@ hangs is answered with the defaults and the reason, and not asked again for a wh
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from typing import Any
 
@@ -106,3 +107,45 @@ def test_the_row_ages_of_the_read_travel_with_it_and_defaults_have_none():
     assert got.row_ages == {"courier_stats": 42.0}
     store.fail = ConnectionError("down")
     assert reader.read(ROWS).row_ages == {}  # the defaults are no row of the store's
+
+
+class BoundedStore(Store):
+    """A store that ends its own reads past the timeout (as SQLite's does): read in the
+    caller's thread."""
+
+    bounded = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+
+    def read(self, orders: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        self.threads.append(threading.get_ident())
+        return super().read(orders)
+
+
+def test_a_store_that_bounds_its_reads_is_read_in_the_callers_thread():
+    store = BoundedStore()
+    reader = GuardedReader(store, timeout_s=0.05, retry_after_s=1.0)
+    assert reader.inline and reader.read(ROWS).degraded is None
+    assert store.threads == [threading.get_ident()]
+    assert not GuardedReader(Store(), timeout_s=0.05, retry_after_s=1.0).inline
+    reader.close()
+
+
+def test_a_bounded_store_past_its_deadline_is_answered_with_defaults_then_left_alone():
+    store, clock = BoundedStore(), Clock()
+    store.fail = TimeoutError("SQLite read interrupted after 50 ms")
+    reader = GuardedReader(store, timeout_s=0.05, retry_after_s=1.0, clock=clock)
+    got = reader.read(ROWS)
+    assert got.degraded is not None and "slower than 50 ms" in got.degraded
+    assert got.features["x"] == [None, None]
+    assert reader.read(ROWS).degraded is not None and store.calls == 1  # not asked again
+    store.fail = sqlite3.OperationalError("database is locked")
+    clock.t += 1.5
+    locked = reader.read(ROWS)
+    assert locked.degraded is not None and "database is locked" in locked.degraded
+    store.fail = None
+    clock.t += 1.5
+    assert reader.read(ROWS).degraded is None and store.calls == 3
+    reader.close()
