@@ -811,6 +811,8 @@ def main() -> None:
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
+    from relay.settings import get_settings
+
     cores = os.cpu_count()
     loadgen = "wrk, 1 thread" if use_wrk else "aiohttp closed-loop clients in one process"
     print(
@@ -827,7 +829,7 @@ def main() -> None:
         f"{args.epochs} epochs on {prep['model_rows']:,} rows; Feast SQLite online store. "
         f"{args.seconds:g} s per point after a {args.warmup:g} s warm-up; every request "
         f"cycles through {BODIES_PER_PAYLOAD} different bodies. Relay's serving log written "
-        f"by a {os.environ.get('RELAY_SERVING__LOG_WRITER', 'thread')} (the plain app's by a "
+        f"by a {get_settings().serving.log_writer} (the plain app's by a "
         f"thread). Whole run: {time.perf_counter() - t_start:.0f} s (set-up {setup_s:.0f} s)."
     )
     _report(points, serve_labels, errors, args)
