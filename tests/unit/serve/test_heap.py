@@ -20,7 +20,9 @@ def unfrozen() -> Iterator[None]:
 def test_what_the_process_holds_is_frozen_and_full_collections_skip_it(unfrozen):
     held = [[i] for i in range(50_000)]  # long-lived containers, as a loaded model's
     frozen = settle(True)
-    assert frozen == gc.get_freeze_count() >= len(held)
+    # Not equal to the count read after: another thread of the test process may free frozen
+    # objects in between (refcounting still frees them), which leaves the generation.
+    assert frozen >= len(held) and gc.get_freeze_count() >= len(held)
     # A full collection now scans only what was made since: none of what was held.
     assert len(gc.get_objects()) < len(held)
     made = [[i] for i in range(1000)]
