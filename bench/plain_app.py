@@ -29,11 +29,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
-from relay.serve.answer import VersionCall, answer_rows, merge_calls
+from relay.serve.answer import VersionCall, answer_rows, merge_calls, response_body
 from relay.serve.contract import Limits, Rejected, parse_orders
-from relay.serve.schemas import ETAResponse, Prediction, feature_row
+from relay.serve.schemas import feature_rows
 
 VERSION_ENV = "RELAY_BENCH_MODEL_VERSION"
 
@@ -63,14 +63,14 @@ def create_app(version: str | None = None) -> FastAPI:
     limits = Limits.of(sv)
 
     @app.post("/v1/eta")
-    async def eta(request: Request) -> JSONResponse:
+    async def eta(request: Request) -> Response:
         t0 = time.perf_counter()
         now = dt.datetime.now(dt.UTC)
         try:
             orders = parse_orders(await request.body(), limits, now)
         except Rejected as exc:
             return JSONResponse(status_code=exc.status, content={"detail": exc.detail})
-        rows = [feature_row(o, now) for o in orders]
+        rows = feature_rows(orders, now)
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         read = features.read(rows)
         feats = read.features
@@ -96,11 +96,7 @@ def create_app(version: str | None = None) -> FastAPI:
         )
         if merged.failed:
             return JSONResponse(status_code=503, content={"detail": merged.failed})
-        response = ETAResponse(
-            predictions=[Prediction(**a) for a in merged.answers if a is not None],
-            latency_ms=round(latency_ms, 3),
-        )
-        return JSONResponse(content=response.model_dump())
+        return Response(response_body(merged.answers, latency_ms), media_type="application/json")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

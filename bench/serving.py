@@ -491,6 +491,13 @@ def _serve_child(config_path: Path) -> None:
             control.set_traffic(TrafficSplit(stable=version), s)
             hits = None if version == NOOP_VERSION else _hits(version)
             points += _measure(system, ingress, url, load, args, _fill(s, version), hits)
+        if {"f", "g"} & set(args.systems):
+            # The inline router holds its version itself; a cluster running it has that
+            # version's model app at most (a rollout deploys it), not (b)-(e)'s: their idle
+            # replicas took about 1% of a core each (health checks, metrics, the controller's
+            # loop over them), a cost no deployment of (f) or (g) pays.
+            for version in (versions["unbatched"], versions["eager"], NOOP_VERSION):
+                serve.delete(model_app_name(version))
         for system, routers in (("f", 1), ("g", 2)):
             if system not in args.systems:
                 continue

@@ -22,12 +22,18 @@ from typing import Any
 
 import ray
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from relay.serve.answer import BATCH_KEY, VersionCall, answer_rows, merge_calls
+from relay.serve.answer import (
+    BATCH_KEY,
+    VersionCall,
+    answer_rows,
+    merge_calls,
+    response_body,
+)
 from relay.serve.auth import Credentials, SecretFiles, unauthorized
 from relay.serve.batcher import Batcher
 from relay.serve.contract import (
@@ -46,10 +52,9 @@ from relay.serve.schemas import (
     ETAResponse,
     Invalid,
     ModelsResponse,
-    Prediction,
     Problem,
     ServingVersion,
-    feature_row,
+    feature_rows,
 )
 from relay.serve.traffic import TrafficSplit
 from relay.serve.traffic_state import (
@@ -61,7 +66,10 @@ from relay.serve.traffic_state import (
 
 log = logging.getLogger(__name__)
 
-TRAFFIC_POLL_S = 0.1
+TRAFFIC_WAIT_S = 10.0
+"""How long one long poll of the traffic actor waits for a new generation before asking again."""
+TRAFFIC_RETRY_S = 0.1
+"""The wait before asking again after the traffic actor could not be asked."""
 SCOPE_HEADER = "x-relay-metrics-scope"
 """Response header of the metrics routes: ``cluster`` (every replica's) or ``replica`` (own)."""
 
@@ -459,8 +467,16 @@ class Router:
                 daemon=True,
             ).start()
 
-    def _sync(self) -> None:
-        generation, config = ray.get(self._state.get.remote())
+    def _sync(self, wait_s: float = 0.0) -> None:
+        """Apply the split if its generation moved; ``wait_s``: wait that long for it to move."""
+        if wait_s > 0 and not hasattr(self._state, "wait"):  # an older Relay's actor: poll
+            time.sleep(TRAFFIC_RETRY_S)
+            wait_s = 0.0
+        if wait_s > 0:
+            call = self._state.wait.remote(self.generation, wait_s)
+        else:
+            call = self._state.get.remote()
+        generation, config = ray.get(call, timeout=wait_s + TRAFFIC_WAIT_S)
         if generation != self.generation and config is not None:
             self._apply(config)
         self.generation = generation
@@ -468,7 +484,8 @@ class Router:
     def _watch(self) -> None:
         while True:
             try:
-                self._sync()
+                self._sync(TRAFFIC_WAIT_S)
+                continue  # the actor answers as soon as the split moves: ask again at once
             except LoadDeferred:  # said when it failed; tried again once its wait is over
                 pass
             except VersionLoadFailed:
@@ -481,7 +498,7 @@ class Router:
                     self._state = traffic_state()
                 except Exception:
                     log.exception("traffic state not found; retrying")
-            time.sleep(TRAFFIC_POLL_S)
+            time.sleep(TRAFFIC_RETRY_S)
 
     def _apply(self, config: dict[str, Any]) -> None:
         split = TrafficSplit.from_config(config)
@@ -538,7 +555,7 @@ class Router:
             503: {"model": Problem, "description": "No model deployed, or none could answer"},
         },
     )
-    async def eta(self, request: Request) -> JSONResponse:
+    async def eta(self, request: Request) -> Response:
         self._parsing += 1
         try:
             return await self._eta(request)
@@ -570,7 +587,7 @@ class Router:
             self._calling[version] -= 1
             self._poke()
 
-    async def _eta(self, request: Request) -> JSONResponse:
+    async def _eta(self, request: Request) -> Response:
         t0 = time.perf_counter()
         now = dt.datetime.now(dt.UTC)
         if (denied := self._denied(request, admin=False)) is not None:
@@ -587,7 +604,7 @@ class Router:
             return JSONResponse(
                 status_code=503, content={"detail": "no model deployed"}, headers=self.retry_after
             )
-        rows = [feature_row(o, now) for o in orders]
+        rows = feature_rows(orders, now)
         groups = split.assign(
             [r["order_id"] for r in rows],
             [r["zone_id"] for r in rows],
@@ -633,11 +650,7 @@ class Router:
                 status_code=503, content={"detail": detail}, headers=self.retry_after
             )
         latency_ms = (time.perf_counter() - t0) * 1000
-        response = ETAResponse(
-            predictions=[Prediction(**a) for a in merged.answers if a is not None],
-            latency_ms=round(latency_ms, 3),
-        )
-        return JSONResponse(content=response.model_dump())
+        return Response(response_body(merged.answers, latency_ms), media_type="application/json")
 
     @api.post(
         "/v1/events",

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from relay.features.catalog import NUMERIC, WEATHER
 
 CHECKED_FEATURES: tuple[str, ...] = (*NUMERIC, WEATHER)
@@ -92,6 +94,31 @@ def answer_rows(
             }
         )
     return answers, records
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def response_body(answers: Sequence[Mapping[str, Any] | None], latency_ms: float) -> bytes:
+    """The JSON of :class:`relay.serve.schemas.ETAResponse` for a request's returnable answers
+    (None is left out), with ``latency_ms`` rounded to the microsecond.
+
+    Written from the answers directly, which :func:`answer_rows` and :func:`merge_calls` made:
+    validating them into the response's models and dumping those again took 86 µs for 32
+    orders in process, this 11 µs (README, fast serving). A test holds it equal to the models'
+    JSON."""
+    predictions = [
+        {
+            "order_id": a["order_id"],
+            "eta_minutes": float(a["eta_minutes"]),
+            "model_version": a["model_version"],
+            "missing_features": a["missing_features"],
+            "degraded": bool(a.get("degraded", False)),
+        }
+        for a in answers
+        if a is not None
+    ]
+    return _encode({"predictions": predictions, "latency_ms": round(latency_ms, 3)})
 
 
 def eta_error(minutes: float, eta_range: tuple[float, float] | None) -> str | None:

@@ -9,6 +9,7 @@ naming stable.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from typing import Any
 
@@ -21,8 +22,10 @@ from relay.serve.answer import (
     eta_error,
     fallback_eta,
     merge_calls,
+    response_body,
     row_error,
 )
+from relay.serve.schemas import ETAResponse, Order, Prediction, feature_row, feature_rows
 
 NOW = dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)
 RANGE = (0.0, 600.0)
@@ -163,3 +166,37 @@ def test_stable_failing_the_retry_fails_the_request_and_both_count_errors():
     again = merge_calls(1, "s", [VersionCall("s", (0,), 6.0, None, "boom too")], merged)
     assert again.failed == "model s failed: boom too" and again.retry == ()
     assert [(o.version, o.error) for o in again.observed] == [("c", True), ("s", True)]
+
+
+def test_the_response_body_is_the_response_models_json() -> None:
+    """Written without the models, it says what they say: the same fields, the degraded flag,
+    an integer fallback as a float, no extra keys; unanswered rows are left out."""
+    answers, _ = _answer_rows([25.0, 900.0, 31.25], prior=38.5)
+    answers[0]["batch_orders"] = 3  # the router's own key, never in the response
+    answers[0]["missing_features"] = [CHECKED_FEATURES[0]]
+    merged = merge_calls(3, "v1", [VersionCall("v1", (0, 1, 2), 4.0, answers)])
+    rows = [*merged.answers, None]
+    rows[2] = {**answers[2], "eta_minutes": 600, "degraded": True}  # an int from a fallback
+    models = ETAResponse(
+        predictions=[Prediction(**a) for a in rows if a is not None], latency_ms=round(12.34567, 3)
+    )
+    assert json.loads(response_body(rows, 12.34567)) == models.model_dump()
+    assert json.loads(response_body([], 1.0)) == {"predictions": [], "latency_ms": 1.0}
+
+
+def test_feature_rows_are_each_orders_feature_row() -> None:
+    at = dt.datetime(2026, 11, 20, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=-2)))
+    orders = [
+        Order(
+            order_id=f"o{i}",
+            courier_id="c",
+            merchant_id="m",
+            zone_id="z",
+            distance_km=2,
+            created_at=created,
+        )
+        for i, created in enumerate([None, at, None, NOW, at])
+    ]
+    rows = feature_rows(orders, NOW)
+    assert rows == [feature_row(o, NOW) for o in orders]
+    assert [(r["hour"], r["weekday"]) for r in rows] == [(12, 4), (1, 5), (12, 4), (12, 4), (1, 5)]
