@@ -237,3 +237,19 @@ def test_compact_before_compacts_the_lookback_and_the_cli_a_backlog(lake, monkey
     assert "2026-11-20 12h  3 files -> 15 rows" in res.output
     assert "2026-11-20 13h  nothing to merge" in res.output
     assert all(len(names(lake, NOON + h * HOUR)) == 1 for h in range(4))
+
+
+def test_a_batch_is_one_file_per_hour_it_spans_with_its_rows_in_order(lake) -> None:
+    from relay.serve.log_child import append_rows
+
+    within = [to_row(r, NOON) for r in rows(0, 30, NOON, step_s=60).to_dict("records")]
+    assert append_rows(lake, within) == (30, [], None)
+    assert len(names(lake, NOON)) == 1
+    assert ids(lake, NOON, NOON + HOUR) == sorted(f"req-{i}" for i in range(30))
+    across = [
+        to_row(r, NOON)
+        for r in rows(30, 4, NOON + 2 * HOUR - dt.timedelta(seconds=2)).to_dict("records")
+    ]
+    assert append_rows(lake, across) == (4, [], None)
+    late = scan_log(lake, NOON + 2 * HOUR, NOON + 3 * HOUR)[0]["request_id"].tolist()
+    assert len(names(lake, NOON + HOUR)) == 1 and late == ["req-32", "req-33"]
