@@ -98,7 +98,7 @@ class ServingLogWriter:
         self._closing = False
         self._closed = False
         self.child_process = child_process
-        self._child: Any = None  # relay.serve.log_child.ChildWriter
+        self._child: ChildWriter | None = None
         if child_process:
             # Started now, while the replica loads: its start (a Python importing pandas and
             # pyarrow, about a second of CPU) would otherwise land beside the first requests.
