@@ -1,9 +1,9 @@
 """When to try again something that failed: doubling waits per key, reset by a success.
 
-The inline router loads a version entering the split in its watch thread, which looks at the
-traffic state ten times a second; a version that will not load (its registry unreachable, its
-weights failing their sha256) must not be reloaded at that rate, each try costing the serving
-loop seconds of CPU.
+The inline router loads a version entering the split in its watch thread, which asks the
+traffic state again every 0.1 s while a load fails; a version that will not load (its registry
+unreachable, its weights failing their sha256) must not be reloaded at that rate, each try
+costing the serving loop seconds of CPU.
 """
 
 from __future__ import annotations

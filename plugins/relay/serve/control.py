@@ -110,7 +110,8 @@ def set_traffic(
     """Send traffic as ``split`` says (its versions must be deployed).
 
     Deploys the router the first time; afterwards only the traffic actor changes, and every
-    router replica picks it up within ~0.1 s. Returns once the router answers with it.
+    router replica picks it up at once (a long poll on the actor). Returns once the router
+    answers with it.
     """
     import ray
     from ray import serve

@@ -3,7 +3,8 @@
 Like Istio's ``HTTPFaultInjection``: a fault names a model version, a delay added to each of its
 calls and the share of its calls that fail, and expires on its own. It is kept in the traffic
 actor beside the split (:mod:`relay.serve.traffic_state`), so every router replica applies it
-within ~0.1 s and a restarted router forgets nothing; ``relay serve fault`` sets and clears it.
+as soon as it is set (routers long-poll the actor) and a restarted router forgets nothing;
+``relay serve fault`` sets and clears it.
 Drills and the fault tests use it to check what users care about when a version turns slow or
 fails: the rollout controller rolls back only a candidate at fault, and the production guard
 restores the previous version after a sustained breach.

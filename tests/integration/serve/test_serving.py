@@ -901,7 +901,7 @@ def test_a_router_holding_the_models_itself_answers_as_the_split_layout_does(ser
         control.set_traffic(TrafficSplit(stable=v1), served["settings"])
         models = json.loads(urllib.request.urlopen(served["url"] + "/v1/models").read())
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:  # the inline router's watch applies it (~0.1 s)
+        while time.monotonic() < deadline:  # the inline router's watch applies it (at once)
             seen = json.loads(urllib.request.urlopen(inline + "/v1/models").read())
             if seen["generation"] >= models["generation"]:
                 break
