@@ -492,11 +492,11 @@ def _serve_child(config_path: Path) -> None:
             hits = None if version == NOOP_VERSION else _hits(version)
             points += _measure(system, ingress, url, load, args, _fill(s, version), hits)
         if {"f", "g"} & set(args.systems):
-            # The inline router holds its version itself; a cluster running it has that
-            # version's model app at most (a rollout deploys it), not (b)-(e)'s: their idle
+            # The inline router holds its version itself; a cluster running it has no model
+            # app (a deploy only checks that the version loads), not (b)-(e)'s: their idle
             # replicas took about 1% of a core each (health checks, metrics, the controller's
             # loop over them), a cost no deployment of (f) or (g) pays.
-            for version in (versions["unbatched"], versions["eager"], NOOP_VERSION):
+            for version in (*versions.values(), NOOP_VERSION):
                 serve.delete(model_app_name(version))
         for system, routers in (("f", 1), ("g", 2)):
             if system not in args.systems:
@@ -504,7 +504,7 @@ def _serve_child(config_path: Path) -> None:
             inline = s.model_copy(deep=True)
             inline.serving.layout = "inline"
             inline.serving.router_replicas = routers
-            control.deploy_router(inline)  # the same model apps stay; the router holds its own
+            control.deploy_router(inline)  # the router holds its version itself
             control.set_traffic(TrafficSplit(stable=versions["batched"]), inline, timeout_s=120)
             # With two replicas the hits read are one replica's: a sample of the rate.
             hits = _hits(versions["batched"], router=inline.serving.app_name)

@@ -24,6 +24,11 @@ class IllegalTransition(RegistryError):
             f"from {from_state!r} it may go to: {targets}."
         )
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, tuple[str, ...]]]:
+        # Pickled by its own arguments (Exception's default passes the message as all of them),
+        # so that it crosses a Ray task's or a process's boundary as itself.
+        return type(self), (self.from_state, self.to_state, self.legal)
+
 
 class ConcurrentUpdate(RegistryError):
     """Someone else changed a registry document between our read and our write."""
@@ -54,6 +59,10 @@ class ArtifactIntegrityError(RegistryError):
             f"{expected}, stored bytes hash to {actual}. Do not load it; restore the artifact "
             f"from a backup or register the model again."
         )
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str, str]]:
+        # As IllegalTransition's: a load checked in a Ray task raises it in the caller.
+        return type(self), (self.version_id, self.name, self.expected, self.actual)
 
 
 class ObjectNotFound(RegistryError):

@@ -303,7 +303,7 @@ def apply_rule(ep: Endpoint, rule: TrafficRule, s: Settings) -> list[str]:
     """Make Serve answer with ``rule``: deploy what is missing, then set the split."""
     split = router_split(rule)
     lines = []
-    deployed = set(ep.deployed_models())
+    deployed = set(ep.deployed_models(s))
     for version in split.versions():
         if version not in deployed:
             ep.deploy_model(version, s)
@@ -337,7 +337,7 @@ def _leftovers(rollout: Rollout, reg: Registry, ep: Endpoint, s: Settings) -> li
     if (
         rolled_back
         and rollout.candidate not in serving
-        and rollout.candidate in ep.deployed_models()
+        and rollout.candidate in ep.deployed_models(s)
     ):
         todo.append("free")
     return todo

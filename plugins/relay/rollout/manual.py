@@ -51,7 +51,7 @@ class Endpoint(Protocol):
 
     def remove_model(self, version: str) -> None: ...
 
-    def deployed_models(self) -> list[str]: ...
+    def deployed_models(self, settings: Settings | None = None) -> list[str]: ...
 
 
 def serve_endpoint() -> Endpoint:
@@ -230,7 +230,7 @@ def free_idle_models(
     its workers need (`make demo` waited forever for 1 CPU with two versions deployed).
     """
     ep = endpoint or serve_endpoint()
-    deployed = ep.deployed_models()
+    deployed = ep.deployed_models(settings)
     if not deployed:  # asking for the split would start Serve on a cluster without it
         return []
     split = ep.current_traffic(settings)

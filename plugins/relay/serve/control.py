@@ -95,13 +95,42 @@ def deploy_model(version: str, settings: Settings | None = None, *, redeploy: bo
     from ray.serve.schema import ApplicationStatus
 
     s = settings or get_settings()
+    if s.serving.layout == "inline":
+        return _inline_model(version, s)
     name = model_app_name(version)
-    if not redeploy and version in deployed_models():
+    if not redeploy and version in deployed_models(s):
         app = serve.status().applications.get(name)
         if app is not None and app.status == ApplicationStatus.RUNNING:
             return name
     serve.run(_serve_app(s).model_application(version, s), name=name, route_prefix=None)
     return name
+
+
+def _inline_model(version: str, settings: Settings) -> str:
+    """``RELAY_SERVING__LAYOUT=inline``: each router replica loads a version itself when a
+    split names it, so no model app is started (one would hold a replica's CPU and memory that
+    no order reaches). The version is loaded once here instead, in a Ray task on the cluster
+    (registry, sha256 of every artifact, the weights into torch), so that one that cannot load
+    fails now, as a model app's deploy would, not as a traffic change no router applies."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    from relay.serve.traffic_state import relay_env
+
+    check = ray.remote(num_cpus=0, runtime_env={"env_vars": relay_env()})(_loads)
+    try:
+        ray.get(check.remote(version), timeout=settings.serving.inline_check_timeout_s)
+    except RayTaskError as err:  # the task's own error (VersionNotFound, ...), naming the version
+        raise err.cause from err
+    return settings.serving.app_name
+
+
+def _loads(version: str) -> None:
+    """Load ``version``'s bundle as a router would (in a worker with Relay's settings)."""
+    from relay.model.bundle import ModelBundle
+    from relay.registry import Registry
+
+    ModelBundle.from_registry(Registry(), version)
 
 
 def set_traffic(
@@ -186,15 +215,21 @@ def remove_model(version: str, settings: Settings | None = None) -> None:
 
     from relay.serve.prediction_cache import forget_version
 
-    serve.delete(model_app_name(version))
+    if model_app_name(version) in serve.status().applications:  # inline: none to delete
+        serve.delete(model_app_name(version))
     try:
         forget_version((settings or get_settings()).serving, version)
     except Exception as err:
         log.warning("could not drop %s's cached predictions: %s", version, err)
 
 
-def deployed_models() -> list[str]:
-    """The versions with a model app on this cluster's Serve; none when Serve is not running."""
+def deployed_models(settings: Settings | None = None) -> list[str]:
+    """The versions running on this cluster's Serve: those with a model app, and, in the
+    inline layout, those the routers hold (the split's); none when Serve is not running.
+
+    A model app left from the split layout counts in either layout, so that
+    :func:`relay.rollout.manual.free_idle_models` frees it once it takes no traffic.
+    """
     import ray
     from ray import serve
     from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
@@ -203,10 +238,15 @@ def deployed_models() -> list[str]:
         ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
     except ValueError:
         return []
+    s = settings or get_settings()
+    apps = serve.status().applications
     prefix = model_app_name("")
-    return sorted(
-        name.removeprefix(prefix) for name in serve.status().applications if name.startswith(prefix)
-    )
+    running = {name.removeprefix(prefix) for name in apps if name.startswith(prefix)}
+    if s.serving.layout == "inline" and s.serving.app_name in apps:
+        _, config = ray.get(traffic_state().get.remote())
+        if config is not None:
+            running.update(TrafficSplit.from_config(config).versions())
+    return sorted(running)
 
 
 def _require(split: TrafficSplit | None) -> TrafficSplit:

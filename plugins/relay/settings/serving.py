@@ -178,6 +178,12 @@ class ServingSettings(BaseModel):
     inline_load_retry_max_s: float = Field(
         60.0, gt=0, description="layout=inline: the longest wait between two load tries"
     )
+    inline_check_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="layout=inline: how long a deploy waits for its check that the version "
+        "loads (a Ray task: registry, sha256, weights); no model app is started inline",
+    )
     # Must exceed batch size x concurrent batches, or batches never fill (Serve's default is 5).
     max_ongoing_requests: int = 256
     # Replicas of each model version and of the router (prod profile: 2 at least, one dying

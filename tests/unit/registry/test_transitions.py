@@ -199,3 +199,18 @@ def test_impossible_timestamp_is_refused():
 def test_model_names_that_cannot_be_keys_are_refused(bad):
     with pytest.raises(InvalidName):
         make_version_id(bad, SemVer(1, 0, 0), dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+
+
+def test_errors_with_their_own_arguments_cross_a_process_boundary_as_themselves() -> None:
+    # A Ray task (an inline deploy's load check) raises them in its caller through pickle.
+    import pickle
+
+    from relay.registry import ArtifactIntegrityError
+
+    for err in (
+        IllegalTransition("serving", "registered", ["degraded", "archived"]),
+        ArtifactIntegrityError("eta_mlp_1.0.0_20261121_1402", "model.pt", "ab" * 32, "cd" * 32),
+    ):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err)
+        assert str(back) == str(err) and vars(back) == vars(err)

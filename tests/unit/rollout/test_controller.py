@@ -79,7 +79,7 @@ class FakeEndpoint:
     def remove_model(self, version: str) -> None:
         self.deployed.discard(version)
 
-    def deployed_models(self) -> list[str]:
+    def deployed_models(self, settings: Settings | None = None) -> list[str]:
         return sorted(self.deployed)
 
     def set_traffic(self, split: TrafficSplit, settings: Settings | None = None) -> TrafficSplit:
