@@ -113,15 +113,23 @@ def _inline_model(version: str, settings: Settings) -> str:
     (registry, sha256 of every artifact, the weights into torch), so that one that cannot load
     fails now, as a model app's deploy would, not as a traffic change no router applies."""
     import ray
-    from ray.exceptions import RayTaskError
+    from ray.exceptions import GetTimeoutError, RayTaskError
 
     from relay.serve.traffic_state import relay_env
 
     check = ray.remote(num_cpus=0, runtime_env={"env_vars": relay_env()})(_loads)
+    wait_s = settings.serving.inline_check_timeout_s
+    task = check.remote(version)
     try:
-        ray.get(check.remote(version), timeout=settings.serving.inline_check_timeout_s)
+        ray.get(task, timeout=wait_s)
     except RayTaskError as err:  # the task's own error (VersionNotFound, ...), naming the version
         raise err.cause from err
+    except GetTimeoutError as err:
+        ray.cancel(task, force=True)
+        raise TimeoutError(
+            f"version {version} did not load within {wait_s:g} s "
+            "(RELAY_SERVING__INLINE_CHECK_TIMEOUT_S); nothing was deployed"
+        ) from err
     return settings.serving.app_name
 
 

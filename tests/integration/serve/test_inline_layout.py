@@ -111,6 +111,18 @@ def test_a_version_the_registry_lacks_fails_at_deploy_and_the_split_stays(
     assert _model_apps() == set()
 
 
+def test_a_load_check_past_its_timeout_fails_the_deploy_naming_the_setting(
+    inline: dict[str, Any],
+) -> None:
+    from relay.serve import control
+
+    hurried = inline["settings"].model_copy(deep=True)
+    hurried.serving.inline_check_timeout_s = 0.001  # a load takes milliseconds at the least
+    with pytest.raises(TimeoutError, match="INLINE_CHECK_TIMEOUT_S"):
+        control.deploy_model(inline["v2"], hurried)
+    assert _model_apps() == set()
+
+
 def test_a_model_app_left_from_the_split_layout_is_freed_once_idle(
     inline: dict[str, Any],
 ) -> None:
