@@ -25,7 +25,7 @@ when wrk is missing; either way it runs on the same cores as the servers. (a) ru
 again last (``--no-plain-again`` skips the second pass): the machine's speed drifts within a run,
 and the last table states the throughput targets against the plain app's better pass.
 
-Run: ``python -m bench.serving`` (about 9 minutes on 2 cores; ``--seconds`` and ``--conns``
+Run: ``python -m bench.serving`` (about 11 minutes on 2 cores; ``--seconds`` and ``--conns``
 trade precision for time). Prints Markdown tables.
 """
 
