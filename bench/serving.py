@@ -749,7 +749,7 @@ def _report(
                 peak = _ratio(cb.pps, ob.pps) if cb and ob else "–"
                 name = f"({lead})/({other}{', again' if other_ingress == PLAIN_AGAIN else ''})"
                 print(f"| {n} | {ingress} | {name} | {' | '.join(cells)} | {peak} |")
-    _report_targets(points, serve_labels)
+    _report_targets(sel, serve_labels)
 
     base = SERVE_MODES["default"][0]
     others = [label for label in serve_labels if label != base]
@@ -771,15 +771,11 @@ def _report(
         print(f"\n**{ingress} failed:** {err}")
 
 
-def _report_targets(points: list[Point], serve_labels: list[str]) -> None:
+def _report_targets(sel: Callable[[str, str, int], list[Point]], serve_labels: list[str]) -> None:
     """Issue 15's two throughput targets, against the plain app's better pass of the two (it
     runs first and again last: the machine's speed drifts within a run, and the ratio is
     taken against whichever pass was faster)."""
-    plain = {
-        (n, label): [p for p in points if (p.system, p.ingress, p.orders) == ("a", label, n)]
-        for n in PAYLOADS
-        for label in (PLAIN, PLAIN_AGAIN)
-    }
+    plain = {(n, label): sel("a", label, n) for n in PAYLOADS for label in (PLAIN, PLAIN_AGAIN)}
     if not any(plain.values()):
         return
     print(f"\n### Targets: against the plain app's better pass (p99 <= {P99_SLO_MS:.0f} ms)\n")
@@ -794,7 +790,7 @@ def _report_targets(points: list[Point], serve_labels: list[str]) -> None:
         first, again = (f"{p.pps:,.0f}" if p else "–" for p in passes)
         for ingress in serve_labels:
             for lead in "cfg":
-                pts = [p for p in points if (p.system, p.ingress, p.orders) == (lead, ingress, n)]
+                pts = sel(lead, ingress, n)
                 if not pts:
                     continue
                 best = _within(pts)

@@ -184,11 +184,17 @@ def _wait_for_generation(generation: int, settings: Settings, timeout_s: float) 
 
 def current_traffic(settings: Settings | None = None) -> TrafficSplit | None:
     """The split in the traffic actor (what every router applies); None before the first deploy."""
-    import ray
     from ray import serve
 
     if (settings or get_settings()).serving.app_name not in serve.status().applications:
         return None
+    return _actor_split()
+
+
+def _actor_split() -> TrafficSplit | None:
+    """The traffic actor's split, as it holds it (None: none set yet)."""
+    import ray
+
     _, config = ray.get(traffic_state().get.remote())
     return None if config is None else TrafficSplit.from_config(config)
 
@@ -223,8 +229,9 @@ def remove_model(version: str, settings: Settings | None = None) -> None:
 
     from relay.serve.prediction_cache import forget_version
 
-    if model_app_name(version) in serve.status().applications:  # inline: none to delete
-        serve.delete(model_app_name(version))
+    name = model_app_name(version)
+    if name in serve.status().applications:  # inline: none to delete
+        serve.delete(name)
     try:
         forget_version((settings or get_settings()).serving, version)
     except Exception as err:
@@ -251,9 +258,8 @@ def deployed_models(settings: Settings | None = None) -> list[str]:
     prefix = model_app_name("")
     running = {name.removeprefix(prefix) for name in apps if name.startswith(prefix)}
     if s.serving.layout == "inline" and s.serving.app_name in apps:
-        _, config = ray.get(traffic_state().get.remote())
-        if config is not None:
-            running.update(TrafficSplit.from_config(config).versions())
+        split = _actor_split()  # as current_traffic, without asking Serve again
+        running.update(split.versions() if split is not None else [])
     return sorted(running)
 
 
